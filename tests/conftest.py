@@ -1,0 +1,34 @@
+"""Test-wide settings: no hub access, deterministic CPU threads, shared small fixtures."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ../shared/data; tests that need a file skip when it is absent."""
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (vocab < 300) trained offline on a few code lines."""
+    from wmtp_hf.tokenizer import train_code_tokenizer
+
+    texts = [
+        "def add(a, b):\n    return a + b\n",
+        "for i in range(10):\n    print(i)\n",
+        "if x > 0:\n    y = x * 2\nelse:\n    y = -x\n",
+        "### Instruction:\nWrite a function.\n\n### Response:\n",
+    ] * 20
+    return train_code_tokenizer(texts, vocab_size=296)

@@ -1,0 +1,729 @@
+"""Meta's multi-token-prediction LLaMA as a HuggingFace model, plus an optional value head.
+
+Layout (SPEC §2.1): `model.layers` holds the trunk followed by head 0; `model.extra_heads` holds heads
+1..n-1. Every head block reads the trunk output, and all heads share `model.norm` and `lm_head`.
+Trunk + head 0 is exactly a LLaMA model, which is what generation runs.
+
+This file imports only `torch`, `transformers` and its sibling configuration file, so checkpoints
+load with `trust_remote_code=True` where `wmtp_hf` is not installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_wmtp import WmtpConfig
+
+IGNORE_INDEX = -100
+
+
+# --------------------------------------------------------------------------------------------------
+# Loss math: per-token cross-entropy of a linear projection, chunked so logits never exist whole.
+# --------------------------------------------------------------------------------------------------
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Per-row `-log softmax(hidden @ weight.T)[target]` computed `chunk_size` rows at a time.
+
+    Only one chunk of logits lives at a time, in the forward and in the backward (which recomputes
+    it), so memory is `chunk_size x vocab` instead of `rows x vocab`. Softmax runs in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int):
+        rows = hidden.shape[0]
+        losses = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+        for start in range(0, rows, chunk_size):
+            end = min(start + chunk_size, rows)
+            logits = (hidden[start:end] @ weight.T).float()
+            chunk_lse = torch.logsumexp(logits, dim=-1)
+            target_logit = logits.gather(1, targets[start:end, None])[:, 0]
+            losses[start:end] = chunk_lse - target_logit
+            lse[start:end] = chunk_lse
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk_size = chunk_size
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses: torch.Tensor):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        chunk_size = ctx.chunk_size
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            acc_dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+            grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            end = min(start + chunk_size, hidden.shape[0])
+            h = hidden[start:end]
+            grad_logits = torch.softmax((h @ weight.T).float(), dim=-1)  # exp(logits - lse), fp32
+            grad_logits.scatter_add_(
+                1, targets[start:end, None], torch.full_like(grad_logits[:, :1], -1.0)
+            )
+            grad_logits.mul_(grad_losses[start:end, None].float())
+            grad_logits = grad_logits.to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start:end] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight += (grad_logits.T @ h).to(grad_weight.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024
+) -> torch.Tensor:
+    """Per-token cross-entropy of `hidden @ weight.T` against `labels`, without materialising logits.
+
+    Args:
+        hidden: `[..., D]` hidden states (already final-normed).
+        weight: `[V, D]` unembedding matrix.
+        labels: `[...]` target ids; `-100` marks positions without a target.
+    Returns:
+        `[...]` float32 losses, exactly 0 (and gradient-free) where `labels == -100`.
+    """
+    flat_labels = labels.reshape(-1)
+    valid = (flat_labels != IGNORE_INDEX).nonzero().squeeze(-1)
+    losses = torch.zeros(flat_labels.shape[0], dtype=torch.float32, device=hidden.device)
+    if valid.numel() > 0:
+        rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, valid)
+        valid_losses = _ChunkedLinearCrossEntropy.apply(rows, weight, flat_labels[valid], chunk_size)
+        losses = losses.index_put((valid,), valid_losses)
+    return losses.view(labels.shape)
+
+
+def shift_labels_for_head(labels: torch.Tensor, head: int) -> torch.Tensor:
+    """Targets of head `head` at each position: `labels[:, t + 1 + head]`, -100 past the end."""
+    shift = head + 1
+    pad = labels.new_full((labels.shape[0], min(shift, labels.shape[1])), IGNORE_INDEX)
+    return torch.cat([labels[:, shift:], pad], dim=1)
+
+
+def mtp_token_losses(
+    head_hidden: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """`[B, T, n]` per-token CE: entry `[b, t, k]` is `CE_k(t) = -log p_k(x_{t+1+k} | x_<=t)`, 0 without target."""
+    return torch.stack(
+        [
+            chunked_cross_entropy(h, weight, shift_labels_for_head(labels, k), chunk_size)
+            for k, h in enumerate(head_hidden)
+        ],
+        dim=-1,
+    )
+
+
+def mtp_target_mask(labels: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """`[B, T, n]` bool: `m_k(t)`, whether head k at position t has a (response) target."""
+    return torch.stack([shift_labels_for_head(labels, k) != IGNORE_INDEX for k in range(n_heads)], dim=-1)
+
+
+def uniform_mtp_loss(
+    token_losses: torch.Tensor,
+    target_mask: torch.Tensor,
+    num_items_in_batch: torch.Tensor | int | None = None,
+) -> torch.Tensor:
+    """SPEC §4.1 with `w = 1`, `alpha_k = 1/n`: mean over heads of each head's mean target CE.
+
+    `num_items_in_batch` (a scalar, or one count per head) replaces the per-head token counts, so that
+    gradient accumulation over micro-batches normalises by the whole accumulation window.
+    """
+    n_heads = token_losses.shape[-1]
+    sums = token_losses.sum(dim=(0, 1))
+    if num_items_in_batch is None:
+        counts = target_mask.sum(dim=(0, 1))
+    else:
+        counts = torch.as_tensor(num_items_in_batch, device=sums.device).expand(n_heads)
+    return (sums / counts.clamp(min=1).to(sums.dtype)).sum() / n_heads
+
+
+# --------------------------------------------------------------------------------------------------
+# LLaMA building blocks (same math as transformers' LLaMA, written for this model).
+# --------------------------------------------------------------------------------------------------
+
+
+class WmtpRMSNorm(nn.Module):
+    """RMSNorm computed in float32, as in Meta's and transformers' LLaMA."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class WmtpRotaryEmbedding(nn.Module):
+    """Rotate-half RoPE cos/sin tables; scaled RoPE variants come from transformers' registry."""
+
+    def __init__(self, config: WmtpConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = config.rope_parameters.get("rope_type", "default")
+        init_fn = (
+            self.compute_default_rope_parameters
+            if self.rope_type == "default"
+            else ROPE_INIT_FUNCTIONS[self.rope_type]
+        )
+        inv_freq, self.attention_scaling = init_fn(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: WmtpConfig, *args, **kwargs) -> tuple[torch.Tensor, float]:
+        base = config.rope_parameters["rope_theta"]
+        dim = config.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        return inv_freq, 1.0
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float32)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """`[B, kv_heads, T, d]` -> `[B, kv_heads * n_rep, T, d]` for grouped-query attention."""
+    if n_rep == 1:
+        return hidden_states
+    batch, kv_heads, seq, dim = hidden_states.shape
+    expanded = hidden_states[:, :, None].expand(batch, kv_heads, n_rep, seq, dim)
+    return expanded.reshape(batch, kv_heads * n_rep, seq, dim)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+class WmtpAttention(nn.Module):
+    """Multi-head attention with GQA, dispatched through transformers' attention interface."""
+
+    def __init__(self, config: WmtpConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+
+
+class WmtpMLP(nn.Module):
+    """SwiGLU feed-forward: `down(act(gate(x)) * up(x))` (Meta's `w2(silu(w1 x) * w3 x)`)."""
+
+    def __init__(self, config: WmtpConfig) -> None:
+        super().__init__()
+        bias = config.mlp_bias
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class WmtpDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block; used for trunk blocks and prediction heads alike (FSDP wrap unit)."""
+
+    def __init__(self, config: WmtpConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = WmtpAttention(config, layer_idx)
+        self.mlp = WmtpMLP(config)
+        self.input_layernorm = WmtpRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = WmtpRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        attn_out, _ = self.self_attn(
+            self.input_layernorm(hidden_states),
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+        hidden_states = hidden_states + attn_out
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WmtpModelOutput(ModelOutput):
+    """Base-model output.
+
+    Args:
+        last_hidden_state: `[B, T, D]` head 0's final-normed hidden state.
+        head_hidden_states: n tensors `[B, T, D]`, every head's final-normed hidden state (head 0 first),
+            only when all heads were requested.
+        past_key_values: the KV cache.
+        hidden_states: when `output_hidden_states`: embeddings, each trunk block's output, head 0's output.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    head_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class WmtpCausalLMOutput(ModelOutput):
+    """Output of [`WmtpForMultiTokenPrediction`] (SPEC §2.3).
+
+    Args:
+        loss: uniform MTP loss (SPEC §4.1) when `labels` are given.
+        logits: `[B, T, V]` logits of head 0 (skipped while training with labels, see `skip_logits`).
+        mtp_logits: `[B, T, n, V]` logits of all heads, only with `return_all_heads=True`.
+        values: `[B, T]` value-head estimates of P(response correct | tokens <= t), with a value head.
+        token_losses: `[B, T, n]` float32 `CE_k(t)` (0 without a target), when `labels` are given; the
+            graph to the parameters is kept so a trainer can weight and sum them.
+        head_hidden_states: n tensors `[B, T, D]` of final-normed head hidden states, with all heads.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    mtp_logits: torch.FloatTensor | None = None
+    values: torch.FloatTensor | None = None
+    token_losses: torch.FloatTensor | None = None
+    head_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class WmtpPreTrainedModel(PreTrainedModel):
+    config_class = WmtpConfig
+    config: WmtpConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["WmtpDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As `PreTrainedModel.save_pretrained`; `auto_map` also names the base model for `AutoModel`."""
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.setdefault("AutoModel", "modeling_wmtp.WmtpModel")
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class WmtpModel(WmtpPreTrainedModel):
+    """Embeddings, trunk, n parallel head blocks and the shared final norm (no unembedding)."""
+
+    def __init__(self, config: WmtpConfig) -> None:
+        super().__init__(config)
+        n_future = config.n_future_tokens
+        n_layers_main = config.num_hidden_layers - n_future + 1  # trunk blocks + head 0
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(WmtpDecoderLayer(config, i) for i in range(n_layers_main))
+        self.extra_heads = nn.ModuleList(
+            WmtpDecoderLayer(config, n_layers_main + i) for i in range(n_future - 1)
+        )
+        self.norm = WmtpRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = WmtpRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    @property
+    def prediction_heads(self) -> list[WmtpDecoderLayer]:
+        """Head blocks in head order: head 0 is the last of `layers`, then `extra_heads`."""
+        return [self.layers[-1], *self.extra_heads]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        return_all_heads: bool = False,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> WmtpModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("WmtpModel.forward: pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen)[None]
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        block_kwargs = dict(
+            attention_mask=causal_mask,
+            position_embeddings=position_embeddings,
+            past_key_values=past_key_values if use_cache else None,
+            position_ids=position_ids,
+            **kwargs,
+        )
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        all_hidden = [inputs_embeds] if output_hidden_states else None
+        hidden = inputs_embeds
+        for block in self.layers[:-1]:
+            hidden = block(hidden, **block_kwargs)
+            if all_hidden is not None:
+                all_hidden.append(hidden)
+        trunk = hidden
+        heads = self.prediction_heads if return_all_heads else self.prediction_heads[:1]
+        head_hidden = tuple(self.norm(head(trunk, **block_kwargs)) for head in heads)
+        if all_hidden is not None:
+            all_hidden.append(head_hidden[0])
+        return WmtpModelOutput(
+            last_hidden_state=head_hidden[0],
+            head_hidden_states=head_hidden if return_all_heads else None,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+        )
+
+
+class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
+    """Multi-token-prediction causal LM: `logits` are head 0's, so `generate` and pipelines work unchanged."""
+
+    _tied_weights_keys: dict[str, str] = {}
+
+    def __init__(self, config: WmtpConfig) -> None:
+        super().__init__(config)
+        self.model = WmtpModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.value_head = nn.Linear(config.hidden_size, 1) if config.use_value_head else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def add_value_head(self) -> nn.Linear:
+        """Attach a freshly initialised value head (no-op if present) and record it in the config."""
+        if self.value_head is None:
+            head = nn.Linear(self.config.hidden_size, 1, device=self.lm_head.weight.device)
+            head.to(self.lm_head.weight.dtype)
+            nn.init.normal_(head.weight, std=self.config.initializer_range)
+            nn.init.zeros_(head.bias)
+            self.value_head = head
+        self.config.use_value_head = True
+        return self.value_head
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        return_all_heads: bool = False,
+        skip_logits: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs,
+    ) -> WmtpCausalLMOutput:
+        r"""
+        labels: `[B, T]` token ids with -100 where there is no target (not pre-shifted); gives `loss` and
+            `token_losses` computed chunk by chunk, never materialising `[B, T, n, V]`.
+        return_all_heads: also return `mtp_logits` `[B, T, n, V]` and `head_hidden_states`.
+        skip_logits: do not compute head-0 `logits`; defaults to True while training with labels.
+        num_items_in_batch: target count(s) of the whole accumulation window (scalar or one per head),
+            passed by `Trainer` so the loss normalises correctly under gradient accumulation.
+        """
+        need_all_heads = return_all_heads or labels is not None
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            return_all_heads=need_all_heads,
+            **kwargs,
+        )
+        head0 = outputs.last_hidden_state
+        if skip_logits is None:
+            skip_logits = self.training and labels is not None
+        logits = None
+        if not skip_logits:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(head0[:, keep, :])
+        values = self.value_head(head0).squeeze(-1) if self.value_head is not None else None
+        loss = token_losses = None
+        if labels is not None:
+            token_losses = mtp_token_losses(
+                outputs.head_hidden_states, self.lm_head.weight, labels, self.config.loss_chunk_size
+            )
+            target_mask = mtp_target_mask(labels, self.config.n_future_tokens)
+            loss = uniform_mtp_loss(token_losses, target_mask, num_items_in_batch)
+        mtp_logits = None
+        if return_all_heads:
+            mtp_logits = torch.stack([self.lm_head(h) for h in outputs.head_hidden_states], dim=2)
+        return WmtpCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            mtp_logits=mtp_logits,
+            values=values,
+            token_losses=token_losses,
+            head_hidden_states=outputs.head_hidden_states if return_all_heads else None,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+        )
+
+    # ---------------------------------------------------------------- conversions to and from LLaMA
+
+    @classmethod
+    def from_llama(
+        cls,
+        model_or_path,
+        n_future_tokens: int = 4,
+        head_init: str = "copy_last",
+        use_value_head: bool = False,
+        **from_pretrained_kwargs,
+    ) -> WmtpForMultiTokenPrediction:
+        """Build a WMTP model from a LLaMA-family causal LM (instance, local path or Hub id).
+
+        Trunk = the LLaMA's layers[:-1], head 0 = its last layer, extra heads = copies of the last layer
+        (`head_init="copy_last"`) or freshly initialised blocks (`"random"`). Head 0 reproduces the
+        LLaMA's logits exactly.
+        """
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        if head_init not in ("copy_last", "random"):
+            raise ValueError(f"head_init: expected 'copy_last' or 'random', got {head_init!r}")
+        llama = model_or_path
+        if not isinstance(llama, PreTrainedModel):
+            llama = AutoModelForCausalLM.from_pretrained(model_or_path, **from_pretrained_kwargs)
+        lconf = llama.config
+        if not isinstance(lconf, LlamaConfig):
+            raise ValueError(f"from_llama: expected a LLaMA model (LlamaConfig), got {type(lconf).__name__}")
+        if lconf.attention_bias or lconf.mlp_bias:
+            raise ValueError("from_llama: attention_bias/mlp_bias LLaMA variants are not supported")
+        config = WmtpConfig(
+            vocab_size=lconf.vocab_size,
+            hidden_size=lconf.hidden_size,
+            intermediate_size=lconf.intermediate_size,
+            num_hidden_layers=lconf.num_hidden_layers + n_future_tokens - 1,
+            num_attention_heads=lconf.num_attention_heads,
+            num_key_value_heads=lconf.num_key_value_heads,
+            head_dim=lconf.head_dim,
+            hidden_act=lconf.hidden_act,
+            max_position_embeddings=lconf.max_position_embeddings,
+            initializer_range=lconf.initializer_range,
+            rms_norm_eps=lconf.rms_norm_eps,
+            rope_parameters=dict(lconf.rope_parameters),
+            pad_token_id=lconf.pad_token_id,
+            bos_token_id=lconf.bos_token_id,
+            eos_token_id=lconf.eos_token_id,
+            n_future_tokens=n_future_tokens,
+            use_value_head=use_value_head,
+        )
+        dtype = llama.lm_head.weight.dtype
+        with torch.device("meta"):
+            model = cls(config)
+        state = {k: v.detach().clone() for k, v in llama.state_dict().items()}
+        if "lm_head.weight" not in state:  # tied embeddings: WMTP keeps a separate output projection
+            state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+        last = lconf.num_hidden_layers - 1
+        generator = torch.Generator().manual_seed(0)
+        std = config.initializer_range
+        for m in range(n_future_tokens - 1):
+            for name, param in model.model.extra_heads[m].named_parameters():
+                key = f"model.extra_heads.{m}.{name}"
+                if head_init == "copy_last":
+                    state[key] = state[f"model.layers.{last}.{name}"].clone()
+                elif name.endswith("layernorm.weight"):
+                    state[key] = torch.ones(param.shape, dtype=dtype)
+                else:
+                    state[key] = (torch.randn(param.shape, generator=generator) * std).to(dtype)
+        if model.value_head is not None:
+            state["value_head.weight"] = (torch.randn((1, config.hidden_size), generator=generator) * std).to(dtype)
+            state["value_head.bias"] = torch.zeros(1, dtype=dtype)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.model.rotary_emb = WmtpRotaryEmbedding(config)
+        device = llama.lm_head.weight.device
+        model.to(device)
+        model.config.dtype = dtype
+        model.generation_config = llama.generation_config
+        return model.eval() if not llama.training else model
+
+    def to_llama(self):
+        """The next-token path (trunk + head 0, shared norm and unembedding) as a `LlamaForCausalLM`."""
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        c = self.config
+        lconf = LlamaConfig(
+            vocab_size=c.vocab_size,
+            hidden_size=c.hidden_size,
+            intermediate_size=c.intermediate_size,
+            num_hidden_layers=len(self.model.layers),
+            num_attention_heads=c.num_attention_heads,
+            num_key_value_heads=c.num_key_value_heads,
+            head_dim=c.head_dim,
+            hidden_act=c.hidden_act,
+            max_position_embeddings=c.max_position_embeddings,
+            initializer_range=c.initializer_range,
+            rms_norm_eps=c.rms_norm_eps,
+            rope_parameters=dict(c.rope_parameters),
+            pad_token_id=c.pad_token_id,
+            bos_token_id=c.bos_token_id,
+            eos_token_id=c.eos_token_id,
+            tie_word_embeddings=False,
+        )
+        with torch.device("meta"):
+            llama = LlamaForCausalLM(lconf)
+        state = {
+            k: v.detach().clone()
+            for k, v in self.state_dict().items()
+            if not k.startswith(("model.extra_heads.", "value_head."))
+        }
+        llama.load_state_dict(state, strict=True, assign=True)
+        llama.model.rotary_emb = type(llama.model.rotary_emb)(lconf)
+        llama.to(self.lm_head.weight.device)
+        llama.config.dtype = self.lm_head.weight.dtype
+        llama.generation_config = self.generation_config
+        return llama.train(self.training)
+
+
+__all__ = [
+    "WmtpPreTrainedModel",
+    "WmtpModel",
+    "WmtpForMultiTokenPrediction",
+    "WmtpCausalLMOutput",
+    "WmtpModelOutput",
+    "chunked_cross_entropy",
+    "mtp_token_losses",
+    "mtp_target_mask",
+    "shift_labels_for_head",
+    "uniform_mtp_loss",
+]
