@@ -70,7 +70,7 @@ def test_save_load_round_trip_with_value_head(tmp_path):
     with torch.no_grad():
         a, b = model(TOKENS, return_all_heads=True), loaded(TOKENS, return_all_heads=True)
     torch.testing.assert_close(a.mtp_logits, b.mtp_logits, atol=0, rtol=0)
-    torch.testing.assert_close(a.values, b.values, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.value, b.value, atol=1e-6, rtol=0)
     torch.testing.assert_close(loaded.value_head.weight, model.value_head.weight, atol=0, rtol=0)
 
 
@@ -80,7 +80,7 @@ def test_forward_contract_shapes():
         plain = model(TOKENS)
         full = model(TOKENS, return_all_heads=True)
     assert plain.logits.shape == (2, 9, 89)
-    assert plain.mtp_logits is None and plain.values is None and plain.loss is None
+    assert plain.mtp_logits is None and plain.value is None and plain.loss is None
     assert full.mtp_logits.shape == (2, 9, 2, 89)
     assert len(full.head_hidden_states) == 2 and full.head_hidden_states[0].shape == (2, 9, 32)
 
@@ -94,8 +94,8 @@ def test_value_head_override_adds_fresh_head(tmp_path):
     with torch.no_grad():
         out = with_head(TOKENS)
         expected = with_head.value_head(with_head.model(TOKENS).last_hidden_state).squeeze(-1)
-    assert out.values.shape == (2, 9)
-    torch.testing.assert_close(out.values, expected)
+    assert out.value.shape == (2, 9)
+    torch.testing.assert_close(out.value, expected)
     torch.testing.assert_close(out.logits, plain.eval()(TOKENS).logits)
 
 
@@ -127,7 +127,7 @@ def test_trust_remote_code_without_wmtp_hf(tmp_path):
             gen = model.generate(tokens[:1], max_new_tokens=5, do_sample=False, pad_token_id=0)
         assert not any(m.startswith("wmtp_hf") for m in sys.modules)
         print(json.dumps({{"cls": type(model).__module__, "base": type(base).__name__,
-                          "mtp": out.mtp_logits.tolist(), "values": out.values.tolist(), "gen": gen.tolist()}}))
+                          "mtp": out.mtp_logits.tolist(), "value": out.value.tolist(), "gen": gen.tolist()}}))
         """
     )
     proc = subprocess.run(
@@ -139,7 +139,7 @@ def test_trust_remote_code_without_wmtp_hf(tmp_path):
     assert result["cls"].startswith("transformers_modules.")
     assert result["base"] == "WmtpModel"
     torch.testing.assert_close(torch.tensor(result["mtp"]), expected.mtp_logits, atol=1e-6, rtol=0)
-    torch.testing.assert_close(torch.tensor(result["values"]), expected.values, atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.tensor(result["value"]), expected.value, atol=1e-6, rtol=0)
     assert result["gen"] == model.generate(TOKENS[:1], max_new_tokens=5, do_sample=False, pad_token_id=0).tolist()
 
 

@@ -103,7 +103,7 @@ def test_gradients_reach_every_parameter():
     ids, mask, labels = batch()
     out = model(ids, attention_mask=mask, labels=labels)
     assert out.logits is None, "training with labels skips the [B, T, V] logits by default"
-    (out.loss + out.values.sum()).backward()
+    (out.loss + out.value.sum()).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 

@@ -19,25 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import PreTrainedTokenizerFast
 
 from .configuration_wmtp import WmtpConfig
 from .modeling_wmtp import WmtpForMultiTokenPrediction
 from .tokenizer import train_code_tokenizer
 
-# 8 blocks = 4 trunk + 4 parallel heads; hidden 128 with GQA; ~2.0M parameters (8 MB in float32).
-MICRO_CONFIG: dict = {
-    "vocab_size": 2048,
-    "hidden_size": 128,
-    "intermediate_size": 352,  # Meta's rule: int(2 * 4 * 128 / 3) = 341, rounded up to a multiple of 32
-    "num_hidden_layers": 8,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-5,
-    "n_future_tokens": 4,
-    "loss_chunk_size": 1024,
-}
+# The preset lives in configs/micro.yaml (shipped in the package): 8 blocks = 4 trunk + 4 heads, ~2.0M params.
+MICRO_CONFIG: dict = yaml.safe_load((Path(__file__).parent / "configs" / "micro.yaml").read_text(encoding="utf-8"))
 TOKENIZER_CORPUS_BYTES = 3_000_000
 
 

@@ -375,7 +375,9 @@ class WmtpCausalLMOutput(ModelOutput):
         loss: uniform MTP loss (SPEC §4.1) when `labels` are given.
         logits: `[B, T, V]` logits of head 0 (skipped while training with labels, see `skip_logits`).
         mtp_logits: `[B, T, n, V]` logits of all heads, only with `return_all_heads=True`.
-        values: `[B, T]` value-head estimates of P(response correct | tokens <= t), with a value head.
+        value: `[B, T]` value-head estimates `V_t` of P(response correct | tokens <= t), with a value head.
+            (SPEC §2.3 calls it `values`; that name would shadow `dict.values()`, which `ModelOutput`
+            inherits and DDP/FSDP/accelerate call on model outputs.)
         token_losses: `[B, T, n]` float32 `CE_k(t)` (0 without a target), when `labels` are given; the
             graph to the parameters is kept so a trainer can weight and sum them.
         head_hidden_states: n tensors `[B, T, D]` of final-normed head hidden states, with all heads.
@@ -384,7 +386,7 @@ class WmtpCausalLMOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     mtp_logits: torch.FloatTensor | None = None
-    values: torch.FloatTensor | None = None
+    value: torch.FloatTensor | None = None
     token_losses: torch.FloatTensor | None = None
     head_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     past_key_values: Cache | None = None
@@ -578,7 +580,7 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         if not skip_logits:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = self.lm_head(head0[:, keep, :])
-        values = self.value_head(head0).squeeze(-1) if self.value_head is not None else None
+        value = self.value_head(head0).squeeze(-1) if self.value_head is not None else None
         loss = token_losses = None
         if labels is not None:
             token_losses = mtp_token_losses(
@@ -593,7 +595,7 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             loss=loss,
             logits=logits,
             mtp_logits=mtp_logits,
-            values=values,
+            value=value,
             token_losses=token_losses,
             head_hidden_states=outputs.head_hidden_states if return_all_heads else None,
             past_key_values=outputs.past_key_values,

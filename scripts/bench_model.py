@@ -1,0 +1,631 @@
+"""Benchmark a WMTP training step: step time and peak memory, n_future 1 vs 4 vs a naive all-logits loss.
+
+SPEC §6 targets, checked here (never in a timed test):
+
+- the n=4 step's peak *working* memory is at most 1.15x the n=1 step's, and far below a naive
+  implementation that materialises the `[B, T, n, V]` logits;
+- the n=4 step's time is at most (analytic FLOPs ratio n=4 / n=1) x 1.15 of the n=1 step's.
+
+Variants (each a full training step on the same random batch, every position labelled: forward with
+labels, backward, AdamW step, `zero_grad(set_to_none=False)`), all with `--layers` blocks in total:
+
+- `n1`: `n_future_tokens=1`, the model's chunked loss (`labels=` forward);
+- `n4`: `n_future_tokens=4`, the model's chunked loss;
+- `n4_naive`: `n_future_tokens=4`, `return_all_heads=True` forward, the full `[B, T, n, V]` logits and
+  one `F.cross_entropy` per head (the straightforward implementation, the comparison point).
+
+Memory. *Working* memory of a step = peak memory during the step minus the memory held before it
+(parameters, persistent gradients, AdamW state, the batch); *total* = peak during the step. Each variant
+runs in its own fresh subprocess so that variants cannot pollute each other's allocator or caches.
+
+- CUDA: `torch.cuda.reset_peak_memory_stats()` / `max_memory_allocated()` around the step, minus
+  `memory_allocated()` before it.
+- CPU: there is no allocator peak counter, the profiler's memory events are unreliable and RSS is coarse
+  (glibc keeps freed chunks, page granularity). So one extra, untimed step runs under `LiveTensorTracker`,
+  a `TorchDispatchMode` that sees every op output (forward, autograd backward and optimizer), counts each
+  new untyped storage once (keyed by `data_ptr`; storages alive before the step are excluded) and
+  subtracts its bytes when a `weakref.finalize` on the storage fires. Its maximum is the exact peak of
+  live tensor bytes. It does not see scratch buffers a kernel allocates internally and frees before
+  returning (e.g. inside SDPA or a reduction), so it is a slight lower bound on the allocator's peak. It
+  also records the peak per phase (forward / backward / optimizer) and what was alive at the peak.
+  As a sanity number the peak RSS increase over the step is reported too (VmHWM after resetting it via
+  `/proc/self/clear_refs`, else psutil sampling every 1 ms).
+
+Time: median over `--steps` steps after `--warmup` steps (CUDA-synchronised), without any tracker.
+
+FLOPs (analytic, matmuls only; embedding lookup, norms, softmax and other element-wise work not
+counted). Per token: `6 * P_block * L` for the `L` blocks (the same for n=1 and n=4: the number of
+blocks is fixed, extra heads replace trunk blocks) plus causal attention `6 * L * T * D`; per target row
+of each head, the unembedding costs `8 * V * D` with the chunked loss (forward 2, recomputed logits in
+backward 2, grad-input 2, grad-weight 2) and `6 * V * D` on all `T` positions for the naive loss.
+The time target is `t(n4) / t(n1) <= FLOPs(n4) / FLOPs(n1) * 1.15`.
+
+CPU default (about 2-4 minutes on 2 cores; hidden 256, 8 blocks, batch 2, seq 512, vocab 32000):
+
+    python scripts/bench_model.py
+
+GPU run with a bigger model (about 0.95B parameters, bfloat16):
+
+    python scripts/bench_model.py --device cuda --hidden 2048 --layers 16 --heads 16 \\
+        --seq 2048 --batch 4 --warmup 3 --steps 10 --output bench_results/bench_model_cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "n1": {"n_future": 1, "naive": False, "label": "n_future=1 (chunked loss)"},
+    "n4": {"n_future": 4, "naive": False, "label": "n_future=4 (chunked loss)"},
+    "n4_naive": {"n_future": 4, "naive": True, "label": "n_future=4 naive [B,T,n,V] logits"},
+}
+MEMORY_TOLERANCE = 1.15
+TIME_TOLERANCE = 1.15
+MB = 2**20
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory measurement
+# --------------------------------------------------------------------------------------------------
+
+
+class LiveTensorTracker(TorchDispatchMode):
+    """Exact peak of live tensor-storage bytes created while the mode is active (see module docstring)."""
+
+    def __init__(self, ignore_ptrs: Iterable[int] = ()) -> None:
+        super().__init__()
+        self.ignore_ptrs = set(ignore_ptrs)
+        self.live: dict[int, tuple[int, str, tuple[int, ...], str]] = {}
+        self.current = 0
+        self.peak = 0
+        self.phase = "step"
+        self.phase_peaks: dict[str, int] = defaultdict(int)
+        self.at_peak: dict[int, tuple[int, str, tuple[int, ...], str]] = {}
+        self.peak_phase = ""
+
+    def set_phase(self, name: str) -> None:
+        """Start a new phase; its peak counts what is live from now on, including older tensors."""
+        self.phase = name
+        self.phase_peaks[name] = max(self.phase_peaks[name], self.current)
+
+    def _free(self, ptr: int) -> None:
+        entry = self.live.pop(ptr, None)
+        if entry is not None:
+            self.current -= entry[0]
+
+    def _track(self, tensor: torch.Tensor, op: str) -> None:
+        if tensor.device.type == "meta":
+            return
+        storage = tensor.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr == 0 or ptr in self.live or ptr in self.ignore_ptrs:
+            return
+        nbytes = storage.nbytes()
+        self.live[ptr] = (nbytes, op, tuple(tensor.shape), self.phase)
+        weakref.finalize(storage, self._free, ptr)
+        self.current += nbytes
+        if self.current > self.phase_peaks[self.phase]:
+            self.phase_peaks[self.phase] = self.current
+        if self.current > self.peak:
+            self.peak = self.current
+            self.peak_phase = self.phase
+            self.at_peak = dict(self.live)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        op = str(func.overloadpacket.__name__)
+        for leaf in pytree.tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self._track(leaf, op)
+        return out
+
+    def breakdown(self, top: int = 12) -> list[dict[str, Any]]:
+        """What was alive at the peak, grouped by (creating phase, op, shape), largest first."""
+        groups: dict[tuple[str, str, tuple[int, ...]], list[int]] = defaultdict(lambda: [0, 0])
+        for nbytes, op, shape, phase in self.at_peak.values():
+            group = groups[(phase, op, shape)]
+            group[0] += nbytes
+            group[1] += 1
+        rows = sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]
+        return [
+            {"phase": p, "op": o, "shape": list(s), "count": c, "mb": round(b / MB, 2)}
+            for (p, o, s), (b, c) in rows
+        ]
+
+
+def _read_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakRss:
+    """Peak RSS increase over a block: VmHWM after resetting it (Linux), else psutil sampling."""
+
+    def __enter__(self) -> PeakRss:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.method = "psutil-sampling-1ms"
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            if _read_status_kb("VmHWM") is not None:
+                self.method = "VmHWM-reset"
+        except OSError:
+            pass
+        self.start = self._proc.memory_info().rss
+        self._peak = self.start
+        self._stop = threading.Event()
+        if self.method.startswith("psutil"):
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.method == "VmHWM-reset":
+            self._peak = (_read_status_kb("VmHWM") or 0) * 1024
+        else:
+            self._thread.join()
+        self.delta = max(self._peak - self.start, 0)
+
+
+def _storage_ptrs(tensors: Iterable[torch.Tensor]) -> dict[int, int]:
+    """`data_ptr -> nbytes` of the distinct storages behind `tensors`."""
+    out: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        if storage.data_ptr() != 0:
+            out[storage.data_ptr()] = storage.nbytes()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Model, step, FLOPs
+# --------------------------------------------------------------------------------------------------
+
+
+def llama_intermediate(hidden: int, multiple_of: int = 256) -> int:
+    """LLaMA's SwiGLU width: `int(2 * 4 * D / 3)` rounded up to `multiple_of`."""
+    h = int(2 * 4 * hidden / 3)
+    return multiple_of * ((h + multiple_of - 1) // multiple_of)
+
+
+def build_model(args: argparse.Namespace, n_future: int, device: torch.device, dtype: torch.dtype):
+    """A fresh seeded `WmtpForMultiTokenPrediction` in train mode (same init for equal `n_future`)."""
+    from wmtp_hf.configuration_wmtp import WmtpConfig
+    from wmtp_hf.modeling_wmtp import WmtpForMultiTokenPrediction
+
+    config = WmtpConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate or llama_intermediate(args.hidden),
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        max_position_embeddings=max(args.seq, 2048),
+        n_future_tokens=n_future,
+        loss_chunk_size=args.loss_chunk_size,
+        use_cache=False,
+        attn_implementation=args.attn,
+    )
+    torch.manual_seed(args.seed)
+    model = WmtpForMultiTokenPrediction(config).to(device=device, dtype=dtype)
+    return model.train()
+
+
+def analytic_flops(
+    args: argparse.Namespace, model: torch.nn.Module, n_future: int, naive: bool
+) -> dict[str, float]:
+    """Matmul FLOPs of one training step (see module docstring for what is counted)."""
+    cfg = model.config
+    tokens = args.batch * args.seq
+    block_params = sum(p.numel() for p in model.model.layers[0].parameters())
+    n_blocks = len(model.model.layers) + len(model.model.extra_heads)
+    blocks = 6.0 * block_params * n_blocks * tokens
+    attention = 6.0 * n_blocks * args.seq * cfg.num_attention_heads * cfg.head_dim * tokens
+    vd = float(cfg.vocab_size * cfg.hidden_size)
+    if naive:
+        unembed = 6.0 * vd * tokens * n_future
+    else:
+        rows = sum(args.batch * max(args.seq - 1 - k, 0) for k in range(n_future))
+        unembed = 8.0 * vd * rows
+    return {
+        "blocks": blocks,
+        "attention": attention,
+        "unembedding": unembed,
+        "total": blocks + attention + unembed,
+    }
+
+
+def make_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    naive: bool,
+) -> Callable[[Callable[[str], None]], float]:
+    """A closure running one full training step; `phase(name)` is called at each phase boundary."""
+    n_future = model.config.n_future_tokens
+    seq = input_ids.shape[1]
+
+    def step(phase: Callable[[str], None]) -> float:
+        phase("forward")
+        if naive:
+            out = model(input_ids, return_all_heads=True, skip_logits=True)
+            logits = out.mtp_logits  # [B, T, n, V]
+            head_losses = [
+                F.cross_entropy(
+                    logits[:, : seq - 1 - k, k].reshape(-1, logits.shape[-1]).float(),
+                    labels[:, 1 + k :].reshape(-1),
+                    ignore_index=-100,
+                )
+                for k in range(n_future)
+            ]
+            loss = torch.stack(head_losses).mean()
+            del logits, head_losses
+        else:
+            out = model(input_ids, labels=labels)
+            loss = out.loss
+        del out
+        phase("backward")
+        loss.backward()
+        phase("optimizer")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+        value = float(loss.detach())
+        phase("end")
+        return value
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_memory(
+    step: Callable[[Callable[[str], None]], float],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Iterable[torch.Tensor],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Run one (untimed) step and return its peak working / held memory, phase peaks and RSS delta."""
+    gc.collect()
+    held_tensors = [*model.parameters(), *batch]
+    held_tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    held_tensors += [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    held = _storage_ptrs(t for t in held_tensors if t.device == device)
+    out: dict[str, Any] = {"peak_breakdown": [], "rss_delta_bytes": None, "rss_method": None}
+    if device.type == "cuda":
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        phase_peaks: dict[str, int] = {}
+        current = ["start"]
+
+        def cuda_phase(name: str) -> None:
+            _sync(device)
+            phase_peaks[current[0]] = torch.cuda.max_memory_allocated(device) - baseline
+            torch.cuda.reset_peak_memory_stats(device)
+            current[0] = name
+
+        step(cuda_phase)
+        phase_peaks.pop("start", None)
+        out["memory_method"] = "torch.cuda.max_memory_allocated - memory_allocated before the step"
+    else:
+        baseline = sum(held.values())
+        tracker = LiveTensorTracker(ignore_ptrs=held)
+        with PeakRss() as rss, tracker:
+            step(tracker.set_phase)
+        phase_peaks = dict(tracker.phase_peaks)
+        out["peak_breakdown"] = tracker.breakdown()
+        out["rss_delta_bytes"], out["rss_method"] = rss.delta, rss.method
+        out["memory_method"] = "LiveTensorTracker (TorchDispatchMode over live storage bytes)"
+    phase_peaks.pop("end", None)
+    working = max(phase_peaks.values())
+    out.update(
+        baseline_bytes=baseline,
+        held_bytes_counted=sum(held.values()),
+        peak_working_bytes=working,
+        peak_total_bytes=baseline + working,
+        phase_peak_working_bytes=phase_peaks,
+    )
+    return out
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """One variant in this fresh process: set up, warm up, measure memory, then time steps on request.
+
+    Protocol (one JSON object per line on the original stdout; everything else goes to stderr): the
+    worker prints its setup/memory result, then answers each `step` line on stdin with that step's
+    wall and CPU time, until `quit`.
+    """
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints (ours, libraries', C code's) must not corrupt the protocol
+    spec = VARIANTS[args.worker]
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    model = build_model(args, spec["n_future"], device, dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    input_ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen).to(device)
+    labels = input_ids.clone()
+    step = make_step(model, optimizer, input_ids, labels, spec["naive"])
+
+    def noop(_: str) -> None:
+        return None
+
+    losses = [step(noop) for _ in range(max(args.warmup, 1))]  # >= 1: AdamW state exists before measuring
+    _sync(device)
+    result = {
+        "variant": args.worker,
+        "label": spec["label"],
+        "n_future": spec["n_future"],
+        "naive": spec["naive"],
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_blocks": len(model.model.layers) + len(model.model.extra_heads),
+        "first_loss": losses[0],
+        "flops": analytic_flops(args, model, spec["n_future"], spec["naive"]),
+        "threads": torch.get_num_threads(),
+        **measure_memory(step, model, optimizer, (input_ids, labels), device),
+    }
+    proto.write(json.dumps(result) + "\n")
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        gc.collect()
+        _sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        step(noop)
+        _sync(device)
+        proto.write(
+            json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}) + "\n"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None, help="default: fp32 CPU, bf16 CUDA"
+    )
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--intermediate", type=int, default=None, help="default: LLaMA formula (multiple of 256)")
+    p.add_argument(
+        "--layers", type=int, default=8, help="total blocks (trunk + heads), same for all variants"
+    )
+    p.add_argument("--heads", type=int, default=4, help="attention heads")
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--loss-chunk-size", type=int, default=1024, help="WmtpConfig.loss_chunk_size")
+    p.add_argument("--attn", default="sdpa", help="attn_implementation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--output", type=Path, default=Path("bench_results/bench_model.json"))
+    p.add_argument("--worker", choices=list(VARIANTS), default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.device == "cuda" else "float32"
+    if "n1" not in args.variants:
+        args.variants.insert(0, "n1")
+    return args
+
+
+class Worker:
+    """A variant's measuring process (see `run_worker`), driven over pipes."""
+
+    def __init__(self, args: argparse.Namespace, variant: str) -> None:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant]
+        for name, value in vars(args).items():
+            if value is not None and name not in ("worker", "variants", "output"):
+                cmd += [f"--{name.replace('_', '-')}", str(value)]
+        self.variant = variant
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.variant} exited with {self.proc.wait()} (see its stderr above)")
+        return json.loads(line)
+
+    def step(self) -> dict[str, float]:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
+def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Start the variants' processes one after another (memory is measured alone), then time them
+    interleaved round-robin, so that background load on a shared machine hits every variant alike."""
+    workers: dict[str, Worker] = {}
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for variant in args.variants:
+            print(f"[bench_model] {variant}: setup, warm-up, memory step (fresh process) ...", flush=True)
+            workers[variant] = Worker(args, variant)
+            results[variant] = workers[variant].read()
+            results[variant]["steps"] = []
+        for i in range(args.steps):
+            print(f"[bench_model] timing round {i + 1}/{args.steps} ...", flush=True)
+            for variant, worker in workers.items():
+                results[variant]["steps"].append(worker.step())
+    finally:
+        for worker in workers.values():
+            worker.close()
+    for r in results.values():
+        walls = [s["wall_s"] for s in r["steps"]]
+        r["step_time_median_s"] = statistics.median(walls)
+        r["step_time_min_s"] = min(walls)
+        r["cpu_time_median_s"] = statistics.median(s["cpu_s"] for s in r["steps"])
+        r["tokens_per_s"] = args.batch * args.seq / r["step_time_median_s"]
+    return results
+
+
+def summarise(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Ratios vs n=1 and pass/fail of each SPEC §6 target."""
+    base = results["n1"]
+    for r in results.values():
+        paired = [a["wall_s"] / b["wall_s"] for a, b in zip(r["steps"], base["steps"], strict=True)]
+        r["time_ratio_vs_n1_per_round"] = paired
+        r["time_ratio_vs_n1"] = statistics.median(paired)
+        r["time_ratio_vs_n1_of_medians"] = r["step_time_median_s"] / base["step_time_median_s"]
+        r["time_ratio_vs_n1_of_mins"] = r["step_time_min_s"] / base["step_time_min_s"]
+        r["working_memory_ratio_vs_n1"] = r["peak_working_bytes"] / base["peak_working_bytes"]
+        r["total_memory_ratio_vs_n1"] = r["peak_total_bytes"] / base["peak_total_bytes"]
+        r["flops_ratio_vs_n1"] = r["flops"]["total"] / base["flops"]["total"]
+    targets: dict[str, Any] = {}
+    if "n4" in results:
+        n4 = results["n4"]
+        allowed = n4["flops_ratio_vs_n1"] * TIME_TOLERANCE
+        targets["n4_memory"] = {
+            "measured_ratio": n4["working_memory_ratio_vs_n1"],
+            "allowed_ratio": MEMORY_TOLERANCE,
+            "pass": n4["working_memory_ratio_vs_n1"] <= MEMORY_TOLERANCE,
+        }
+        targets["n4_time"] = {
+            "measured_ratio": n4["time_ratio_vs_n1"],
+            "ratio_of_medians": n4["time_ratio_vs_n1_of_medians"],
+            "ratio_of_mins": n4["time_ratio_vs_n1_of_mins"],
+            "flops_ratio": n4["flops_ratio_vs_n1"],
+            "allowed_ratio": allowed,
+            "pass": n4["time_ratio_vs_n1"] <= allowed,
+        }
+    if "n4" in results and "n4_naive" in results:
+        naive = results["n4_naive"]
+        targets["n4_below_naive_memory"] = {
+            "naive_ratio_vs_n1": naive["working_memory_ratio_vs_n1"],
+            "n4_over_naive": results["n4"]["peak_working_bytes"] / naive["peak_working_bytes"],
+            "pass": results["n4"]["peak_working_bytes"] < naive["peak_working_bytes"],
+        }
+        targets["loss_check_n4_vs_naive_first_step"] = {
+            "abs_diff": abs(results["n4"]["first_loss"] - naive["first_loss"]),
+        }
+    return targets
+
+
+def print_table(
+    args: argparse.Namespace, results: dict[str, dict[str, Any]], targets: dict[str, Any]
+) -> None:
+    header = (
+        f"{'variant':<36}{'step ms':>10}{'tokens/s':>10}{'work MB':>10}{'total MB':>10}"
+        f"{'RSS d MB':>10}{'time x':>8}{'mem x':>8}{'FLOPs x':>9}"
+    )
+    print(
+        f"\ndevice={args.device} dtype={args.dtype} hidden={args.hidden} blocks={args.layers} "
+        f"heads={args.heads} vocab={args.vocab} seq={args.seq} batch={args.batch} steps={args.steps}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results.values():
+        rss = "-" if r["rss_delta_bytes"] is None else f"{r['rss_delta_bytes'] / MB:.0f}"
+        print(
+            f"{r['label']:<36}{r['step_time_median_s'] * 1e3:>10.0f}{r['tokens_per_s']:>10.0f}"
+            f"{r['peak_working_bytes'] / MB:>10.1f}{r['peak_total_bytes'] / MB:>10.1f}{rss:>10}"
+            f"{r['time_ratio_vs_n1']:>8.2f}{r['working_memory_ratio_vs_n1']:>8.2f}{r['flops_ratio_vs_n1']:>9.2f}"
+        )
+    print("\nphase peaks of working memory (MB):")
+    for r in results.values():
+        phases = ", ".join(f"{k} {v / MB:.1f}" for k, v in r["phase_peak_working_bytes"].items())
+        print(f"  {r['variant']:<10} {phases}")
+    print("\ntargets (SPEC §6):")
+    if "n4_memory" in targets:
+        t = targets["n4_memory"]
+        print(
+            f"  n4 peak working memory {t['measured_ratio']:.3f}x n1 (<= {t['allowed_ratio']:.2f}): "
+            f"{'PASS' if t['pass'] else 'FAIL'}"
+        )
+        t = targets["n4_time"]
+        print(
+            f"  n4 step time {t['measured_ratio']:.3f}x n1 (<= FLOPs {t['flops_ratio']:.3f} x {TIME_TOLERANCE} = "
+            f"{t['allowed_ratio']:.3f}): {'PASS' if t['pass'] else 'FAIL'}  [median of per-round ratios; "
+            f"ratio of medians {t['ratio_of_medians']:.3f}, of minima {t['ratio_of_mins']:.3f}]"
+        )
+    if "n4_below_naive_memory" in targets:
+        t = targets["n4_below_naive_memory"]
+        print(
+            f"  naive working memory {t['naive_ratio_vs_n1']:.2f}x n1; n4 = {t['n4_over_naive']:.2f}x naive: "
+            f"{'PASS' if t['pass'] else 'FAIL'}"
+        )
+        d = targets["loss_check_n4_vs_naive_first_step"]["abs_diff"]
+        print(f"  first-step loss |n4 - naive| = {d:.2e} (same init, same batch)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        run_worker(args)
+        return 0
+    import transformers
+
+    results = run_all(args)
+    targets = summarise(args, results)
+    print_table(args, results, targets)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if "worker" not in k}
+    report = {
+        "config": config,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "cpu_count": os.cpu_count(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "results": results,
+        "targets": targets,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Batch tokenized examples for the HF Trainer: right padding, prompt/padding labels -100, reward, difficulty."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .schema import DataError
+
+IGNORE_INDEX = -100
+
+
+class WmtpDataCollator:
+    """`data_collator` for `Trainer`: features hold `input_ids` and `prompt_length` (or `labels`).
+
+    Returns `input_ids`, `attention_mask` (1 over prompt + response), `labels` (-100 on the prompt and
+    padding), `reward` (float `is_correct`, 0 when absent) and `difficulty` (long, -1 when absent).
+    """
+
+    def __init__(
+        self, tokenizer: Any = None, pad_token_id: int | None = None, pad_to_multiple_of: int | None = None
+    ):
+        if pad_token_id is None and tokenizer is not None:
+            pad_token_id = (
+                tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            )
+        if pad_token_id is None:
+            raise DataError("collator: expected a tokenizer with a pad_token (or eos_token), or pad_token_id")
+        self.pad_token_id = int(pad_token_id)
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = [list(f["input_ids"]) for f in features]
+        labels = [self._labels(f, row) for f, row in zip(features, ids, strict=True)]
+        width = max(len(row) for row in ids)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
+        batch_labels = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, (row, row_labels) in enumerate(zip(ids, labels, strict=True)):
+            batch_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            batch_labels[i, : len(row)] = torch.tensor(row_labels, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return {
+            "input_ids": batch_ids,
+            "attention_mask": mask,
+            "labels": batch_labels,
+            "reward": torch.tensor([float(f.get("is_correct", False)) for f in features], dtype=torch.float),
+            "difficulty": torch.tensor([int(f.get("difficulty", -1)) for f in features], dtype=torch.long),
+        }
+
+    @staticmethod
+    def _labels(feature: Mapping[str, Any], ids: list[int]) -> list[int]:
+        if "labels" in feature:
+            labels = list(feature["labels"])
+            if len(labels) != len(ids):
+                raise DataError(f"collator: 'labels' has {len(labels)} items, 'input_ids' has {len(ids)}")
+            return labels
+        if "prompt_length" not in feature:
+            raise DataError("collator: each feature needs 'prompt_length' or 'labels' besides 'input_ids'")
+        n = int(feature["prompt_length"])
+        return [IGNORE_INDEX] * n + ids[n:]

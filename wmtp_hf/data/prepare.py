@@ -1,0 +1,132 @@
+"""`prepare`: load a source, optionally tokenize it, and save Arrow splits plus `stats.json`."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from tqdm.auto import tqdm
+
+from .formatting import DEFAULT_MAX_LENGTH, format_prompt, tokenize_dataset
+from .io import atomic_write_json
+from .offline import SPLITS as OFFLINE_SPLITS
+from .schema import SOURCES, DataError
+from .sources import load_source
+from .sources.codecontests import HUB_SPLITS as CODECONTESTS_HUB_SPLITS
+from .sources.humaneval import SPLITS as HUMANEVAL_SPLITS
+from .sources.mbpp import SPLIT_RANGES as MBPP_SPLITS
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def default_splits(source: str, path: str | None) -> list[str]:
+    """Every split of a source (a local CodeContests file is a single split, called "train")."""
+    if source == "codecontests":
+        return ["train"] if path else sorted(set(CODECONTESTS_HUB_SPLITS.values()))
+    return list(
+        {"mbpp": MBPP_SPLITS, "humaneval": HUMANEVAL_SPLITS, "offline": OFFLINE_SPLITS}.get(source, ["train"])
+    )
+
+
+def length_stats(lengths: np.ndarray) -> dict[str, float] | None:
+    """min / mean / percentiles / max of a length column (None when there are no rows)."""
+    if not len(lengths):
+        return None
+    stats = {"min": int(lengths.min()), "mean": round(float(lengths.mean()), 1), "max": int(lengths.max())}
+    stats.update({f"p{q}": round(float(np.percentile(lengths, q)), 1) for q in PERCENTILES})
+    return stats
+
+
+def split_stats(ds: datasets.Dataset, loaded: int, dropped: Counter, tokenized: bool) -> dict[str, Any]:
+    """Row counts, label and difficulty distributions, lengths and drop reasons of one split."""
+    meta = ds.select_columns(["is_correct", "difficulty"]).with_format("numpy")[:]
+    correct = np.asarray(meta["is_correct"], dtype=bool)
+    values, counts = np.unique(np.asarray(meta["difficulty"]), return_counts=True)
+    out: dict[str, Any] = {
+        "rows_loaded": loaded,
+        "rows": len(ds),
+        "is_correct": {"true": int(correct.sum()), "false": int((~correct).sum())},
+        "difficulty": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
+        "dropped": dict(sorted(dropped.items())),
+    }
+    if tokenized:
+        out["token_length"] = length_stats(
+            np.asarray(ds.select_columns(["length"]).with_format("numpy")[:]["length"])
+        )
+    else:
+        out["token_length"] = None
+        chars = [len(format_prompt(r)) + len(r["output"]) for r in ds]
+        out["char_length"] = length_stats(np.asarray(chars))
+    return out
+
+
+def load_tokenizer(path: str) -> Any:
+    """A local HF tokenizer folder (no network)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"--tokenizer {path}: could not load a tokenizer ({first})") from None
+
+
+def prepare(
+    source: str,
+    output: str | Path,
+    path: str | None = None,
+    splits: list[str] | None = None,
+    tokenizer: str | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write `output/<split>/` (Arrow, `save_to_disk`) and `output/stats.json`; returns the stats.
+
+    With a tokenizer the splits hold `input_ids`, `prompt_length`, `length` + metadata, over-long and
+    empty examples dropped and counted; without one they hold the unified rows and the stats report
+    character lengths instead of token lengths. The folder appears only once complete.
+    """
+    if source not in SOURCES:
+        raise DataError(f"unknown source '{source}'; valid: {', '.join(SOURCES)}")
+    output = Path(output)
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise DataError(f"{output}: already exists and is not empty; pass --overwrite to replace it")
+        if not (output / "stats.json").exists():
+            raise DataError(
+                f"{output}: --overwrite only replaces a folder written by prepare (no stats.json)"
+            )
+    tok = load_tokenizer(tokenizer) if tokenizer else None
+    splits = splits or default_splits(source, path)
+    stats: dict[str, Any] = {
+        "source": source,
+        "path": path,
+        "tokenizer": tokenizer,
+        "max_length": max_length if tok else None,
+        "splits": {},
+        "notes": [] if tok else ["no --tokenizer: rows are saved untokenized; lengths are in characters"],
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}-"))
+    try:
+        for split in tqdm(splits, desc=f"prepare {source}", unit="split"):
+            dropped: Counter = Counter()
+            ds = load_source(source, path=path, split=split, dropped=dropped)
+            loaded = len(ds)
+            if tok is not None:
+                ds, token_drops = tokenize_dataset(ds, tok, max_length=max_length, desc=f"tokenize {split}")
+                dropped.update(token_drops)
+            stats["splits"][split] = split_stats(ds, loaded, dropped, tokenized=tok is not None)
+            ds.save_to_disk(str(tmp / split))
+        atomic_write_json(tmp / "stats.json", stats)
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return stats

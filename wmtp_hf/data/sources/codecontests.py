@@ -1,0 +1,125 @@
+"""CodeContests (DeepMind) → unified rows: Python solutions only, correct and incorrect, stdin/stdout tests."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from ..io import iter_jsonl
+from ..schema import DataError, check_str_list, check_type, make_row, optional, require
+
+HUB_ID = "deepmind/code_contests"
+HUB_SPLITS = {"train": "train", "valid": "valid", "validation": "valid", "test": "test"}
+PYTHON_LANGUAGES = (1, 3)  # 1 = PYTHON (2), 3 = PYTHON3; 2 = CPP, 4 = JAVA, 0 = UNKNOWN are skipped
+MAX_EXAMPLES_IN_INPUT = 2
+
+
+def iter_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`(location, record)` for every row of a local JSONL(.gz) or parquet file in the HF schema."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        index = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=64):
+            for record in batch.to_pylist():
+                yield f"{path}[row {index}]", record
+                index += 1
+    else:
+        for line, record in iter_jsonl(path):
+            yield f"{path}:{line}", record
+
+
+def _tests(record: dict[str, Any], field: str, loc: str) -> tuple[list[str], list[str]]:
+    value = optional(record, field, dict, loc, {})
+    inputs = check_str_list(value.get("input") or [], f"{field}.input", loc)
+    outputs = check_str_list(value.get("output") or [], f"{field}.output", loc)
+    if len(inputs) != len(outputs):
+        raise DataError(f"{loc}: field '{field}': 'input' and 'output' must have the same length")
+    return inputs, outputs
+
+
+def _solutions(record: dict[str, Any], field: str, loc: str) -> list[tuple[int, int, str]] | None:
+    """`(index, language, code)` triples, or None when the field is absent (some real exports drop it)."""
+    value = optional(record, field, dict, loc, None)
+    if value is None:
+        return None
+    languages = check_type(value.get("language") or [], f"{field}.language", list, loc)
+    codes = check_str_list(value.get("solution") or [], f"{field}.solution", loc)
+    for i, lang in enumerate(languages):
+        check_type(lang, f"{field}.language[{i}]", int, loc)
+    if len(languages) != len(codes):
+        raise DataError(f"{loc}: field '{field}': 'language' and 'solution' must have the same length")
+    return [(i, lang, code) for i, (lang, code) in enumerate(zip(languages, codes, strict=True))]
+
+
+def format_examples(inputs: list[str], outputs: list[str]) -> str:
+    """Up to two public examples, shown to the model as the prompt's `### Input:` section."""
+    parts = [
+        f"Example {k + 1}:\nInput:\n{inp.rstrip()}\nOutput:\n{out.rstrip()}"
+        for k, (inp, out) in enumerate(zip(inputs[:MAX_EXAMPLES_IN_INPUT], outputs, strict=False))
+    ]
+    return "\n\n".join(parts)
+
+
+def record_to_rows(record: dict[str, Any], loc: str, dropped: Counter) -> Iterator[dict[str, Any]]:
+    """One row per Python solution of one problem; empty solutions are dropped and counted."""
+    name = require(record, "name", str, loc)
+    description = require(record, "description", str, loc)
+    difficulty = optional(record, "difficulty", int, loc, 0)
+    public_in, public_out = _tests(record, "public_tests", loc)
+    all_in, all_out = list(public_in), list(public_out)
+    for field in ("private_tests", "generated_tests"):
+        inputs, outputs = _tests(record, field, loc)
+        all_in += inputs
+        all_out += outputs
+    tests = {"kind": "stdio", "inputs": all_in, "outputs": all_out}
+    examples = format_examples(public_in, public_out)
+    for field, label, correct in (
+        ("solutions", "correct", True),
+        ("incorrect_solutions", "incorrect", False),
+    ):
+        solutions = _solutions(record, field, loc)
+        if solutions is None:
+            dropped[f"records_without_{field}"] += 1
+            continue
+        for index, language, code in solutions:
+            if language not in PYTHON_LANGUAGES:
+                dropped["non_python_solution"] += 1
+                continue
+            if not code.strip():
+                dropped["empty_solution"] += 1
+                continue
+            yield make_row(
+                instruction=description,
+                input=examples,
+                output=code,
+                task_id=f"{name}_{label}_{index}",
+                problem_id=name,
+                source="codecontests",
+                is_correct=correct,
+                difficulty=difficulty if difficulty > 0 else -1,  # 0 is UNKNOWN_DIFFICULTY
+                tests=tests,
+            )
+
+
+def rows_from(records: Iterable[tuple[str, dict[str, Any]]], dropped: Counter) -> Iterator[dict[str, Any]]:
+    """Unified rows for a stream of `(location, record)` pairs."""
+    for loc, record in records:
+        yield from record_to_rows(record, loc, dropped)
+
+
+def hub_records(split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Records of the Hub dataset (network or HF cache); only used when no local path is given."""
+    if split not in HUB_SPLITS:
+        raise DataError(f"codecontests: unknown split '{split}'; valid: {', '.join(sorted(set(HUB_SPLITS)))}")
+    return _iter_hub(HUB_SPLITS[split])
+
+
+def _iter_hub(split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    ds = datasets.load_dataset(HUB_ID, split=split)
+    for i, record in enumerate(ds):
+        yield f"{HUB_ID}[{split} row {i}]", record

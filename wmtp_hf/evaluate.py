@@ -1,0 +1,114 @@
+"""`python -m wmtp_hf.evaluate`: sample completions from a model (or read them) and report sandboxed pass@k."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m wmtp_hf.evaluate", description=__doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="model directory or Hub id (AutoModelForCausalLM + AutoTokenizer)")
+    src.add_argument("--samples", help="JSONL with task_id, completion: score these instead of generating")
+    p.add_argument("--dataset", required=True, choices=["humaneval", "mbpp", "codecontests", "offline"])
+    p.add_argument("--path", help="local data file for the dataset (see wmtp_hf.data.load_source)")
+    p.add_argument("--split", help="default: test (offline: eval)")
+    p.add_argument("--n-samples", type=int, default=1, help="completions per problem")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--k", default="1", help="comma-separated k values, e.g. 1,10")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="default: cuda when available, else cpu")
+    p.add_argument("--limit", type=int, help="evaluate only the first N problems")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per program (per test for stdio)")
+    p.add_argument("--workers", type=int, help="parallel sandboxed programs (default: CPU count)")
+    p.add_argument("--output", required=True, help="directory for results.jsonl and summary.json")
+    return p.parse_args(argv)
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError:
+        raise ValueError(f"--k: expected comma-separated positive integers, got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise ValueError(f"--k: expected comma-separated positive integers, got {text!r}")
+    return ks
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Load problems, get completions (generate or read), score them, write outputs; return the summary."""
+    from wmtp_hf.evaluation.problems import DEFAULT_SPLITS, load_problems
+    from wmtp_hf.evaluation.runner import log_to_mlflow, score_samples, write_outputs
+    from wmtp_hf.evaluation.samples import Sample, read_samples
+
+    ks = _parse_ks(args.k)
+    for name in ("n_samples", "max_new_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
+    if args.temperature < 0 or args.timeout <= 0:
+        raise ValueError("--temperature: expected >= 0; --timeout: expected > 0")
+    problems = load_problems(args.dataset, args.path, args.split)
+    if args.limit is not None:
+        problems = problems[: args.limit]
+    if not problems:
+        raise ValueError(
+            f"--dataset {args.dataset}: no problems found (path={args.path}, split={args.split})"
+        )
+    if args.samples:
+        known = {p.task_id: p.task_id for p in problems}
+        known.update({alias: p.task_id for p in problems for alias in p.aliases})
+        samples = read_samples(args.samples, known)
+    else:
+        from wmtp_hf.evaluation.generation import generate_completions, load_model
+
+        model, tokenizer = load_model(args.model, device=args.device)
+        samples = []
+        for stops in sorted({p.stop_sequences for p in problems}):
+            group = [p for p in problems if p.stop_sequences == stops]
+            completions = generate_completions(
+                model,
+                tokenizer,
+                [p.prompt for p in group],
+                n_samples=args.n_samples,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size,
+                stop_sequences=stops,
+                seed=args.seed,
+            )
+            samples += [
+                Sample(p.task_id, c) for p, texts in zip(group, completions, strict=True) for c in texts
+            ]
+    rows, summary = score_samples(problems, samples, ks=ks, timeout_s=args.timeout, workers=args.workers)
+    params = {k: v for k, v in vars(args).items() if v is not None}
+    split = args.split or DEFAULT_SPLITS[args.dataset]
+    summary = {"dataset": args.dataset, "split": split, "source": args.model or args.samples, **summary}
+    write_outputs(args.output, rows, summary)
+    log_to_mlflow(params, summary, args.output)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+    except (ValueError, OSError) as exc:  # bad input: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    scores = ", ".join(f"{k} = {v:.4f}" for k, v in summary.items() if k.startswith("pass@"))
+    skipped = ", ".join(summary["skipped_k"]) or "none"
+    print(
+        f"{summary['n_problems']} problems, {summary['n_samples']} samples: {scores or 'no pass@k'} "
+        f"(skipped: {skipped}); results in {args.output}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

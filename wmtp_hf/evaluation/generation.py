@@ -1,0 +1,114 @@
+"""Batched sampling of completions: left padding, KV cache, stop sequences (checked during and after decoding)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+# HumanEval-style completions continue a function body: stop where the next top-level statement starts.
+COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+# Alpaca-style responses end at EOS (handled by generate) or at the next "### " section header.
+INSTRUCTION_STOPS = ("\n### ",)
+
+
+def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
+    """Cut `text` at the earliest occurrence of any stop string (the stop string itself is removed)."""
+    cut = len(text)
+    for stop in stops:
+        index = text.find(stop)
+        if index != -1:
+            cut = min(cut, index)
+    return text[:cut]
+
+
+class StopOnStrings(StoppingCriteria):
+    """Stop a sequence once its *generated* text (prompt excluded) contains a stop string.
+
+    transformers' `stop_strings` also matches across the prompt boundary (a prompt ending in "\n" plus a
+    generated "def " would stop at once), which disagrees with post-hoc truncation of the completion.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_length: int, stops: Sequence[str]) -> None:
+        self.tokenizer, self.prompt_length, self.stops = tokenizer, prompt_length, tuple(stops)
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        done = [any(stop in text for stop in self.stops) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def load_model(model_dir: str, device: str | None = None, dtype: str = "auto") -> tuple[Any, Any]:
+    """Load a causal LM + tokenizer from `model_dir` (a WMTP or any transformers checkpoint), in eval mode."""
+    import transformers
+
+    import wmtp_hf  # noqa: F401  - registers the `wmtp` model type with the Auto classes
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+@torch.inference_mode()
+def generate_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    n_samples: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+    stop_sequences: Sequence[str] = (),
+    seed: int = 0,
+    progress: bool = True,
+) -> list[list[str]]:
+    """Return `n_samples` completions per prompt (list per prompt, in order).
+
+    Greedy decoding when temperature == 0 (one generation, replicated n times, since it is deterministic);
+    otherwise sampling with temperature/top_p from a seeded generator state. Prompts are left-padded so
+    that every sequence in a batch continues right after its own last prompt token.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples: expected >= 1, got {n_samples}")
+    greedy = temperature == 0
+    copies = 1 if greedy else n_samples
+    jobs = [i for i in range(len(prompts)) for _ in range(copies)]
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "use_cache": True,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "do_sample": not greedy,
+    }
+    if not greedy:
+        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    outputs: list[list[str]] = [[] for _ in prompts]
+    bar = tqdm(total=len(jobs), desc="generate", unit="sample", disable=not progress)
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start : start + batch_size]
+        enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True).to(device)
+        stopping = StoppingCriteriaList()
+        if stop_sequences:
+            stopping.append(StopOnStrings(tokenizer, enc["input_ids"].shape[1], stop_sequences))
+        out = model.generate(**enc, **gen_kwargs, stopping_criteria=stopping)
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+            outputs[i].append(truncate_at_stops(text, stop_sequences))
+        bar.update(len(batch))
+    bar.close()
+    if greedy:
+        outputs = [texts * n_samples for texts in outputs]
+    return outputs

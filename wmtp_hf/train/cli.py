@@ -1,0 +1,183 @@
+"""`python -m wmtp_hf.train --stage STAGE ...` (same under `accelerate launch -m wmtp_hf.train`).
+
+With no model or data arguments it trains the micro model on the offline default data.
+Any config option can also be set as `--option value` (the value is read as YAML: `--learning_rate 1e-4`,
+`--head_weights [0.4,0.2,0.2,0.2]`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..data import DataError, WmtpDataCollator
+from ..model_card import write_model_card
+from .components import build_train_dataset, load_model_and_tokenizer
+from .config import STAGE_CONFIGS, ConfigError, WmtpTrainingConfig, build_config, config_to_dict
+from .mlflow_setup import ResolvedConfigCallback, configure_mlflow
+from .stages import STAGE_TRAINERS
+
+logger = logging.getLogger("wmtp_hf.train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m wmtp_hf.train", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
+    parser.add_argument("--stage", required=True, choices=sorted(STAGE_CONFIGS), help="training stage")
+    parser.add_argument("--config", default=None, help="YAML config file (see configs/)")
+    parser.add_argument("--model", default=None, help="model folder or Hub id (default: micro preset)")
+    parser.add_argument("--dataset", default=None, help="source name or prepared folder (default: offline)")
+    parser.add_argument("--output-dir", default=None, help="checkpoints and final model (default: runs/STAGE)")
+    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
+    parser.add_argument("--dry-run", action="store_true", help="check config, data and model, then exit")
+    parser.add_argument(
+        "--resume", nargs="?", const="last", default=None,
+        help="resume from CHECKPOINT, or from the last checkpoint in the output dir",
+    )  # fmt: skip
+    return parser
+
+
+def parse_overrides(extra: list[str]) -> dict[str, Any]:
+    """`--key value` pairs (values parsed as YAML) from the arguments argparse did not know."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or len(token) < 3:
+            raise ConfigError(f"command line: unexpected argument '{token}' (expected --option value)")
+        key, _, value = token[2:].partition("=")
+        if not _:
+            if i + 1 >= len(extra) or extra[i + 1].startswith("--"):
+                raise ConfigError(f"command line: option '--{key}' needs a value")
+            value = extra[i + 1]
+            i += 1
+        try:
+            overrides[key.replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            overrides[key.replace("-", "_")] = value
+        i += 1
+    return overrides
+
+
+def resolve(argv: list[str] | None) -> tuple[argparse.Namespace, WmtpTrainingConfig]:
+    args, extra = build_parser().parse_known_args(argv)
+    overrides = parse_overrides(extra)
+    named = {"model_name_or_path": args.model, "dataset": args.dataset, "output_dir": args.output_dir,
+             "max_steps": args.max_steps}  # fmt: skip
+    overrides.update({k: v for k, v in named.items() if v is not None})
+    return args, build_config(args.stage, args.config, overrides)
+
+
+def resume_checkpoint(config: WmtpTrainingConfig, resume: str | None) -> str | None:
+    if resume is None:
+        return None
+    if resume != "last":
+        if not Path(resume, "trainer_state.json").is_file():
+            raise ConfigError(f"--resume: '{resume}' is not a checkpoint folder (no trainer_state.json)")
+        return resume
+    last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+    if last is None:
+        raise ConfigError(f"--resume: no checkpoint-* folder in '{config.output_dir}'")
+    return last
+
+
+def run(
+    stage: str,
+    config: WmtpTrainingConfig,
+    dry_run: bool = False,
+    resume: str | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> dict[str, Any]:
+    """Train one stage; returns a summary (steps, tokens/s, final loss, output folders)."""
+    checkpoint = resume_checkpoint(config, resume)
+    model, tokenizer = load_model_and_tokenizer(config)
+    train_dataset, data_report = build_train_dataset(config, tokenizer, stage)
+    n_params = sum(p.numel() for p in model.parameters())
+    if dry_run:
+        return {"dry_run": True, "parameters": n_params, "n_future_tokens": model.config.n_future_tokens,
+                "data": data_report, "output_dir": config.output_dir}  # fmt: skip
+    if any(r == "mlflow" for r in config.report_to):
+        configure_mlflow()
+    trainer_cls = STAGE_TRAINERS[stage]
+    trainer = trainer_cls(
+        model=model,
+        args=config,
+        train_dataset=train_dataset,
+        data_collator=WmtpDataCollator(tokenizer),
+        processing_class=tokenizer,
+        callbacks=[ResolvedConfigCallback(config_to_dict(config), data_report), *(callbacks or [])],
+    )
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    elapsed = time.perf_counter() - start
+    final_dir = Path(config.output_dir) / "final"
+    trainer.save_model(str(final_dir))
+    final_loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), result.training_loss)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(final_dir)
+        write_model_card(
+            final_dir,
+            stage=stage,
+            config=config_to_dict(config),
+            n_heads=model.config.n_future_tokens,
+            base_model=config.model_name_or_path,
+            datasets=[config.dataset],
+            steps=trainer.state.global_step,
+            final_loss=final_loss,
+            model_name=Path(config.output_dir).name,
+        )
+    tokens = trainer.state.num_input_tokens_seen or 0
+    return {
+        "stage": stage,
+        "steps": trainer.state.global_step,
+        "train_runtime_s": round(elapsed, 1),
+        "tokens_per_second": round(tokens / elapsed, 1) if tokens else math.nan,
+        "final_loss": final_loss,
+        "parameters": n_params,
+        "output_dir": config.output_dir,
+        "final_model": str(final_dir),
+        "dropped_examples": data_report["dropped"],
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    if summary.get("dry_run"):
+        data = summary["data"]
+        print(
+            f"dry run OK: model {summary['parameters'] / 1e6:.2f}M parameters, n_future_tokens="
+            f"{summary['n_future_tokens']}; data {data['selected']} training rows selected of {data['rows']} "
+            f"(dropped: {data['dropped'] or 'none'}); output_dir {summary['output_dir']}"
+        )
+        return
+    print(
+        f"\ntrained stage '{summary['stage']}': {summary['steps']} steps in {summary['train_runtime_s']} s, "
+        f"{summary['tokens_per_second']} tokens/s, final loss {summary['final_loss']:.4f}\n"
+        f"  checkpoints: {summary['output_dir']}\n  final model: {summary['final_model']} "
+        f"(AutoModelForCausalLM.from_pretrained)\n  dropped examples: {summary['dropped_examples'] or 'none'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("wmtp_hf").setLevel(logging.INFO)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args, config = resolve(argv)
+        summary = run(args.stage, config, dry_run=args.dry_run, resume=args.resume)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if config.process_index == 0:
+        print_summary(summary)
+    return 0

@@ -1,0 +1,256 @@
+"""Typed stage configurations (TRL style: `TrainingArguments` subclasses) and their YAML loading.
+
+Precedence, lowest first: the dataclass defaults (the micro model on the offline data, equal to
+`configs/defaults.yaml` + `configs/<stage>.yaml`), then `--config FILE` (which may `inherit:` other
+files), then command-line overrides. Unknown keys and wrong types are one-line `ConfigError`s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import TrainingArguments
+from transformers.trainer_utils import SchedulerType
+
+STAGES = ("baseline", "critic", "verifiable", "rho1")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the file and key."""
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass
+class WmtpTrainingConfig(TrainingArguments):
+    """Options shared by every stage, on top of `transformers.TrainingArguments`."""
+
+    stage: typing.ClassVar[str] = ""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata=_help(
+            "WMTP model folder or Hub id; a plain LLaMA checkpoint is converted with `from_llama`. "
+            "None builds the micro preset (offline) under `<output_dir>/micro-init`."
+        ),
+    )
+    n_future_tokens: int = field(
+        default=4, metadata=_help("Heads to create when `model_name_or_path` is a plain LLaMA model.")
+    )
+    dataset: str = field(
+        default="offline",
+        metadata=_help("Source name (offline, humaneval, mbpp, codecontests) or a `wmtp_hf.data prepare` folder."),
+    )
+    dataset_path: str | None = field(default=None, metadata=_help("Local file for the source (else its default)."))
+    dataset_split: str = field(default="train", metadata=_help("Split of the source to train on."))
+    max_length: int = field(
+        default=1024, metadata=_help("Examples longer than this (prompt + response) are dropped and counted.")
+    )
+    n_samples: int | None = field(
+        default=None, metadata=_help("Rows the stage's sampler draws (default: all eligible rows).")
+    )
+    head_weights: list[float] | None = field(
+        default=None, metadata=_help("Loss weight `alpha_k` of each head (default 1/n each).")
+    )
+    loss_chunk_size: int | None = field(
+        default=None, metadata=_help("Positions per cross-entropy chunk (default: the model config's).")
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata=_help("Attention backend: sdpa (default), eager, flash_attention_2.")
+    )
+
+    # TrainingArguments defaults that differ for this project (the micro preset finishes in minutes on CPU).
+    output_dir: str | None = field(default="runs/baseline", metadata=_help("Checkpoints and the final model."))
+    max_steps: int = field(default=150, metadata=_help("Optimizer steps."))
+    per_device_train_batch_size: int = field(default=8, metadata=_help("Batch size per device."))
+    learning_rate: float = field(default=2e-3, metadata=_help("Peak AdamW learning rate."))
+    lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata=_help("Learning-rate schedule."))
+    warmup_steps: float = field(default=10, metadata=_help("Linear warm-up steps (a float < 1 is a ratio)."))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
+    logging_steps: float = field(default=10, metadata=_help("Log every N steps."))
+    save_steps: float = field(default=50, metadata=_help("Checkpoint every N steps."))
+    save_total_limit: int | None = field(default=2, metadata=_help("Checkpoints kept."))
+    report_to: None | str | list[str] = field(
+        default="mlflow", metadata=_help("Trackers: mlflow (default), none, or any transformers integration.")
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata=_help("Keep reward/difficulty columns for the stage's loss.")
+    )
+    train_sampling_strategy: str = field(
+        default="sequential", metadata=_help("The stage sampler fixes the order; keep it sequential.")
+    )
+    seed: int = field(default=0, metadata=_help("Seed for initialisation and data order."))
+    include_num_input_tokens_seen: str | bool = field(
+        default="non_padding", metadata=_help("Count trained tokens (for tokens/s).")
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_length <= 0:
+            raise ConfigError(f"max_length: expected a positive integer, got {self.max_length}")
+        if self.n_samples is not None and self.n_samples <= 0:
+            raise ConfigError(f"n_samples: expected a positive integer or null, got {self.n_samples}")
+        if self.n_future_tokens <= 0:
+            raise ConfigError(f"n_future_tokens: expected a positive integer, got {self.n_future_tokens}")
+        if self.head_weights is not None and any(w < 0 for w in self.head_weights):
+            raise ConfigError(f"head_weights: expected non-negative numbers, got {self.head_weights}")
+        if self.loss_chunk_size is not None and self.loss_chunk_size <= 0:
+            raise ConfigError(f"loss_chunk_size: expected a positive integer, got {self.loss_chunk_size}")
+        super().__post_init__()
+
+
+@dataclass
+class BaselineConfig(WmtpTrainingConfig):
+    """`baseline`: all heads, uniform MTP loss on correct solutions (SPEC §4.1, w = 1)."""
+
+    stage: typing.ClassVar[str] = "baseline"
+
+
+STAGE_CONFIGS: dict[str, type[WmtpTrainingConfig]] = {"baseline": BaselineConfig}
+
+
+def stage_options(cls: type[WmtpTrainingConfig]) -> list[str]:
+    """Fields this project adds to `TrainingArguments` for the stage."""
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return [f.name for f in dataclasses.fields(cls) if f.name not in base]
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether a YAML value fits the annotation (ints are accepted for floats)."""
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and isinstance(value, str):  # `SchedulerType | str` style: the string must name a member
+            return any(_matches(value, e) for e in enums)
+        return any(_matches(value, arg) for arg in args)
+    if tp is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value))
+    if origin is dict:
+        return isinstance(value, dict)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return value in {m.value for m in tp} or isinstance(value, tp)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def check_values(values: dict[str, Any], cls: type[WmtpTrainingConfig], source: str) -> None:
+    """Raise `ConfigError` for the first unknown key or wrongly typed value."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ConfigError(
+                f"{source}: unknown key '{key}' for stage '{cls.stage}'; {hint}allowed: "
+                f"{', '.join(stage_options(cls))}, or any transformers.TrainingArguments field"
+            )
+        if not _matches(value, hints[key]):
+            raise ConfigError(
+                f"{source}: key '{key}' expects {_type_name(hints[key])}, got {type(value).__name__} {value!r}"
+            )
+
+
+def _type_name(tp: Any) -> str:
+    """Readable annotation; enum-typed options list their allowed values."""
+    args = typing.get_args(tp) or (tp,)
+    enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+    if enums:
+        return "one of " + ", ".join(str(m.value) for e in enums for m in e)
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Load a YAML mapping, resolving `inherit: other.yaml` (relative to the file) recursively."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'inherit' cycle through {', '.join(str(p) for p in seen)}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
+    parent = data.pop("inherit", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: key 'inherit' expects a file name, got {parent!r}")
+    return {**read_yaml(path.parent / parent, (*seen, path)), **data}
+
+
+def build_config(
+    stage: str, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> WmtpTrainingConfig:
+    """The stage's config from defaults, an optional YAML file and overrides, validated."""
+    if stage not in STAGE_CONFIGS:
+        raise ConfigError(f"--stage: unknown stage '{stage}'; available: {', '.join(STAGE_CONFIGS)}")
+    cls = STAGE_CONFIGS[stage]
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values = read_yaml(Path(config_file))
+        values.pop("stage", None) if values.get("stage") in (None, stage) else _stage_mismatch(config_file, values, stage)
+        check_values(values, cls, str(config_file))
+    overrides = overrides or {}
+    check_values(overrides, cls, "command line")
+    values.update(overrides)
+    values.setdefault("output_dir", f"runs/{stage}")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        message = " ".join(str(err).split())
+        raise ConfigError(f"{config_file or 'configuration'}: {message}") from None
+
+
+def _stage_mismatch(config_file: str | Path, values: dict[str, Any], stage: str) -> None:
+    raise ConfigError(f"{config_file}: key 'stage' is '{values['stage']}' but --stage is '{stage}'")
+
+
+def config_to_dict(config: WmtpTrainingConfig) -> dict[str, Any]:
+    """The resolved configuration as plain YAML-able values (stage options first)."""
+    out: dict[str, Any] = {"stage": config.stage}
+    for f in dataclasses.fields(config):
+        if not f.init or f.name.startswith("_"):
+            continue
+        value = getattr(config, f.name)
+        if isinstance(value, enum.Enum):
+            value = value.value
+        if isinstance(value, (str, int, float, bool, type(None), list, dict)):
+            out[f.name] = value
+        else:
+            out[f.name] = str(value)
+    return out
