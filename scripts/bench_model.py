@@ -20,18 +20,24 @@ runs in its own fresh subprocess so that variants cannot pollute each other's al
 
 - CUDA: `torch.cuda.reset_peak_memory_stats()` / `max_memory_allocated()` around the step, minus
   `memory_allocated()` before it.
-- CPU: there is no allocator peak counter, the profiler's memory events are unreliable and RSS is coarse
-  (glibc keeps freed chunks, page granularity). So one extra, untimed step runs under `LiveTensorTracker`,
-  a `TorchDispatchMode` that sees every op output (forward, autograd backward and optimizer), counts each
-  new untyped storage once (keyed by `data_ptr`; storages alive before the step are excluded) and
-  subtracts its bytes when a `weakref.finalize` on the storage fires. Its maximum is the exact peak of
-  live tensor bytes. It does not see scratch buffers a kernel allocates internally and frees before
-  returning (e.g. inside SDPA or a reduction), so it is a slight lower bound on the allocator's peak. It
-  also records the peak per phase (forward / backward / optimizer) and what was alive at the peak.
-  As a sanity number the peak RSS increase over the step is reported too (VmHWM after resetting it via
+- CPU: there is no allocator peak counter and RSS is coarse (glibc keeps freed chunks, page
+  granularity), so one extra, untimed step is measured two ways at once:
+  (1) `LiveTensorTracker`, a `TorchDispatchMode` that sees every op output (forward, autograd backward,
+  optimizer), counts each new untyped storage once (keyed by `data_ptr`; storages alive before the step
+  are excluded) and subtracts its bytes when a `weakref.finalize` on the storage fires: the exact peak of
+  live tensor bytes, per phase (forward / backward / optimizer), with what was alive at the peak. It
+  cannot see scratch buffers that a kernel allocates and frees internally.
+  (2) `AllocatorPeak`: the allocation events of `torch.profiler(profile_memory=True)` (not its
+  aggregated tables), which carry c10's running total of CPU-allocator bytes allocated during the
+  profile, internal scratch buffers included.
+  Working memory = max of the two (they agree to the byte when no kernel scratch dominates). As a
+  sanity number the peak RSS increase over the step is reported too (VmHWM after resetting it via
   `/proc/self/clear_refs`, else psutil sampling every 1 ms).
 
-Time: median over `--steps` steps after `--warmup` steps (CUDA-synchronised), without any tracker.
+Time. The variants' processes stay alive and are stepped round-robin (`--steps` rounds), so background
+load on a shared machine hits every variant alike; the step time is the median over rounds (no tracker
+or profiler active), and the time ratio vs n=1 used for the target is the median of the per-round
+ratios (ratio of medians and of minima are reported too).
 
 FLOPs (analytic, matmuls only; embedding lookup, norms, softmax and other element-wise work not
 counted). Per token: `6 * P_block * L` for the `L` blocks (the same for n=1 and n=4: the number of
@@ -198,6 +204,44 @@ class PeakRss:
         self.delta = max(self._peak - self.start, 0)
 
 
+class AllocatorPeak:
+    """Peak bytes allocated (and not yet freed) through c10's CPU allocator during a block.
+
+    Reads the allocation events of `torch.profiler.profile(profile_memory=True)`: each carries the
+    running total of bytes allocated since profiling started, including scratch buffers that kernels
+    allocate internally (which a dispatch mode cannot see). Uses a private profiler API, so on failure
+    `peak` is None and only the dispatch tracker is used.
+    """
+
+    def __enter__(self) -> AllocatorPeak:
+        from torch.profiler import ProfilerActivity, profile
+
+        self.peak: int | None = None
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._prof.__exit__(*exc)
+        try:
+            from torch._C._profiler import _EventType
+
+            totals: list[tuple[int, int, int]] = []
+            stack = list(self._prof.profiler.kineto_results.experimental_event_tree())
+            while stack:
+                node = stack.pop()
+                if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+                    fields = node.extra_fields
+                    totals.append((node.start_time_ns, fields.total_allocated, fields.alloc_size))
+                stack.extend(node.children)
+            if totals:
+                totals.sort()
+                start = totals[0][1] - totals[0][2]  # running total before the first event
+                self.peak = max(t for _, t, _ in totals) - start
+        except Exception as err:  # private API: degrade to the dispatch tracker only
+            print(f"[bench_model] allocator events unavailable ({err!r})", file=sys.stderr)
+
+
 def _storage_ptrs(tensors: Iterable[torch.Tensor]) -> dict[int, int]:
     """`data_ptr -> nbytes` of the distinct storages behind `tensors`."""
     out: dict[int, int] = {}
@@ -324,7 +368,7 @@ def measure_memory(
     held_tensors = [*model.parameters(), *batch]
     held_tensors += [p.grad for p in model.parameters() if p.grad is not None]
     held_tensors += [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
-    held = _storage_ptrs(t for t in held_tensors if t.device == device)
+    held = _storage_ptrs(t for t in held_tensors if t.device.type == device.type)
     out: dict[str, Any] = {"peak_breakdown": [], "rss_delta_bytes": None, "rss_method": None}
     if device.type == "cuda":
         baseline = torch.cuda.memory_allocated(device)
@@ -344,14 +388,20 @@ def measure_memory(
     else:
         baseline = sum(held.values())
         tracker = LiveTensorTracker(ignore_ptrs=held)
-        with PeakRss() as rss, tracker:
+        with PeakRss() as rss, AllocatorPeak() as allocator, tracker:
             step(tracker.set_phase)
         phase_peaks = dict(tracker.phase_peaks)
         out["peak_breakdown"] = tracker.breakdown()
         out["rss_delta_bytes"], out["rss_method"] = rss.delta, rss.method
-        out["memory_method"] = "LiveTensorTracker (TorchDispatchMode over live storage bytes)"
+        out["live_tensor_peak_bytes"] = tracker.peak
+        out["allocator_peak_bytes"] = allocator.peak
+        out["memory_method"] = (
+            "max(LiveTensorTracker: TorchDispatchMode over live storage bytes, "
+            "CPU allocator events of torch.profiler(profile_memory=True))"
+        )
     phase_peaks.pop("end", None)
     working = max(phase_peaks.values())
+    working = max(working, out.get("allocator_peak_bytes") or 0)
     out.update(
         baseline_bytes=baseline,
         held_bytes_counted=sum(held.values()),
@@ -432,7 +482,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
+    p.add_argument("--steps", type=int, default=5, help="timed rounds (one step of each variant per round)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--loss-chunk-size", type=int, default=1024, help="WmtpConfig.loss_chunk_size")
     p.add_argument("--attn", default="sdpa", help="attn_implementation")
@@ -571,10 +621,20 @@ def print_table(
             f"{r['peak_working_bytes'] / MB:>10.1f}{r['peak_total_bytes'] / MB:>10.1f}{rss:>10}"
             f"{r['time_ratio_vs_n1']:>8.2f}{r['working_memory_ratio_vs_n1']:>8.2f}{r['flops_ratio_vs_n1']:>9.2f}"
         )
-    print("\nphase peaks of working memory (MB):")
+    print(
+        "\nworking memory detail (MB): phase peaks [live tensors or CUDA]; CPU: live-tensor vs allocator peak"
+    )
     for r in results.values():
         phases = ", ".join(f"{k} {v / MB:.1f}" for k, v in r["phase_peak_working_bytes"].items())
-        print(f"  {r['variant']:<10} {phases}")
+        detail = ""
+        if r.get("live_tensor_peak_bytes") is not None:
+            alloc = r.get("allocator_peak_bytes")
+            alloc_mb = "n/a" if alloc is None else f"{alloc / MB:.1f}"
+            detail = f"; live tensors {r['live_tensor_peak_bytes'] / MB:.1f}, allocator {alloc_mb}"
+        print(f"  {r['variant']:<10} {phases}{detail}")
+    print("\nstep times (s) per round:")
+    for r in results.values():
+        print(f"  {r['variant']:<10} " + " ".join(f"{s['wall_s']:.2f}" for s in r["steps"]))
     print("\ntargets (SPEC §6):")
     if "n4_memory" in targets:
         t = targets["n4_memory"]

@@ -49,9 +49,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, rows, chunk_size):
             end = min(start + chunk_size, rows)
             logits = (hidden[start:end] @ weight.T).float()
-            chunk_lse = torch.logsumexp(logits, dim=-1)
-            target_logit = logits.gather(1, targets[start:end, None])[:, 0]
-            losses[start:end] = chunk_lse - target_logit
+            losses[start:end] = -logits.gather(1, targets[start:end, None])[:, 0]
+            row_max = logits.amax(dim=-1)
+            chunk_lse = logits.sub_(row_max[:, None]).exp_().sum(dim=-1).log_().add_(row_max)  # in place
+            del logits  # free this chunk before the next one is computed
+            losses[start:end] += chunk_lse
             lse[start:end] = chunk_lse
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.chunk_size = chunk_size
@@ -69,16 +71,19 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             h = hidden[start:end]
-            grad_logits = torch.softmax((h @ weight.T).float(), dim=-1)  # exp(logits - lse), fp32
-            grad_logits.scatter_add_(
-                1, targets[start:end, None], torch.full_like(grad_logits[:, :1], -1.0)
-            )
+            grad_logits = (h @ weight.T).float()
+            grad_logits.sub_(lse[start:end, None]).exp_()  # softmax from the saved log-sum-exp, in place
+            grad_logits.scatter_add_(1, targets[start:end, None], torch.full_like(grad_logits[:, :1], -1.0))
             grad_logits.mul_(grad_losses[start:end, None].float())
             grad_logits = grad_logits.to(hidden.dtype)
             if grad_hidden is not None:
-                grad_hidden[start:end] = grad_logits @ weight
+                torch.mm(grad_logits, weight, out=grad_hidden[start:end])
             if grad_weight is not None:
-                grad_weight += (grad_logits.T @ h).to(grad_weight.dtype)
+                if grad_weight.dtype == grad_logits.dtype:
+                    grad_weight.addmm_(grad_logits.T, h)
+                else:
+                    grad_weight += (grad_logits.T @ h).to(grad_weight.dtype)
+            del grad_logits  # free this chunk before the next one is computed
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None
@@ -119,14 +124,13 @@ def mtp_token_losses(
     labels: torch.Tensor,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """`[B, T, n]` per-token CE: entry `[b, t, k]` is `CE_k(t) = -log p_k(x_{t+1+k} | x_<=t)`, 0 without target."""
-    return torch.stack(
-        [
-            chunked_cross_entropy(h, weight, shift_labels_for_head(labels, k), chunk_size)
-            for k, h in enumerate(head_hidden)
-        ],
-        dim=-1,
-    )
+    """`[B, T, n]` per-token CE: entry `[b, t, k]` is `CE_k(t) = -log p_k(x_{t+1+k} | x_<=t)`, 0 without target.
+
+    All heads go through one chunked call, so the unembedding gradient is accumulated in one buffer.
+    """
+    hidden = torch.stack(tuple(head_hidden), dim=2)  # [B, T, n, D]
+    targets = torch.stack([shift_labels_for_head(labels, k) for k in range(len(head_hidden))], dim=-1)
+    return chunked_cross_entropy(hidden, weight, targets, chunk_size)
 
 
 def mtp_target_mask(labels: torch.Tensor, n_heads: int) -> torch.Tensor:

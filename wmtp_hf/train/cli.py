@@ -22,7 +22,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataError, WmtpDataCollator
 from ..model_card import write_model_card
-from .components import build_train_dataset, load_model_and_tokenizer
+from .components import build_train_dataset, load_model, load_tokenizer
 from .config import STAGE_CONFIGS, ConfigError, WmtpTrainingConfig, build_config, config_to_dict
 from .mlflow_setup import ResolvedConfigCallback, configure_mlflow
 from .stages import STAGE_TRAINERS
@@ -101,8 +101,9 @@ def run(
 ) -> dict[str, Any]:
     """Train one stage; returns a summary (steps, tokens/s, final loss, output folders)."""
     checkpoint = resume_checkpoint(config, resume)
-    model, tokenizer = load_model_and_tokenizer(config)
-    train_dataset, data_report = build_train_dataset(config, tokenizer, stage)
+    tokenizer = load_tokenizer(config)
+    train_dataset, data_report = build_train_dataset(config, tokenizer, stage)  # data errors before model load
+    model = load_model(config, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     if dry_run:
         return {"dry_run": True, "parameters": n_params, "n_future_tokens": model.config.n_future_tokens,
@@ -123,6 +124,7 @@ def run(
     elapsed = time.perf_counter() - start
     final_dir = Path(config.output_dir) / "final"
     trainer.save_model(str(final_dir))
+    trainer.save_state()  # <output_dir>/trainer_state.json: the full log history
     final_loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), result.training_loss)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(final_dir)

@@ -34,36 +34,44 @@ def resolve_model_path(config: WmtpTrainingConfig) -> str:
     return str(path)
 
 
-def load_model_and_tokenizer(config: WmtpTrainingConfig, **model_kwargs: Any) -> tuple[PreTrainedModel, Any]:
-    """A `WmtpForMultiTokenPrediction` (converted from LLaMA if needed) and its tokenizer."""
+def load_tokenizer(config: WmtpTrainingConfig) -> Any:
+    """The tokenizer of the model to train (a pad token is added as EOS when missing)."""
     path = resolve_model_path(config)
     try:
-        model_config = AutoConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"model_name_or_path '{path}': cannot load config/tokenizer ({first})") from None
+        raise ConfigError(f"model_name_or_path '{path}': cannot load its tokenizer ({first})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(config: WmtpTrainingConfig, tokenizer: Any, **model_kwargs: Any) -> PreTrainedModel:
+    """A `WmtpForMultiTokenPrediction`, converted with `from_llama` when the checkpoint is a plain LLaMA."""
+    path = resolve_model_path(config)
+    try:
+        model_type = AutoConfig.from_pretrained(path).model_type
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model_name_or_path '{path}': cannot load its config ({first})") from None
     kwargs = dict(model_kwargs)
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
-    if model_config.model_type == "wmtp":
+    if model_type == "wmtp":
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    elif model_config.model_type == "llama":
+    elif model_type == "llama":
         model = WmtpForMultiTokenPrediction.from_llama(path, n_future_tokens=config.n_future_tokens, **kwargs)
     else:
-        raise ConfigError(
-            f"model_name_or_path '{path}': expected a wmtp or llama model, got model_type '{model_config.model_type}'"
-        )
+        raise ConfigError(f"model_name_or_path '{path}': expected a wmtp or llama model, got model_type '{model_type}'")
     if config.loss_chunk_size is not None:
         model.config.loss_chunk_size = config.loss_chunk_size
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(
             f"model_name_or_path '{path}': tokenizer has {len(tokenizer)} tokens, model vocab_size is "
             f"{model.config.vocab_size}"
         )
-    return model, tokenizer
+    return model
 
 
 def load_rows(config: WmtpTrainingConfig) -> datasets.Dataset:

@@ -155,8 +155,16 @@ def _matches(value: Any, tp: Any) -> bool:
     return True
 
 
+def _accepts(tp: Any, kind: type) -> bool:
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return kind in args
+
+
 def check_values(values: dict[str, Any], cls: type[WmtpTrainingConfig], source: str) -> None:
-    """Raise `ConfigError` for the first unknown key or wrongly typed value."""
+    """Raise `ConfigError` for the first unknown key or wrongly typed value.
+
+    Strings such as `1e-4` (which YAML 1.1 reads as text) are converted in place for float options.
+    """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     for key, value in values.items():
@@ -167,6 +175,11 @@ def check_values(values: dict[str, Any], cls: type[WmtpTrainingConfig], source: 
                 f"{source}: unknown key '{key}' for stage '{cls.stage}'; {hint}allowed: "
                 f"{', '.join(stage_options(cls))}, or any transformers.TrainingArguments field"
             )
+        if isinstance(value, str) and _accepts(hints[key], float) and not _accepts(hints[key], str):
+            try:
+                value = values[key] = float(value)
+            except ValueError:
+                pass
         if not _matches(value, hints[key]):
             raise ConfigError(
                 f"{source}: key '{key}' expects {_type_name(hints[key])}, got {type(value).__name__} {value!r}"
