@@ -59,25 +59,30 @@ GPU run with a bigger model (about 0.95B parameters, bfloat16):
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import threading
-import time
-import weakref
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (  # noqa: E402
+    MB,
+    StepMemoryProbe,
+    StepTimer,
+    environment,
+    held_tensors,
+    matmul_flops,
+    protocol_stream,
+    run_interleaved,
+    sync,
+    wait_for_command,
+    worker_argv,
+)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "n1": {"n_future": 1, "naive": False, "label": "n_future=1 (chunked loss)"},
@@ -86,170 +91,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 MEMORY_TOLERANCE = 1.15
 TIME_TOLERANCE = 1.15
-MB = 2**20
-
-
-# --------------------------------------------------------------------------------------------------
-# Memory measurement
-# --------------------------------------------------------------------------------------------------
-
-
-class LiveTensorTracker(TorchDispatchMode):
-    """Exact peak of live tensor-storage bytes created while the mode is active (see module docstring)."""
-
-    def __init__(self, ignore_ptrs: Iterable[int] = ()) -> None:
-        super().__init__()
-        self.ignore_ptrs = set(ignore_ptrs)
-        self.live: dict[int, tuple[int, str, tuple[int, ...], str]] = {}
-        self.current = 0
-        self.peak = 0
-        self.phase = "step"
-        self.phase_peaks: dict[str, int] = defaultdict(int)
-        self.at_peak: dict[int, tuple[int, str, tuple[int, ...], str]] = {}
-        self.peak_phase = ""
-
-    def set_phase(self, name: str) -> None:
-        """Start a new phase; its peak counts what is live from now on, including older tensors."""
-        self.phase = name
-        self.phase_peaks[name] = max(self.phase_peaks[name], self.current)
-
-    def _free(self, ptr: int) -> None:
-        entry = self.live.pop(ptr, None)
-        if entry is not None:
-            self.current -= entry[0]
-
-    def _track(self, tensor: torch.Tensor, op: str) -> None:
-        if tensor.device.type == "meta":
-            return
-        storage = tensor.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr == 0 or ptr in self.live or ptr in self.ignore_ptrs:
-            return
-        nbytes = storage.nbytes()
-        self.live[ptr] = (nbytes, op, tuple(tensor.shape), self.phase)
-        weakref.finalize(storage, self._free, ptr)
-        self.current += nbytes
-        if self.current > self.phase_peaks[self.phase]:
-            self.phase_peaks[self.phase] = self.current
-        if self.current > self.peak:
-            self.peak = self.current
-            self.peak_phase = self.phase
-            self.at_peak = dict(self.live)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        op = str(func.overloadpacket.__name__)
-        for leaf in pytree.tree_leaves(out):
-            if isinstance(leaf, torch.Tensor):
-                self._track(leaf, op)
-        return out
-
-    def breakdown(self, top: int = 12) -> list[dict[str, Any]]:
-        """What was alive at the peak, grouped by (creating phase, op, shape), largest first."""
-        groups: dict[tuple[str, str, tuple[int, ...]], list[int]] = defaultdict(lambda: [0, 0])
-        for nbytes, op, shape, phase in self.at_peak.values():
-            group = groups[(phase, op, shape)]
-            group[0] += nbytes
-            group[1] += 1
-        rows = sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]
-        return [
-            {"phase": p, "op": o, "shape": list(s), "count": c, "mb": round(b / MB, 2)}
-            for (p, o, s), (b, c) in rows
-        ]
-
-
-def _read_status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-class PeakRss:
-    """Peak RSS increase over a block: VmHWM after resetting it (Linux), else psutil sampling."""
-
-    def __enter__(self) -> PeakRss:
-        import psutil
-
-        self._proc = psutil.Process()
-        self.method = "psutil-sampling-1ms"
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            if _read_status_kb("VmHWM") is not None:
-                self.method = "VmHWM-reset"
-        except OSError:
-            pass
-        self.start = self._proc.memory_info().rss
-        self._peak = self.start
-        self._stop = threading.Event()
-        if self.method.startswith("psutil"):
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self._peak = max(self._peak, self._proc.memory_info().rss)
-            time.sleep(0.001)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self.method == "VmHWM-reset":
-            self._peak = (_read_status_kb("VmHWM") or 0) * 1024
-        else:
-            self._thread.join()
-        self.delta = max(self._peak - self.start, 0)
-
-
-class AllocatorPeak:
-    """Peak bytes allocated (and not yet freed) through c10's CPU allocator during a block.
-
-    Reads the allocation events of `torch.profiler.profile(profile_memory=True)`: each carries the
-    running total of bytes allocated since profiling started, including scratch buffers that kernels
-    allocate internally (which a dispatch mode cannot see). Uses a private profiler API, so on failure
-    `peak` is None and only the dispatch tracker is used.
-    """
-
-    def __enter__(self) -> AllocatorPeak:
-        from torch.profiler import ProfilerActivity, profile
-
-        self.peak: int | None = None
-        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        self._prof.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._prof.__exit__(*exc)
-        try:
-            from torch._C._profiler import _EventType
-
-            totals: list[tuple[int, int, int]] = []
-            stack = list(self._prof.profiler.kineto_results.experimental_event_tree())
-            while stack:
-                node = stack.pop()
-                if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-                    fields = node.extra_fields
-                    totals.append((node.start_time_ns, fields.total_allocated, fields.alloc_size))
-                stack.extend(node.children)
-            if totals:
-                totals.sort()
-                start = totals[0][1] - totals[0][2]  # running total before the first event
-                self.peak = max(t for _, t, _ in totals) - start
-        except Exception as err:  # private API: degrade to the dispatch tracker only
-            print(f"[bench_model] allocator events unavailable ({err!r})", file=sys.stderr)
-
-
-def _storage_ptrs(tensors: Iterable[torch.Tensor]) -> dict[int, int]:
-    """`data_ptr -> nbytes` of the distinct storages behind `tensors`."""
-    out: dict[int, int] = {}
-    for t in tensors:
-        storage = t.untyped_storage()
-        if storage.data_ptr() != 0:
-            out[storage.data_ptr()] = storage.nbytes()
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,23 +131,21 @@ def analytic_flops(
 ) -> dict[str, float]:
     """Matmul FLOPs of one training step (see module docstring for what is counted)."""
     cfg = model.config
-    tokens = args.batch * args.seq
-    block_params = sum(p.numel() for p in model.model.layers[0].parameters())
-    n_blocks = len(model.model.layers) + len(model.model.extra_heads)
-    blocks = 6.0 * block_params * n_blocks * tokens
-    attention = 6.0 * n_blocks * args.seq * cfg.num_attention_heads * cfg.head_dim * tokens
-    vd = float(cfg.vocab_size * cfg.hidden_size)
     if naive:
-        unembed = 6.0 * vd * tokens * n_future
+        rows, factor = float(args.batch * args.seq * n_future), 6.0
     else:
-        rows = sum(args.batch * max(args.seq - 1 - k, 0) for k in range(n_future))
-        unembed = 8.0 * vd * rows
-    return {
-        "blocks": blocks,
-        "attention": attention,
-        "unembedding": unembed,
-        "total": blocks + attention + unembed,
-    }
+        rows, factor = float(sum(args.batch * max(args.seq - 1 - k, 0) for k in range(n_future))), 8.0
+    return matmul_flops(
+        block_params=sum(p.numel() for p in model.model.layers[0].parameters()),
+        n_blocks=len(model.model.layers) + len(model.model.extra_heads),
+        attn_width=cfg.num_attention_heads * cfg.head_dim,
+        batch=args.batch,
+        seq=args.seq,
+        vocab=cfg.vocab_size,
+        hidden=cfg.hidden_size,
+        unembed_rows=rows,
+        unembed_factor=factor,
+    )
 
 
 def make_step(
@@ -351,11 +190,6 @@ def make_step(
     return step
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_memory(
     step: Callable[[Callable[[str], None]], float],
     model: torch.nn.Module,
@@ -364,52 +198,10 @@ def measure_memory(
     device: torch.device,
 ) -> dict[str, Any]:
     """Run one (untimed) step and return its peak working / held memory, phase peaks and RSS delta."""
-    gc.collect()
-    held_tensors = [*model.parameters(), *batch]
-    held_tensors += [p.grad for p in model.parameters() if p.grad is not None]
-    held_tensors += [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
-    held = _storage_ptrs(t for t in held_tensors if t.device.type == device.type)
-    out: dict[str, Any] = {"peak_breakdown": [], "rss_delta_bytes": None, "rss_method": None}
-    if device.type == "cuda":
-        baseline = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        phase_peaks: dict[str, int] = {}
-        current = ["start"]
-
-        def cuda_phase(name: str) -> None:
-            _sync(device)
-            phase_peaks[current[0]] = torch.cuda.max_memory_allocated(device) - baseline
-            torch.cuda.reset_peak_memory_stats(device)
-            current[0] = name
-
-        step(cuda_phase)
-        phase_peaks.pop("start", None)
-        out["memory_method"] = "torch.cuda.max_memory_allocated - memory_allocated before the step"
-    else:
-        baseline = sum(held.values())
-        tracker = LiveTensorTracker(ignore_ptrs=held)
-        with PeakRss() as rss, AllocatorPeak() as allocator, tracker:
-            step(tracker.set_phase)
-        phase_peaks = dict(tracker.phase_peaks)
-        out["peak_breakdown"] = tracker.breakdown()
-        out["rss_delta_bytes"], out["rss_method"] = rss.delta, rss.method
-        out["live_tensor_peak_bytes"] = tracker.peak
-        out["allocator_peak_bytes"] = allocator.peak
-        out["memory_method"] = (
-            "max(LiveTensorTracker: TorchDispatchMode over live storage bytes, "
-            "CPU allocator events of torch.profiler(profile_memory=True))"
-        )
-    phase_peaks.pop("end", None)
-    working = max(phase_peaks.values())
-    working = max(working, out.get("allocator_peak_bytes") or 0)
-    out.update(
-        baseline_bytes=baseline,
-        held_bytes_counted=sum(held.values()),
-        peak_working_bytes=working,
-        peak_total_bytes=baseline + working,
-        phase_peak_working_bytes=phase_peaks,
-    )
-    return out
+    probe = StepMemoryProbe(device, held_tensors(model, optimizer, batch))
+    probe.start()
+    step(probe.phase)
+    return probe.stop()
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -419,8 +211,7 @@ def run_worker(args: argparse.Namespace) -> None:
     worker prints its setup/memory result, then answers each `step` line on stdin with that step's
     wall and CPU time, until `quit`.
     """
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # stray prints (ours, libraries', C code's) must not corrupt the protocol
+    proto = protocol_stream()
     spec = VARIANTS[args.worker]
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -435,7 +226,7 @@ def run_worker(args: argparse.Namespace) -> None:
         return None
 
     losses = [step(noop) for _ in range(max(args.warmup, 1))]  # >= 1: AdamW state exists before measuring
-    _sync(device)
+    sync(device)
     result = {
         "variant": args.worker,
         "label": spec["label"],
@@ -449,17 +240,11 @@ def run_worker(args: argparse.Namespace) -> None:
         **measure_memory(step, model, optimizer, (input_ids, labels), device),
     }
     proto.write(json.dumps(result) + "\n")
-    for line in sys.stdin:
-        if line.strip() != "step":
-            break
-        gc.collect()
-        _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
+    timer = StepTimer(device)
+    while wait_for_command():
+        timer.start()
         step(noop)
-        _sync(device)
-        proto.write(
-            json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}) + "\n"
-        )
+        proto.write(json.dumps(timer.stop()) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,59 +287,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class Worker:
-    """A variant's measuring process (see `run_worker`), driven over pipes."""
-
-    def __init__(self, args: argparse.Namespace, variant: str) -> None:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant]
-        for name, value in vars(args).items():
-            if value is not None and name not in ("worker", "variants", "output"):
-                cmd += [f"--{name.replace('_', '-')}", str(value)]
-        self.variant = variant
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-
-    def read(self) -> dict[str, Any]:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.variant} exited with {self.proc.wait()} (see its stderr above)")
-        return json.loads(line)
-
-    def step(self) -> dict[str, float]:
-        self.proc.stdin.write("step\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
-            self.proc.stdin.close()
-        self.proc.wait()
-
-
 def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Start the variants' processes one after another (memory is measured alone), then time them
-    interleaved round-robin, so that background load on a shared machine hits every variant alike."""
-    workers: dict[str, Worker] = {}
-    results: dict[str, dict[str, Any]] = {}
-    try:
-        for variant in args.variants:
-            print(f"[bench_model] {variant}: setup, warm-up, memory step (fresh process) ...", flush=True)
-            workers[variant] = Worker(args, variant)
-            results[variant] = workers[variant].read()
-            results[variant]["steps"] = []
-        for i in range(args.steps):
-            print(f"[bench_model] timing round {i + 1}/{args.steps} ...", flush=True)
-            for variant, worker in workers.items():
-                results[variant]["steps"].append(worker.step())
-    finally:
-        for worker in workers.values():
-            worker.close()
+    """Each variant in its own process (memory measured alone), timed interleaved round-robin."""
+    argv = worker_argv(args, exclude=("worker", "variants", "output"))
+    results = run_interleaved(__file__, args.variants, argv, args.steps, tag="bench_model")
     for r in results.values():
-        walls = [s["wall_s"] for s in r["steps"]]
-        r["step_time_median_s"] = statistics.median(walls)
-        r["step_time_min_s"] = min(walls)
-        r["cpu_time_median_s"] = statistics.median(s["cpu_s"] for s in r["steps"])
         r["tokens_per_s"] = args.batch * args.seq / r["step_time_median_s"]
     return results
 
@@ -663,21 +400,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         run_worker(args)
         return 0
-    import transformers
-
     results = run_all(args)
     targets = summarise(args, results)
     print_table(args, results, targets)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if "worker" not in k}
     report = {
         "config": config,
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-        "cpu_count": os.cpu_count(),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        **environment(args.device),
         "results": results,
         "targets": targets,
     }

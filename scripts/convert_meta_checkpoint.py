@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-dir", required=True, help="folder with consolidated.pth and params.json")
     parser.add_argument("--output-dir", required=True, help="new folder for the HF checkpoint")
     parser.add_argument("--tokenizer", default=None, help="Meta's sentencepiece tokenizer.model (optional)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: keep the checkpoint's")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="default: keep the checkpoint's"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:

@@ -140,7 +140,10 @@ def test_trust_remote_code_without_wmtp_hf(tmp_path):
     assert result["base"] == "WmtpModel"
     torch.testing.assert_close(torch.tensor(result["mtp"]), expected.mtp_logits, atol=1e-6, rtol=0)
     torch.testing.assert_close(torch.tensor(result["value"]), expected.value, atol=1e-6, rtol=0)
-    assert result["gen"] == model.generate(TOKENS[:1], max_new_tokens=5, do_sample=False, pad_token_id=0).tolist()
+    assert (
+        result["gen"]
+        == model.generate(TOKENS[:1], max_new_tokens=5, do_sample=False, pad_token_id=0).tolist()
+    )
 
 
 def test_micro_preset_builds_loads_and_generates(tmp_path):

@@ -115,10 +115,13 @@ def test_loss_gradients_match_naive_loss_gradients():
     chunked = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     out = model(ids, attention_mask=mask, return_all_heads=True)
-    naive = sum(
-        F.cross_entropy(out.mtp_logits[:, : 14 - 1 - k, k].reshape(-1, V), labels[:, 1 + k :].reshape(-1))
-        for k in range(3)
-    ) / 3
+    naive = (
+        sum(
+            F.cross_entropy(out.mtp_logits[:, : 14 - 1 - k, k].reshape(-1, V), labels[:, 1 + k :].reshape(-1))
+            for k in range(3)
+        )
+        / 3
+    )
     naive.backward()
     for name, param in model.named_parameters():
         torch.testing.assert_close(chunked[name], param.grad, atol=1e-6, rtol=1e-4, msg=name)
@@ -148,7 +151,9 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(monkeypatch):
 
     calls = []
     mlp_forward = modeling_wmtp.WmtpMLP.forward
-    monkeypatch.setattr(modeling_wmtp.WmtpMLP, "forward", lambda self, x: calls.append(1) or mlp_forward(self, x))
+    monkeypatch.setattr(
+        modeling_wmtp.WmtpMLP, "forward", lambda self, x: calls.append(1) or mlp_forward(self, x)
+    )
     ids, mask, labels = batch()
     results = []
     for checkpointing in (False, True):

@@ -61,12 +61,16 @@ def test_converted_model_equals_meta_forward(tmp_path, extra):
 def test_conversion_is_sharded_and_casts_dtype(tmp_path):
     params = {**BASE_PARAMS, "n_future_tokens": 2}
     state = random_meta_state(params)
-    out = convert_meta_checkpoint(write_meta(tmp_path, params, state), tmp_path / "hf", dtype="bfloat16", shard_bytes=50_000)
+    out = convert_meta_checkpoint(
+        write_meta(tmp_path, params, state), tmp_path / "hf", dtype="bfloat16", shard_bytes=50_000
+    )
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.lm_head.weight.dtype == torch.bfloat16
-    torch.testing.assert_close(model.lm_head.weight, state["output.weight"].to(torch.bfloat16), atol=0, rtol=0)
+    torch.testing.assert_close(
+        model.lm_head.weight, state["output.weight"].to(torch.bfloat16), atol=0, rtol=0
+    )
 
 
 def test_converted_tokenizer(tmp_path):
@@ -114,7 +118,12 @@ def test_unexpected_key_is_named(tmp_path):
 def test_misshaped_key_is_named(tmp_path):
     state = random_meta_state(BASE_PARAMS)
     state["layers.0.attention.wk.weight"] = torch.zeros(32, 64)
-    _expect_error(tmp_path, BASE_PARAMS, state, r"key 'layers\.0\.attention\.wk\.weight' has shape \(32, 64\), expected \(64, 64\)")
+    _expect_error(
+        tmp_path,
+        BASE_PARAMS,
+        state,
+        r"key 'layers\.0\.attention\.wk\.weight' has shape \(32, 64\), expected \(64, 64\)",
+    )
 
 
 def test_missing_params_json(tmp_path):

@@ -37,7 +37,9 @@ def test_fsdp_example_config_is_valid():
 
 def test_precedence_file_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("inherit: " + str(REPO / "configs" / "baseline.yaml") + "\nlearning_rate: 0.5\nmax_steps: 7\n")
+    path.write_text(
+        "inherit: " + str(REPO / "configs" / "baseline.yaml") + "\nlearning_rate: 0.5\nmax_steps: 7\n"
+    )
     config = build_config("baseline", path, {"max_steps": 9})
     assert config.learning_rate == 0.5 and config.max_steps == 9 and config.output_dir == "runs/baseline"
 
@@ -45,7 +47,10 @@ def test_precedence_file_then_overrides(tmp_path):
 @pytest.mark.parametrize(
     ("text", "pattern"),
     [
-        ("learnin_rate: 0.1\n", r"c\.yaml: unknown key 'learnin_rate' for stage 'baseline'; did you mean learning_rate\? allowed: model_name_or_path, .*TrainingArguments"),
+        (
+            "learnin_rate: 0.1\n",
+            r"c\.yaml: unknown key 'learnin_rate' for stage 'baseline'; did you mean learning_rate\? allowed: model_name_or_path, .*TrainingArguments",
+        ),
         ("max_steps: ten\n", r"c\.yaml: key 'max_steps' expects int, got str 'ten'"),
         ("head_weights: [0.5, x]\n", r"c\.yaml: key 'head_weights' expects list\[float\] \| None"),
         ("lr_scheduler_type: wobbly\n", r"c\.yaml: key 'lr_scheduler_type' expects one of linear, cosine"),
@@ -114,4 +119,7 @@ def test_cli_dry_run_checks_everything_and_trains_nothing(tmp_path, tiny_tokeniz
     assert not (tmp_path / "out" / "final").exists()
     bad = run_cli(*train_args(model, tmp_path / "nope.jsonl", tmp_path / "out"), "--dry-run", cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines()[-1] == f"error: dataset 'mbpp': {tmp_path / 'nope.jsonl'}: file not found"
+    assert (
+        bad.stderr.strip().splitlines()[-1]
+        == f"error: dataset 'mbpp': {tmp_path / 'nope.jsonl'}: file not found"
+    )

@@ -56,7 +56,9 @@ def mlflow_server(tmp_path):
         log.close()
 
 
-def test_training_logs_metrics_params_and_config_to_server(tmp_path, tiny_tokenizer, mlflow_server, monkeypatch):
+def test_training_logs_metrics_params_and_config_to_server(
+    tmp_path, tiny_tokenizer, mlflow_server, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "wmtp-test")
     model = write_tiny_model(tmp_path / "model", tiny_tokenizer)
@@ -75,7 +77,9 @@ def test_training_logs_metrics_params_and_config_to_server(tmp_path, tiny_tokeni
     assert history == pytest.approx(losses, abs=1e-5)
     for name in ("ce_head_0", "ce_head_1", "tokens_per_second", "tokens_head_1"):
         assert len(client.get_metric_history(run.info.run_id, name)) == 3, name
-    local = Path(client.download_artifacts(run.info.run_id, "config/resolved_config.yaml", str(tmp_path / "dl")))
+    local = Path(
+        client.download_artifacts(run.info.run_id, "config/resolved_config.yaml", str(tmp_path / "dl"))
+    )
     assert local.read_text() == (out / "resolved_config.yaml").read_text()
 
 

@@ -68,7 +68,9 @@ def read_params(path: Path) -> dict:
         if key not in known:
             raise ConversionError(f"{path}: unexpected key '{key}' (known: {', '.join(sorted(known))})")
     if params["vocab_size"] is None or params["vocab_size"] <= 0:
-        raise ConversionError(f"{path}: key 'vocab_size' must be a positive integer, got {params['vocab_size']!r}")
+        raise ConversionError(
+            f"{path}: key 'vocab_size' must be a positive integer, got {params['vocab_size']!r}"
+        )
     return params
 
 
@@ -77,7 +79,9 @@ def config_from_params(params: dict, **extra) -> WmtpConfig:
     return WmtpConfig(
         vocab_size=params["vocab_size"],
         hidden_size=params["dim"],
-        intermediate_size=ffn_hidden_size(params["dim"], params["multiple_of"], params.get("ffn_dim_multiplier")),
+        intermediate_size=ffn_hidden_size(
+            params["dim"], params["multiple_of"], params.get("ffn_dim_multiplier")
+        ),
         num_hidden_layers=params["n_layers"],
         num_attention_heads=params["n_heads"],
         num_key_value_heads=params.get("n_kv_heads") or params["n_heads"],
@@ -179,7 +183,9 @@ def _save_tokenizer(tokenizer_file: Path, out: Path, config: WmtpConfig) -> None
         try:
             tokenizer = LlamaTokenizer.from_pretrained(staging, legacy=False, add_bos_token=True)
         except Exception as err:  # noqa: BLE001 - sentencepiece raises RuntimeError/OSError variants
-            raise ConversionError(f"{tokenizer_file}: not a sentencepiece model ({type(err).__name__})") from None
+            raise ConversionError(
+                f"{tokenizer_file}: not a sentencepiece model ({type(err).__name__})"
+            ) from None
     if len(tokenizer) != config.vocab_size:
         raise ConversionError(
             f"{tokenizer_file}: tokenizer has {len(tokenizer)} tokens, params.json vocab_size is {config.vocab_size}"
@@ -209,7 +215,9 @@ def convert_meta_checkpoint(
     try:
         state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for unreadable files
-        raise ConversionError(f"{checkpoint}: cannot be read as a torch checkpoint ({type(err).__name__})") from None
+        raise ConversionError(
+            f"{checkpoint}: cannot be read as a torch checkpoint ({type(err).__name__})"
+        ) from None
     if not isinstance(state, dict):
         raise ConversionError(f"{checkpoint}: expected a state dict, got {type(state).__name__}")
     torch_dtype = DTYPES[dtype] if dtype else next(iter(state.values())).dtype
@@ -229,7 +237,9 @@ def convert_meta_checkpoint(
         config.save_pretrained(tmp)
         from transformers import GenerationConfig
 
-        GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id).save_pretrained(tmp)
+        GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id).save_pretrained(
+            tmp
+        )
         here = Path(__file__).parent
         for source in ("configuration_wmtp.py", "modeling_wmtp.py"):
             shutil.copyfile(here / source, tmp / source)

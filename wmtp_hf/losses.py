@@ -79,4 +79,3 @@ def weighted_mtp_loss(
     if head_weights is None:
         head_weights = resolve_head_weights(None, n_heads)
     return (head_weights.to(sums.device, sums.dtype) * sums / counts).sum()
-

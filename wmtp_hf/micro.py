@@ -27,7 +27,9 @@ from .modeling_wmtp import WmtpForMultiTokenPrediction
 from .tokenizer import train_code_tokenizer
 
 # The preset lives in configs/micro.yaml (shipped in the package): 8 blocks = 4 trunk + 4 heads, ~2.0M params.
-MICRO_CONFIG: dict = yaml.safe_load((Path(__file__).parent / "configs" / "micro.yaml").read_text(encoding="utf-8"))
+MICRO_CONFIG: dict = yaml.safe_load(
+    (Path(__file__).parent / "configs" / "micro.yaml").read_text(encoding="utf-8")
+)
 TOKENIZER_CORPUS_BYTES = 3_000_000
 
 
@@ -116,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{type(model).__name__}: {n_params / 1e6:.2f}M parameters, n_future_tokens={model.config.n_future_tokens}")
+    print(
+        f"{type(model).__name__}: {n_params / 1e6:.2f}M parameters, n_future_tokens={model.config.n_future_tokens}"
+    )
     if args.max_new_tokens > 0:
         inputs = tokenizer(args.prompt, return_tensors="pt")
         with torch.no_grad():

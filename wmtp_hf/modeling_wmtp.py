@@ -208,7 +208,9 @@ class WmtpRotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float32)
         emb = torch.cat((freqs, freqs), dim=-1)
-        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(
+            x.dtype
+        )
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -470,7 +472,9 @@ class WmtpModel(WmtpPreTrainedModel):
             past_key_values = DynamicCache(config=self.config)
         if position_ids is None:
             past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
-            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen)[None]
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen)[
+                None
+            ]
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
@@ -673,7 +677,9 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
                 else:
                     state[key] = (torch.randn(param.shape, generator=generator) * std).to(dtype)
         if model.value_head is not None:
-            state["value_head.weight"] = (torch.randn((1, config.hidden_size), generator=generator) * std).to(dtype)
+            state["value_head.weight"] = (torch.randn((1, config.hidden_size), generator=generator) * std).to(
+                dtype
+            )
             state["value_head.bias"] = torch.zeros(1, dtype=dtype)
         model.load_state_dict(state, strict=True, assign=True)
         model.model.rotary_emb = WmtpRotaryEmbedding(config)

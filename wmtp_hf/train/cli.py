@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None, help="YAML config file (see configs/)")
     parser.add_argument("--model", default=None, help="model folder or Hub id (default: micro preset)")
     parser.add_argument("--dataset", default=None, help="source name or prepared folder (default: offline)")
-    parser.add_argument("--output-dir", default=None, help="checkpoints and final model (default: runs/STAGE)")
+    parser.add_argument(
+        "--output-dir", default=None, help="checkpoints and final model (default: runs/STAGE)"
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
     parser.add_argument("--dry-run", action="store_true", help="check config, data and model, then exit")
     parser.add_argument(
@@ -102,7 +104,9 @@ def run(
     """Train one stage; returns a summary (steps, tokens/s, final loss, output folders)."""
     checkpoint = resume_checkpoint(config, resume)
     tokenizer = load_tokenizer(config)
-    train_dataset, data_report = build_train_dataset(config, tokenizer, stage)  # data errors before model load
+    train_dataset, data_report = build_train_dataset(
+        config, tokenizer, stage
+    )  # data errors before model load
     model = load_model(config, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     if dry_run:
@@ -125,7 +129,9 @@ def run(
     final_dir = Path(config.output_dir) / "final"
     trainer.save_model(str(final_dir))
     trainer.save_state()  # <output_dir>/trainer_state.json: the full log history
-    final_loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), result.training_loss)
+    final_loss = next(
+        (h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), result.training_loss
+    )
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(final_dir)
         write_model_card(

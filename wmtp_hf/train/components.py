@@ -63,7 +63,9 @@ def load_model(config: WmtpTrainingConfig, tokenizer: Any, **model_kwargs: Any) 
     elif model_type == "llama":
         model = WmtpForMultiTokenPrediction.from_llama(path, n_future_tokens=config.n_future_tokens, **kwargs)
     else:
-        raise ConfigError(f"model_name_or_path '{path}': expected a wmtp or llama model, got model_type '{model_type}'")
+        raise ConfigError(
+            f"model_name_or_path '{path}': expected a wmtp or llama model, got model_type '{model_type}'"
+        )
     if config.loss_chunk_size is not None:
         model.config.loss_chunk_size = config.loss_chunk_size
     if len(tokenizer) > model.config.vocab_size:
@@ -100,7 +102,11 @@ def build_train_dataset(
         rows = load_rows(config)
         if "input_ids" in rows.column_names:
             tokenized, dropped = rows, {}
-            too_long = sum(int(n > config.max_length) for n in rows["length"]) if "length" in rows.column_names else 0
+            too_long = (
+                sum(int(n > config.max_length) for n in rows["length"])
+                if "length" in rows.column_names
+                else 0
+            )
             if too_long:
                 raise ConfigError(
                     f"dataset '{config.dataset}': {too_long} rows are longer than max_length={config.max_length}; "

@@ -49,9 +49,13 @@ class WmtpTrainingConfig(TrainingArguments):
     )
     dataset: str = field(
         default="offline",
-        metadata=_help("Source name (offline, humaneval, mbpp, codecontests) or a `wmtp_hf.data prepare` folder."),
+        metadata=_help(
+            "Source name (offline, humaneval, mbpp, codecontests) or a `wmtp_hf.data prepare` folder."
+        ),
     )
-    dataset_path: str | None = field(default=None, metadata=_help("Local file for the source (else its default)."))
+    dataset_path: str | None = field(
+        default=None, metadata=_help("Local file for the source (else its default).")
+    )
     dataset_split: str = field(default="train", metadata=_help("Split of the source to train on."))
     max_length: int = field(
         default=1024, metadata=_help("Examples longer than this (prompt + response) are dropped and counted.")
@@ -70,11 +74,15 @@ class WmtpTrainingConfig(TrainingArguments):
     )
 
     # TrainingArguments defaults that differ for this project (the micro preset finishes in minutes on CPU).
-    output_dir: str | None = field(default="runs/baseline", metadata=_help("Checkpoints and the final model."))
+    output_dir: str | None = field(
+        default="runs/baseline", metadata=_help("Checkpoints and the final model.")
+    )
     max_steps: int = field(default=150, metadata=_help("Optimizer steps."))
     per_device_train_batch_size: int = field(default=8, metadata=_help("Batch size per device."))
     learning_rate: float = field(default=2e-3, metadata=_help("Peak AdamW learning rate."))
-    lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata=_help("Learning-rate schedule."))
+    lr_scheduler_type: SchedulerType | str = field(
+        default="cosine", metadata=_help("Learning-rate schedule.")
+    )
     warmup_steps: float = field(default=10, metadata=_help("Linear warm-up steps (a float < 1 is a ratio)."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     logging_steps: float = field(default=10, metadata=_help("Log every N steps."))
@@ -234,7 +242,9 @@ def build_config(
     values: dict[str, Any] = {}
     if config_file is not None:
         values = read_yaml(Path(config_file))
-        values.pop("stage", None) if values.get("stage") in (None, stage) else _stage_mismatch(config_file, values, stage)
+        values.pop("stage", None) if values.get("stage") in (None, stage) else _stage_mismatch(
+            config_file, values, stage
+        )
         check_values(values, cls, str(config_file))
     overrides = overrides or {}
     check_values(overrides, cls, "command line")

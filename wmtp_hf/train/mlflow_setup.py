@@ -18,6 +18,10 @@ def configure_mlflow() -> str:
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    import mlflow
+
+    # transformers' MLflowCallback keeps a URI set earlier in this process; make the current one win.
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     return os.environ["MLFLOW_TRACKING_URI"]
 
 
@@ -42,4 +46,6 @@ class ResolvedConfigCallback(TrainerCallback):
             return
         mlflow.log_text(text, "config/resolved_config.yaml")
         mlflow.log_text(json.dumps(self.data_report, indent=2), "config/data_report.json")
-        mlflow.set_tags({"wmtp.stage": self.config.get("stage", ""), "wmtp.dataset": self.config.get("dataset", "")})
+        mlflow.set_tags(
+            {"wmtp.stage": self.config.get("stage", ""), "wmtp.dataset": self.config.get("dataset", "")}
+        )

@@ -74,7 +74,9 @@ class WeightedMTPTrainer(Trainer):
         outputs = model(**self.model_inputs(inputs))
         target_mask = mtp_target_mask(labels, self.n_heads)
         weights = self.token_weights(model, inputs, outputs, target_mask)
-        loss = weighted_mtp_loss(outputs.token_losses, target_mask, weights, self.head_weights, num_items_in_batch)
+        loss = weighted_mtp_loss(
+            outputs.token_losses, target_mask, weights, self.head_weights, num_items_in_batch
+        )
         if num_items_in_batch is not None and self.args.world_size > 1:
             # Each process normalised by the global count; DDP/FSDP average gradients over processes.
             loss = loss * self.accelerator.num_processes
@@ -101,7 +103,11 @@ class WeightedMTPTrainer(Trainer):
         for k in range(self.n_heads):
             self._sums[f"ce_head_{k}/sum"] += sums[k]
             self._sums[f"ce_head_{k}/n"] += counts[k]
-        tokens = attention_mask.sum() if attention_mask is not None else token_losses.shape[0] * token_losses.shape[1]
+        tokens = (
+            attention_mask.sum()
+            if attention_mask is not None
+            else token_losses.shape[0] * token_losses.shape[1]
+        )
         self._sums["tokens"] += float(tokens)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -112,7 +118,9 @@ class WeightedMTPTrainer(Trainer):
                 values = self.accelerator.reduce(values.to(self.args.device), reduction="sum").cpu()
             totals = dict(zip(keys, values.tolist(), strict=True))
             now = time.perf_counter()
-            logs["tokens_per_second"] = round(totals.pop("tokens", 0.0) / max(now - self._last_log_time, 1e-9), 1)
+            logs["tokens_per_second"] = round(
+                totals.pop("tokens", 0.0) / max(now - self._last_log_time, 1e-9), 1
+            )
             self._last_log_time = now
             for key in keys:
                 if key.endswith("/sum"):
