@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from .configuration_wmtp import WmtpConfig
+from .fileio import atomic_directory
 from .modeling_wmtp import WmtpForMultiTokenPrediction
 
 REQUIRED_PARAMS = ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "norm_eps")
@@ -229,9 +230,9 @@ def convert_meta_checkpoint(
         "AutoModelForCausalLM": "modeling_wmtp.WmtpForMultiTokenPrediction",
     }
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    if output_dir.exists():
+        raise ConversionError(f"{output_dir}: output directory already exists; remove it or pick another")
+    with atomic_directory(output_dir, replace=False) as tmp:
         _write_shards(convert_tensors(state, config, torch_dtype, str(checkpoint)), tmp, shard_bytes)
         del state
         config.save_pretrained(tmp)
@@ -245,9 +246,4 @@ def convert_meta_checkpoint(
             shutil.copyfile(here / source, tmp / source)
         if tokenizer_file is not None:
             _save_tokenizer(Path(tokenizer_file), tmp, config)
-        if output_dir.exists():
-            raise ConversionError(f"{output_dir}: output directory already exists; remove it or pick another")
-        tmp.rename(output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return output_dir

