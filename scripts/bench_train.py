@@ -13,7 +13,9 @@ Variants (the micro preset, `wmtp_hf.micro.MICRO_CONFIG`, with the same total nu
 All use the same `BaselineConfig` (`build_config("baseline", ...)`: report_to none, save_strategy no,
 logging off, `max_steps` = warm-up + memory + timed steps), the offline baseline data from
 `build_train_dataset` in the same sequential order, and `WmtpDataCollator` (LLaMA: `reward` and
-`difficulty` dropped by a thin wrapper). Round i therefore trains the same batch in every variant.
+`difficulty` dropped by a thin wrapper). Round i therefore trains the same batch in every variant (the
+offline baseline rows, 133 correct solutions, make 17 batches of 8 (the last of 5); runs longer than that
+repeat them epoch by epoch, in the same order).
 
 Measuring (helpers shared with `bench_model.py` in `bench_common.py`). Each variant runs in its own fresh
 process; a `TrainerCallback` drives it:
@@ -37,7 +39,7 @@ Analytic matmul FLOPs per step use the real batch: blocks and attention on all `
 unembedding on `B x T` rows at 6 FLOPs/param for LLaMA (all logits), and on the per-head target rows at
 8 FLOPs/param for WMTP's chunked loss (the backward recomputes logits).
 
-CPU default (about 3-4 minutes on 2 cores): `python scripts/bench_train.py`.
+CPU default (about 3 minutes on 2 cores): `python scripts/bench_train.py`.
 GPU: `python scripts/bench_train.py --device cuda --steps 50`.
 """
 
@@ -297,7 +299,7 @@ def run_worker(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--steps", type=int, default=40, help="timed rounds (one step of each variant per round)")
+    p.add_argument("--steps", type=int, default=80, help="timed rounds (one step of each variant per round)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (at least 1)")
     p.add_argument("--memory-steps", type=int, default=2, help="untimed steps under the memory probe")
     p.add_argument("--batch", type=int, default=8, help="per_device_train_batch_size")
