@@ -77,7 +77,7 @@ class WmtpTrainingConfig(TrainingArguments):
     output_dir: str | None = field(
         default="runs/baseline", metadata=_help("Checkpoints and the final model.")
     )
-    max_steps: int = field(default=150, metadata=_help("Optimizer steps."))
+    max_steps: int = field(default=300, metadata=_help("Optimizer steps."))
     per_device_train_batch_size: int = field(default=8, metadata=_help("Batch size per device."))
     learning_rate: float = field(default=2e-3, metadata=_help("Peak AdamW learning rate."))
     lr_scheduler_type: SchedulerType | str = field(
@@ -86,7 +86,7 @@ class WmtpTrainingConfig(TrainingArguments):
     warmup_steps: float = field(default=10, metadata=_help("Linear warm-up steps (a float < 1 is a ratio)."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     logging_steps: float = field(default=10, metadata=_help("Log every N steps."))
-    save_steps: float = field(default=50, metadata=_help("Checkpoint every N steps."))
+    save_steps: float = field(default=100, metadata=_help("Checkpoint every N steps."))
     save_total_limit: int | None = field(default=2, metadata=_help("Checkpoints kept."))
     report_to: None | str | list[str] = field(
         default="mlflow", metadata=_help("Trackers: mlflow (default), none, or any transformers integration.")
