@@ -140,3 +140,19 @@ def test_two_processes_equal_one_process(tmp_path, fixtures):
     for step in (1, 2, 3):
         assert losses_two[step] == pytest.approx(losses_one[step], abs=1e-5), step
     assert_same_weights(one, two, atol=1e-5)
+
+
+def test_accelerate_launch_equals_python_module(tmp_path, fixtures):
+    model_dir, data = fixtures
+    plain, launched = tmp_path / "plain", tmp_path / "launched"
+    options = {"max-steps": 2}
+    assert main(train_args(model_dir, data, plain, **options)) == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(REPO / "accelerate_configs" / "cpu.yaml"), "-m", "wmtp_hf.train",
+         *train_args(model_dir, data, launched, **options)],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert log_losses(launched) == pytest.approx(log_losses(plain), abs=1e-6)
+    assert_same_weights(plain, launched, atol=1e-6)
