@@ -36,6 +36,10 @@ def tiny(**overrides) -> WmtpForMultiTokenPrediction:
         ({"vocab_size": 89.5}, "vocab_size"),
         ({"use_value_head": "yes"}, "use_value_head"),
         ({"tie_word_embeddings": True}, "tie_word_embeddings"),
+        ({"hidden_act": "swishy"}, "hidden_act"),
+        ({"rope_theta": -1.0}, "rope_parameters"),
+        ({"attention_dropout": 1.5}, "attention_dropout"),
+        ({"head_dim": 7}, "head_dim"),
     ],
 )
 def test_config_errors_name_the_field(overrides, field):

@@ -71,6 +71,22 @@ def test_chunked_cross_entropy_matches_torch_values_and_grads():
     torch.testing.assert_close(grads[1], weight.grad, atol=1e-5, rtol=1e-5)
 
 
+def test_chunked_cross_entropy_bfloat16_matches_float32_reference():
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(40, 16, generator=g).to(torch.bfloat16).requires_grad_(True)
+    weight = torch.randn(V, 16, generator=g).to(torch.bfloat16).requires_grad_(True)
+    labels = torch.randint(0, V, (40,), generator=g)
+    got = chunked_cross_entropy(hidden, weight, labels, chunk_size=16)
+    got.sum().backward()
+    assert got.dtype == torch.float32 and hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
+    ref_h, ref_w = hidden.detach().float().requires_grad_(True), weight.detach().float().requires_grad_(True)
+    expected = F.cross_entropy(ref_h @ ref_w.T, labels, reduction="none")
+    expected.sum().backward()
+    torch.testing.assert_close(got, expected, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(hidden.grad.float(), ref_h.grad, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(weight.grad.float(), ref_w.grad, atol=0.05, rtol=0.05)
+
+
 def test_chunked_cross_entropy_all_ignored():
     hidden = torch.randn(2, 3, 8, requires_grad=True)
     losses = chunked_cross_entropy(hidden, torch.randn(V, 8), torch.full((2, 3), -100))

@@ -5,6 +5,7 @@ This file imports only `transformers` so it can be shipped next to a checkpoint 
 """
 
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 
 def _check(condition: bool, field: str, message: str) -> None:
@@ -85,8 +86,8 @@ class WmtpConfig(PretrainedConfig):
         self.rope_parameters = dict(rope_parameters or rope_scaling or {})
         self.rope_parameters.setdefault("rope_type", self.rope_parameters.pop("type", "default"))
         self.rope_parameters.setdefault("rope_theta", rope_theta)
+        self._validate()  # before the base class, whose own checks give less precise messages
         super().__init__(**kwargs)
-        self._validate()
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
 
@@ -136,6 +137,22 @@ class WmtpConfig(PretrainedConfig):
             isinstance(self.rms_norm_eps, (int, float)) and self.rms_norm_eps > 0,
             "rms_norm_eps",
             f"expected a positive number, got {self.rms_norm_eps!r}",
+        )
+        _check(
+            self.hidden_act in ACT2FN,
+            "hidden_act",
+            f"expected an activation name such as 'silu', got {self.hidden_act!r}",
+        )
+        theta = self.rope_parameters.get("rope_theta")
+        _check(
+            isinstance(theta, (int, float)) and not isinstance(theta, bool) and theta > 0,
+            "rope_parameters",
+            f"expected a positive rope_theta, got {theta!r}",
+        )
+        _check(
+            isinstance(self.attention_dropout, (int, float)) and 0 <= self.attention_dropout < 1,
+            "attention_dropout",
+            f"expected a probability in [0, 1), got {self.attention_dropout!r}",
         )
         _check(
             isinstance(self.use_value_head, bool),
