@@ -60,10 +60,10 @@ def problems_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[Problem]:
 
 
 def load_problems(dataset: str, path: str | None = None, split: str | None = None) -> list[Problem]:
-    """Problems of `dataset` ("humaneval", "mbpp", "codecontests", "offline") via `load_source`."""
-    from wmtp_hf.data import load_source
+    """Problems of `dataset` ("humaneval", "mbpp", "codecontests", "offline") via `load_problem_rows`."""
+    from wmtp_hf.data.sources import load_problem_rows
 
     if dataset not in DEFAULT_SPLITS:
         raise ValueError(f"--dataset: expected one of {', '.join(DEFAULT_SPLITS)}, got {dataset!r}")
-    rows = load_source(dataset, path=path, split=split or DEFAULT_SPLITS[dataset])
+    rows = load_problem_rows(dataset, path=path, split=split or DEFAULT_SPLITS[dataset])
     return problems_from_rows(rows)

@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 
 from ..io import cached_rows, file_sha256
-from ..schema import SOURCES, DataError
+from ..schema import FEATURES, SOURCES, DataError
 from . import codecontests, humaneval, mbpp
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,21 @@ def load_source(
     if dropped is not None:
         dropped.update(counts)
     return ds
+
+
+def load_problem_rows(name: str, path: str | Path | None = None, split: str = "train") -> datasets.Dataset:
+    """Rows covering every problem of `name`, for evaluation.
+
+    As `load_source`, except that CodeContests gives one solution-less row per problem, so problems
+    whose records carry no solutions (as in partial exports) can still be evaluated.
+    """
+    if name != "codecontests":
+        return load_source(name, path, split)
+    if path is None or str(path) == codecontests.HUB_ID:
+        records = codecontests.hub_records(split)
+    else:
+        records = codecontests.iter_records(_local_file(path))
+    return datasets.Dataset.from_list(list(codecontests.problem_rows_from(records)), features=FEATURES)
 
 
 def _load_external(name: str, path: str | Path | None, split: str, counts: Counter) -> datasets.Dataset:

@@ -65,8 +65,8 @@ def format_examples(inputs: list[str], outputs: list[str]) -> str:
     return "\n\n".join(parts)
 
 
-def record_to_rows(record: dict[str, Any], loc: str, dropped: Counter) -> Iterator[dict[str, Any]]:
-    """One row per Python solution of one problem; empty solutions are dropped and counted."""
+def _problem_fields(record: dict[str, Any], loc: str) -> dict[str, Any]:
+    """The row fields shared by every solution of one problem (statement, examples, all tests)."""
     name = require(record, "name", str, loc)
     description = require(record, "description", str, loc)
     difficulty = optional(record, "difficulty", int, loc, 0)
@@ -76,8 +76,19 @@ def record_to_rows(record: dict[str, Any], loc: str, dropped: Counter) -> Iterat
         inputs, outputs = _tests(record, field, loc)
         all_in += inputs
         all_out += outputs
-    tests = {"kind": "stdio", "inputs": all_in, "outputs": all_out}
-    examples = format_examples(public_in, public_out)
+    return {
+        "instruction": description,
+        "input": format_examples(public_in, public_out),
+        "problem_id": name,
+        "source": "codecontests",
+        "difficulty": difficulty if difficulty > 0 else -1,  # 0 is UNKNOWN_DIFFICULTY
+        "tests": {"kind": "stdio", "inputs": all_in, "outputs": all_out},
+    }
+
+
+def record_to_rows(record: dict[str, Any], loc: str, dropped: Counter) -> Iterator[dict[str, Any]]:
+    """One row per Python solution of one problem; empty solutions are dropped and counted."""
+    problem = _problem_fields(record, loc)
     for field, label, correct in (
         ("solutions", "correct", True),
         ("incorrect_solutions", "incorrect", False),
@@ -94,16 +105,18 @@ def record_to_rows(record: dict[str, Any], loc: str, dropped: Counter) -> Iterat
                 dropped["empty_solution"] += 1
                 continue
             yield make_row(
-                instruction=description,
-                input=examples,
+                **problem,
                 output=code,
-                task_id=f"{name}_{label}_{index}",
-                problem_id=name,
-                source="codecontests",
+                task_id=f"{problem['problem_id']}_{label}_{index}",
                 is_correct=correct,
-                difficulty=difficulty if difficulty > 0 else -1,  # 0 is UNKNOWN_DIFFICULTY
-                tests=tests,
             )
+
+
+def problem_rows_from(records: Iterable[tuple[str, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """One solution-less row per problem (`output` ""), for evaluation: records without solutions count too."""
+    for loc, record in records:
+        problem = _problem_fields(record, loc)
+        yield make_row(**problem, output="", task_id=problem["problem_id"], is_correct=False)
 
 
 def rows_from(records: Iterable[tuple[str, dict[str, Any]]], dropped: Counter) -> Iterator[dict[str, Any]]:
