@@ -156,3 +156,19 @@ def test_accelerate_launch_equals_python_module(tmp_path, fixtures):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert log_losses(launched) == pytest.approx(log_losses(plain), abs=1e-6)
     assert_same_weights(plain, launched, atol=1e-6)
+
+
+def test_baseline_leaves_the_value_head_untouched(tmp_path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tmp_path / "model"
+    write_tiny_model(model_dir, tiny_tokenizer)
+    with_head = AutoModelForCausalLM.from_pretrained(model_dir, use_value_head=True)
+    with_head.save_pretrained(tmp_path / "valued")
+    tiny_tokenizer.save_pretrained(tmp_path / "valued")
+    data = write_mbpp_fixture(tmp_path / "mbpp.jsonl")
+    out = tmp_path / "out"
+    assert main(train_args(tmp_path / "valued", data, out, weight_decay=0.1)) == 0
+    before, after = load_file(str(tmp_path / "valued" / "model.safetensors")), weights(out)
+    assert torch.equal(before["value_head.weight"], after["value_head.weight"])
+    assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])

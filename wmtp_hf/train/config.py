@@ -98,6 +98,9 @@ class WmtpTrainingConfig(TrainingArguments):
         default="sequential", metadata=_help("The stage sampler fixes the order; keep it sequential.")
     )
     seed: int = field(default=0, metadata=_help("Seed for initialisation and data order."))
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata=_help("Stages freeze what their loss does not use, so DDP needs no scan.")
+    )
     include_num_input_tokens_seen: str | bool = field(
         default="non_padding", metadata=_help("Count trained tokens (for tokens/s).")
     )

@@ -24,11 +24,16 @@ class WeightedMTPTrainer(Trainer):
 
     # compute_loss already divides by the accumulation window's token counts; Trainer must not rescale.
     loss_is_scaled_for_ga = True
+    # Whether the stage's loss uses the value head; if not, it is frozen (so DDP needs no unused-parameter scan).
+    trains_value_head = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # so Trainer hands `num_items_in_batch` to compute_loss
-        self.n_heads = self.accelerator.unwrap_model(self.model).config.n_future_tokens
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self.n_heads = unwrapped.config.n_future_tokens
+        if getattr(unwrapped, "value_head", None) is not None and not self.trains_value_head:
+            unwrapped.value_head.requires_grad_(False)
         self.head_weights = resolve_head_weights(getattr(self.args, "head_weights", None), self.n_heads)
         self._sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self._last_log_time = time.perf_counter()
