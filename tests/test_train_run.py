@@ -172,3 +172,21 @@ def test_baseline_leaves_the_value_head_untouched(tmp_path, tiny_tokenizer):
     before, after = load_file(str(tmp_path / "valued" / "model.safetensors")), weights(out)
     assert torch.equal(before["value_head.weight"], after["value_head.weight"])
     assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
+
+
+def test_training_starts_from_a_plain_llama_checkpoint(tmp_path, tiny_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(
+        LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2)
+    )  # fmt: skip
+    llama.save_pretrained(tmp_path / "llama")
+    tiny_tokenizer.save_pretrained(tmp_path / "llama")
+    data = write_mbpp_fixture(tmp_path / "mbpp.jsonl")
+    out = tmp_path / "out"
+    assert main(train_args(tmp_path / "llama", data, out, n_future_tokens=3, **{"max-steps": 2})) == 0
+    trained = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert trained.config.model_type == "wmtp" and trained.config.n_future_tokens == 3
+    assert len(trained.model.layers) == 3 and len(trained.model.extra_heads) == 2

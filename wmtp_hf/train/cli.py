@@ -8,6 +8,7 @@ Any config option can also be set as `--option value` (the value is read as YAML
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -23,16 +24,38 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..data import DataError, WmtpDataCollator
 from ..model_card import write_model_card
 from .components import build_train_dataset, load_model, load_tokenizer
-from .config import STAGE_CONFIGS, ConfigError, WmtpTrainingConfig, build_config, config_to_dict
+from .config import (
+    STAGE_CONFIGS,
+    ConfigError,
+    WmtpTrainingConfig,
+    build_config,
+    config_to_dict,
+    stage_options,
+)
 from .mlflow_setup import ResolvedConfigCallback, configure_mlflow
 from .stages import STAGE_TRAINERS
 
 logger = logging.getLogger("wmtp_hf.train")
 
 
+def options_epilog() -> str:
+    """Help for the project's config options (TrainingArguments fields are documented by transformers)."""
+    lines = ["config options (YAML keys, or --option value on the command line):"]
+    base = STAGE_CONFIGS["baseline"]
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    for name in stage_options(base):
+        lines.append(f"  {name}: {fields[name].metadata.get('help', '')}")
+    lines.append("  ... and every transformers.TrainingArguments field (learning_rate, bf16, ...)")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m wmtp_hf.train", description=__doc__.splitlines()[0], allow_abbrev=False
+        prog="python -m wmtp_hf.train",
+        description=__doc__.splitlines()[0],
+        epilog=options_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--stage", required=True, choices=sorted(STAGE_CONFIGS), help="training stage")
     parser.add_argument("--config", default=None, help="YAML config file (see configs/)")
