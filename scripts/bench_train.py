@@ -221,7 +221,7 @@ def build_variant(variant: str, config: Any, tokenizer: Any) -> torch.nn.Module:
     from wmtp_hf.train.components import load_model
 
     if variant == "n4":
-        return load_model(config, tokenizer)
+        return load_model(config, config.model_name_or_path, tokenizer)
     wmtp_config = WmtpConfig.from_pretrained(config.model_name_or_path, n_future_tokens=1)
     if config.attn_implementation:
         wmtp_config._attn_implementation = config.attn_implementation
@@ -257,7 +257,7 @@ def run_worker(args: argparse.Namespace) -> None:
             "use_cpu": device.type == "cpu",
         },
     )
-    tokenizer = load_tokenizer(config)
+    tokenizer = load_tokenizer(config.model_name_or_path)
     dataset, data_report = build_train_dataset(config, tokenizer, "baseline")
     model = build_variant(args.worker, config, tokenizer)
     stats = BatchStats(model, spec["n_future"])

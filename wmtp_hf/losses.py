@@ -10,7 +10,13 @@ from collections.abc import Sequence
 
 import torch
 
-from .modeling_wmtp import IGNORE_INDEX, chunked_cross_entropy, mtp_target_mask, shift_labels_for_head
+from .modeling_wmtp import (
+    IGNORE_INDEX,
+    chunked_cross_entropy,
+    mtp_target_mask,
+    shift_labels_for_head,
+    weighted_mtp_loss,
+)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -50,32 +56,3 @@ def target_weights_per_head(token_weights: torch.Tensor, n_heads: int) -> torch.
         if shift < seq:
             out[:, : seq - shift, k] = token_weights[:, shift:]
     return out
-
-
-def weighted_mtp_loss(
-    token_losses: torch.Tensor,
-    target_mask: torch.Tensor,
-    weights: torch.Tensor | None = None,
-    head_weights: torch.Tensor | None = None,
-    num_items: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """SPEC §4.1: `L = sum_k alpha_k * sum_t w_k(t) m_k(t) CE_k(t) / N_k`.
-
-    Args:
-        token_losses: `[B, T, n]` per-token CE (0 where there is no target).
-        target_mask: `[B, T, n]` bool `m_k(t)`.
-        weights: `[B, T, n]` token weights `w_k(t)` (detached here), or None for `w = 1`.
-        head_weights: `[n]` `alpha_k`, default `1/n`.
-        num_items: `[n]` token counts `N_k` of the whole accumulation window (across processes);
-            defaults to this batch's `sum_t m_k(t)`. Heads with no targets contribute 0.
-    """
-    n_heads = token_losses.shape[-1]
-    terms = token_losses * target_mask
-    if weights is not None:
-        terms = terms * weights.detach().to(terms.dtype)
-    sums = terms.sum(dim=(0, 1))
-    counts = target_mask.sum(dim=(0, 1)) if num_items is None else num_items
-    counts = counts.to(device=sums.device, dtype=sums.dtype).clamp(min=1)
-    if head_weights is None:
-        head_weights = resolve_head_weights(None, n_heads)
-    return (head_weights.to(sums.device, sums.dtype) * sums / counts).sum()

@@ -138,23 +138,37 @@ def mtp_target_mask(labels: torch.Tensor, n_heads: int) -> torch.Tensor:
     return torch.stack([shift_labels_for_head(labels, k) != IGNORE_INDEX for k in range(n_heads)], dim=-1)
 
 
-def uniform_mtp_loss(
+def weighted_mtp_loss(
     token_losses: torch.Tensor,
     target_mask: torch.Tensor,
-    num_items_in_batch: torch.Tensor | int | None = None,
+    weights: torch.Tensor | None = None,
+    head_weights: torch.Tensor | None = None,
+    num_items: torch.Tensor | int | None = None,
 ) -> torch.Tensor:
-    """SPEC §4.1 with `w = 1`, `alpha_k = 1/n`: mean over heads of each head's mean target CE.
+    """SPEC §4.1: `L = sum_k alpha_k * sum_t w_k(t) m_k(t) CE_k(t) / N_k`.
 
-    `num_items_in_batch` (a scalar, or one count per head) replaces the per-head token counts, so that
-    gradient accumulation over micro-batches normalises by the whole accumulation window.
+    Args:
+        token_losses: `[B, T, n]` per-token CE (0 where there is no target).
+        target_mask: `[B, T, n]` bool `m_k(t)`.
+        weights: `[B, T, n]` token weights `w_k(t)` (detached here), or None for `w = 1`.
+        head_weights: `[n]` `alpha_k`, default `1/n`.
+        num_items: token counts `N_k` of the whole accumulation window (across processes), one per head
+            or one scalar for all heads; defaults to this batch's `sum_t m_k(t)`. Heads without targets
+            contribute 0.
     """
     n_heads = token_losses.shape[-1]
-    sums = token_losses.sum(dim=(0, 1))
-    if num_items_in_batch is None:
+    terms = token_losses * target_mask
+    if weights is not None:
+        terms = terms * weights.detach().to(terms.dtype)
+    sums = terms.sum(dim=(0, 1))
+    if num_items is None:
         counts = target_mask.sum(dim=(0, 1))
     else:
-        counts = torch.as_tensor(num_items_in_batch, device=sums.device).expand(n_heads)
-    return (sums / counts.clamp(min=1).to(sums.dtype)).sum() / n_heads
+        counts = torch.as_tensor(num_items, device=sums.device).expand(n_heads)
+    counts = counts.to(sums.dtype).clamp(min=1)
+    if head_weights is None:
+        head_weights = torch.full((n_heads,), 1.0 / n_heads)
+    return (head_weights.to(sums.device, sums.dtype) * sums / counts).sum()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -595,7 +609,7 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
                 outputs.head_hidden_states, self.lm_head.weight, labels, self.config.loss_chunk_size
             )
             target_mask = mtp_target_mask(labels, self.config.n_future_tokens)
-            loss = uniform_mtp_loss(token_losses, target_mask, num_items_in_batch)
+            loss = weighted_mtp_loss(token_losses, target_mask, num_items=num_items_in_batch)
         mtp_logits = None
         if return_all_heads:
             mtp_logits = torch.stack([self.lm_head(h) for h in outputs.head_hidden_states], dim=2)
@@ -724,5 +738,5 @@ __all__ = [
     "mtp_token_losses",
     "mtp_target_mask",
     "shift_labels_for_head",
-    "uniform_mtp_loss",
+    "weighted_mtp_loss",
 ]

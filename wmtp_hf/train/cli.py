@@ -23,7 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataError, WmtpDataCollator
 from ..model_card import write_model_card
-from .components import build_train_dataset, load_model, load_tokenizer
+from .components import build_train_dataset, load_model, load_tokenizer, resolve_model_path
 from .config import (
     STAGE_CONFIGS,
     ConfigError,
@@ -126,11 +126,11 @@ def run(
 ) -> dict[str, Any]:
     """Train one stage; returns a summary (steps, tokens/s, final loss, output folders)."""
     checkpoint = resume_checkpoint(config, resume)
-    tokenizer = load_tokenizer(config)
-    train_dataset, data_report = build_train_dataset(
-        config, tokenizer, stage
-    )  # data errors before model load
-    model = load_model(config, tokenizer)
+    model_path = resolve_model_path(config)
+    tokenizer = load_tokenizer(model_path)
+    # Data errors surface before a (possibly large) model is loaded.
+    train_dataset, data_report = build_train_dataset(config, tokenizer, stage)
+    model = load_model(config, model_path, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     if dry_run:
         return {"dry_run": True, "parameters": n_params, "n_future_tokens": model.config.n_future_tokens,

@@ -19,42 +19,43 @@ from .config import ConfigError, WmtpTrainingConfig
 logger = logging.getLogger(__name__)
 
 
-def micro_init_dir(config: WmtpTrainingConfig) -> Path:
-    return Path(config.output_dir) / "micro-init"
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def resolve_model_path(config: WmtpTrainingConfig) -> str:
     """The model to start from; builds the micro preset (once, on the main process) when none is given."""
     if config.model_name_or_path is not None:
         return config.model_name_or_path
-    path = micro_init_dir(config)
+    path = Path(config.output_dir) / "micro-init"
     with config.main_process_first(local=True, desc="building the micro model"):
         if not is_model_dir(path):
             build_micro(path, seed=config.seed)
     return str(path)
 
 
-def load_tokenizer(config: WmtpTrainingConfig) -> Any:
-    """The tokenizer of the model to train (a pad token is added as EOS when missing)."""
-    path = resolve_model_path(config)
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer of the model at `path` (a pad token is added as EOS when missing)."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"model_name_or_path '{path}': cannot load its tokenizer ({first})") from None
+        raise ConfigError(
+            f"model_name_or_path '{path}': cannot load its tokenizer ({_first_line(err)})"
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(config: WmtpTrainingConfig, tokenizer: Any, **model_kwargs: Any) -> PreTrainedModel:
-    """A `WmtpForMultiTokenPrediction`, converted with `from_llama` when the checkpoint is a plain LLaMA."""
-    path = resolve_model_path(config)
+def load_model(config: WmtpTrainingConfig, path: str, tokenizer: Any, **model_kwargs: Any) -> PreTrainedModel:
+    """A `WmtpForMultiTokenPrediction` from `path`, converted with `from_llama` if it is a plain LLaMA."""
     try:
         model_type = AutoConfig.from_pretrained(path).model_type
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"model_name_or_path '{path}': cannot load its config ({first})") from None
+        raise ConfigError(
+            f"model_name_or_path '{path}': cannot load its config ({_first_line(err)})"
+        ) from None
     kwargs = dict(model_kwargs)
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
