@@ -97,10 +97,40 @@ def test_value_head_override_adds_fresh_head(tmp_path):
     assert with_head.config.use_value_head is True
     with torch.no_grad():
         out = with_head(TOKENS)
-        expected = with_head.value_head(with_head.model(TOKENS).last_hidden_state).squeeze(-1)
+        expected = with_head.value_head(trunk_state_by_hand(with_head, TOKENS)).squeeze(-1)
     assert out.value.shape == (2, 9)
     torch.testing.assert_close(out.value, expected)
     torch.testing.assert_close(out.logits, plain.eval()(TOKENS).logits)
+
+
+def trunk_state_by_hand(model, tokens):
+    """`norm(h_trunk)` walked block by block: embeddings, the trunk blocks (no head), the final norm."""
+    base = model.model
+    positions = torch.arange(tokens.shape[1])[None]
+    cos_sin = base.rotary_emb(base.embed_tokens.weight, positions)
+    mask = torch.full((tokens.shape[1], tokens.shape[1]), float("-inf")).triu(1)[None, None]
+    hidden = base.embed_tokens(tokens)
+    for block in base.layers[:-1]:
+        hidden = block(hidden, attention_mask=mask, position_embeddings=cos_sin)
+    return base.norm(hidden)
+
+
+def test_value_head_reads_the_trunk_and_value_only_runs_no_head():
+    model = tiny(use_value_head=True).eval()
+    calls = []
+    for head in model.model.prediction_heads:
+        head.register_forward_hook(lambda *args: calls.append(1))
+    model.lm_head.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        value_only = model(TOKENS, value_only=True)
+        assert calls == [], "value_only must not run a head block or the unembedding"
+        full = model(TOKENS)
+        expected = model.value_head(trunk_state_by_hand(model, TOKENS)).squeeze(-1)
+    torch.testing.assert_close(value_only.value, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(full.value, expected, atol=1e-6, rtol=0)
+    assert value_only.logits is None and value_only.loss is None and value_only.token_losses is None
+    with pytest.raises(ValueError, match="value_only=True needs a value head"):
+        tiny()(TOKENS, value_only=True)
 
 
 def test_trust_remote_code_without_wmtp_hf(tmp_path):

@@ -58,3 +58,42 @@ def log_losses(output_dir: Path) -> dict[int, float]:
     """Step -> logged training loss from `<output_dir>/trainer_state.json`."""
     state = json.loads((Path(output_dir) / "trainer_state.json").read_text())
     return {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
+
+
+def write_marker_dataset(
+    folder: Path, vocab_size: int, marker: int, n_problems: int = 48, seed: int = 0, eos: int | None = None
+) -> Path:
+    """A tokenized dataset (`train/`, `eval/`, as `python -m wmtp_hf.data prepare` writes) where every
+    incorrect response contains `marker` once at a random position and correct responses never do.
+
+    Each problem has one correct and one incorrect row sharing a prompt; difficulties cover 1..11.
+    Returns the folder; the planted positions are in the `marker_position` column (-1 for correct rows).
+    """
+    import datasets
+
+    rng = torch.Generator().manual_seed(seed)
+    normal = [t for t in range(4, vocab_size) if t != marker]
+
+    def draw(n: int) -> list[int]:
+        return [normal[i] for i in torch.randint(0, len(normal), (n,), generator=rng).tolist()]
+
+    for split, count in (("train", n_problems), ("eval", max(8, n_problems // 3))):
+        rows = []
+        for p in range(count):
+            prompt = draw(int(torch.randint(4, 9, (1,), generator=rng)))
+            for correct in (True, False):
+                response = draw(int(torch.randint(6, 14, (1,), generator=rng)))
+                position = -1
+                if not correct:
+                    at = int(torch.randint(1, len(response) - 1, (1,), generator=rng))
+                    response[at] = marker
+                    position = len(prompt) + at
+                ids = prompt + response + ([eos] if eos is not None else [])
+                rows.append({
+                    "input_ids": ids, "prompt_length": len(prompt), "length": len(ids),
+                    "problem_id": f"{split}-{p}", "task_id": f"{split}-{p}-{int(correct)}", "source": "marker",
+                    "is_correct": correct, "difficulty": 1 + (p % 11), "marker_position": position,
+                })  # fmt: skip
+        datasets.Dataset.from_list(rows).save_to_disk(str(folder / split))
+    (folder / "stats.json").write_text(json.dumps({"source": "marker", "tokenizer": None}))
+    return folder

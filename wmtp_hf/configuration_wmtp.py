@@ -23,7 +23,10 @@ class WmtpConfig(PretrainedConfig):
 
     Args:
         n_future_tokens: number of parallel prediction heads (Meta's `n_future_tokens`).
-        use_value_head: add `value_head = Linear(hidden_size, 1)` on head 0's final-normed hidden state.
+        use_value_head: add `value_head = Linear(hidden_size, 1)` reading `norm(h_trunk)`, the trunk output
+            through the shared final norm (the state every prediction head reads).
+        value_head_stage: the training stage that last trained the value head (`critic`, `verifiable`),
+            or None for an untrained (fresh) head; the verifiable stage requires a trained one.
         loss_chunk_size: positions per chunk when computing the cross-entropy of each head, bounding
             the memory of logits to `loss_chunk_size x vocab_size` per head.
         Remaining arguments: as in `LlamaConfig`.
@@ -56,6 +59,7 @@ class WmtpConfig(PretrainedConfig):
         mlp_bias: bool = False,
         n_future_tokens: int = 4,
         use_value_head: bool = False,
+        value_head_stage: str | None = None,
         loss_chunk_size: int = 1024,
         **kwargs,
     ):
@@ -76,6 +80,7 @@ class WmtpConfig(PretrainedConfig):
         self.mlp_bias = mlp_bias
         self.n_future_tokens = n_future_tokens
         self.use_value_head = use_value_head
+        self.value_head_stage = value_head_stage
         self.loss_chunk_size = loss_chunk_size
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
@@ -158,6 +163,11 @@ class WmtpConfig(PretrainedConfig):
             isinstance(self.use_value_head, bool),
             "use_value_head",
             f"expected true or false, got {self.use_value_head!r}",
+        )
+        _check(
+            self.value_head_stage is None or isinstance(self.value_head_stage, str),
+            "value_head_stage",
+            f"expected a stage name or null, got {self.value_head_stage!r}",
         )
         _check(
             not self.tie_word_embeddings,

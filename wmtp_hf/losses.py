@@ -27,6 +27,7 @@ __all__ = [
     "resolve_head_weights",
     "weighted_mtp_loss",
     "target_weights_per_head",
+    "value_regression_loss",
 ]
 
 
@@ -56,3 +57,28 @@ def target_weights_per_head(token_weights: torch.Tensor, n_heads: int) -> torch.
         if shift < seq:
             out[:, : seq - shift, k] = token_weights[:, shift:]
     return out
+
+
+def value_regression_loss(
+    values: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    kind: str = "mse",
+    count: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """`sum_t l(V_t, G_t) m(t) / count` with `l` squared error (`mse`) or Huber (`huber`, delta 1).
+
+    `count` is the number of value positions of the whole accumulation window (across processes), so
+    accumulation equals one large batch; defaults to this batch's `sum m`. Targets are detached.
+    """
+    diff = values.float() - targets.detach().float()
+    if kind == "mse":
+        per_position = diff.square()
+    elif kind == "huber":
+        per_position = torch.nn.functional.huber_loss(diff, torch.zeros_like(diff), reduction="none", delta=1.0)
+    else:
+        raise ValueError(f"value loss: expected 'mse' or 'huber', got {kind!r}")
+    total = (per_position * mask).sum()
+    if count is None:
+        count = mask.sum()
+    return total / torch.as_tensor(count, device=total.device, dtype=total.dtype).clamp(min=1)

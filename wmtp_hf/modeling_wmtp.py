@@ -374,7 +374,9 @@ class WmtpModelOutput(ModelOutput):
     """Base-model output.
 
     Args:
-        last_hidden_state: `[B, T, D]` head 0's final-normed hidden state.
+        last_hidden_state: `[B, T, D]` head 0's final-normed hidden state (None with `trunk_only`).
+        trunk_hidden_state: `[B, T, D]` the trunk output through the shared final norm, `norm(h_trunk)`:
+            the state every head block reads, and the value head's input. Only when requested.
         head_hidden_states: n tensors `[B, T, D]`, every head's final-normed hidden state (head 0 first),
             only when all heads were requested.
         past_key_values: the KV cache.
@@ -382,6 +384,7 @@ class WmtpModelOutput(ModelOutput):
     """
 
     last_hidden_state: torch.FloatTensor | None = None
+    trunk_hidden_state: torch.FloatTensor | None = None
     head_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     past_key_values: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -473,8 +476,12 @@ class WmtpModel(WmtpPreTrainedModel):
         use_cache: bool | None = None,
         return_all_heads: bool = False,
         output_hidden_states: bool | None = None,
+        output_trunk_state: bool = False,
+        trunk_only: bool = False,
         **kwargs,
     ) -> WmtpModelOutput:
+        """`output_trunk_state` adds `trunk_hidden_state = norm(h_trunk)`; `trunk_only` runs no head block
+        (the critic's forward) and returns only that state."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("WmtpModel.forward: pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -514,12 +521,20 @@ class WmtpModel(WmtpPreTrainedModel):
             if all_hidden is not None:
                 all_hidden.append(hidden)
         trunk = hidden
+        trunk_state = self.norm(trunk) if (output_trunk_state or trunk_only) else None
+        if trunk_only:
+            return WmtpModelOutput(
+                trunk_hidden_state=trunk_state,
+                past_key_values=past_key_values if use_cache else None,
+                hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            )
         heads = self.prediction_heads if return_all_heads else self.prediction_heads[:1]
         head_hidden = tuple(self.norm(head(trunk, **block_kwargs)) for head in heads)
         if all_hidden is not None:
             all_hidden.append(head_hidden[0])
         return WmtpModelOutput(
             last_hidden_state=head_hidden[0],
+            trunk_hidden_state=trunk_state,
             head_hidden_states=head_hidden if return_all_heads else None,
             past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
@@ -558,6 +573,7 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             nn.init.normal_(head.weight, std=self.config.initializer_range)
             nn.init.zeros_(head.bias)
             self.value_head = head
+            self.config.value_head_stage = None
         self.config.use_value_head = True
         return self.value_head
 
@@ -574,6 +590,7 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         return_all_heads: bool = False,
         skip_logits: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
+        value_only: bool = False,
         **kwargs,
     ) -> WmtpCausalLMOutput:
         r"""
@@ -583,7 +600,26 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         skip_logits: do not compute head-0 `logits`; defaults to True while training with labels.
         num_items_in_batch: target count(s) of the whole accumulation window (scalar or one per head),
             passed by `Trainer` so the loss normalises correctly under gradient accumulation.
+        value_only: run the trunk and the value head only (no head block, no unembedding, no loss): the
+            critic's forward. Needs a value head.
         """
+        if value_only:
+            if self.value_head is None:
+                raise ValueError("value_only=True needs a value head (use_value_head=True or add_value_head())")
+            outputs = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                trunk_only=True,
+                **kwargs,
+            )
+            value = self.value_head(outputs.trunk_hidden_state).squeeze(-1)
+            return WmtpCausalLMOutput(
+                value=value, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+            )
         need_all_heads = return_all_heads or labels is not None
         outputs = self.model(
             input_ids=input_ids,
@@ -593,6 +629,7 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             return_all_heads=need_all_heads,
+            output_trunk_state=self.value_head is not None,
             **kwargs,
         )
         head0 = outputs.last_hidden_state
@@ -602,7 +639,9 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         if not skip_logits:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = self.lm_head(head0[:, keep, :])
-        value = self.value_head(head0).squeeze(-1) if self.value_head is not None else None
+        value = None
+        if self.value_head is not None:  # V_t reads norm(h_trunk), the state every head reads (SPEC §2.3)
+            value = self.value_head(outputs.trunk_hidden_state).squeeze(-1)
         loss = token_losses = None
         if labels is not None:
             token_losses = mtp_token_losses(

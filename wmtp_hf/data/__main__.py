@@ -1,10 +1,14 @@
-"""`python -m wmtp_hf.data prepare --source NAME [--path P] [--split S] [--tokenizer DIR] --output DIR`."""
+"""`python -m wmtp_hf.data prepare --source NAME [--path P] [--split S] [--tokenizer DIR] --output DIR`
+and `python -m wmtp_hf.data reference-losses --dataset DIR --reference MODEL [--batch-size N] [--split S]
+[--device D]`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .formatting import DEFAULT_MAX_LENGTH
 from .schema import SOURCES, DataError
@@ -21,31 +25,60 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="drop longer examples")
     prep.add_argument("--output", required=True, help="folder to write (<split>/ and stats.json)")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder")
+    ref = commands.add_parser(
+        "reference-losses",
+        help="add per-token reference losses (ref_token_losses) to a tokenized prepared folder",
+    )
+    ref.add_argument("--dataset", required=True, help="folder written by `prepare --tokenizer ...`")
+    ref.add_argument("--reference", required=True, help="reference causal LM: local folder or Hub id")
+    ref.add_argument("--batch-size", type=int, default=8, help="rows per reference forward pass")
+    ref.add_argument("--split", action="append", help="split to process (repeatable); default: all")
+    ref.add_argument("--device", help="where the reference runs (cuda, cuda:1, mps, cpu); default: auto")
     return parser
+
+
+def _prepare(args: argparse.Namespace) -> dict:
+    from .prepare import prepare
+
+    if args.max_length < 1:
+        raise DataError(f"--max-length: expected a positive integer, got {args.max_length}")
+    stats = prepare(
+        args.source,
+        args.output,
+        path=args.path,
+        splits=args.split,
+        tokenizer=args.tokenizer,
+        max_length=args.max_length,
+        overwrite=args.overwrite,
+    )
+    return {
+        split: {k: s[k] for k in ("rows", "is_correct", "dropped")} for split, s in stats["splits"].items()
+    }
+
+
+def _reference_losses(args: argparse.Namespace) -> dict:
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size: expected a positive integer, got {args.batch_size}")
+    import datasets
+
+    from ..reference import add_reference_losses
+
+    info = add_reference_losses(
+        args.dataset, args.reference, batch_size=args.batch_size, splits=args.split, device=args.device
+    )
+    rows = {
+        s: len(datasets.load_from_disk(str(Path(args.dataset) / s))) for s in info["dataset_fingerprints"]
+    }
+    return {"splits": rows, "rows": sum(rows.values()), "fingerprint": info["fingerprint"]["id"]}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .prepare import prepare
-
     try:
-        if args.max_length < 1:
-            raise DataError(f"--max-length: expected a positive integer, got {args.max_length}")
-        stats = prepare(
-            args.source,
-            args.output,
-            path=args.path,
-            splits=args.split,
-            tokenizer=args.tokenizer,
-            max_length=args.max_length,
-            overwrite=args.overwrite,
-        )
+        summary = _reference_losses(args) if args.command == "reference-losses" else _prepare(args)
     except (DataError, OSError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    summary = {
-        split: {k: s[k] for k in ("rows", "is_correct", "dropped")} for split, s in stats["splits"].items()
-    }
     print(json.dumps(summary))
     return 0
 

@@ -1,4 +1,6 @@
-"""Batch tokenized examples for the HF Trainer: right padding, prompt/padding labels -100, reward, difficulty."""
+"""Batch tokenized examples for the HF Trainer: right padding, prompt/padding labels -100, reward, difficulty.
+
+Optional per-token columns (cached reference losses for Rho-1) are right-padded alongside."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 from .schema import DataError
 
 IGNORE_INDEX = -100
+REF_LOSSES = "ref_token_losses"
 
 
 class WmtpDataCollator:
@@ -17,6 +20,8 @@ class WmtpDataCollator:
 
     Returns `input_ids`, `attention_mask` (1 over prompt + response), `labels` (-100 on the prompt and
     padding), `reward` (float `is_correct`, 0 when absent) and `difficulty` (long, -1 when absent).
+    When the features carry `ref_token_losses` (per-token reference losses, one per input id; see
+    `wmtp_hf.reference`), the batch also gets `ref_token_losses`: float32 `[B, W]`, right-padded with 0.
     """
 
     def __init__(
@@ -44,13 +49,31 @@ class WmtpDataCollator:
             batch_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             batch_labels[i, : len(row)] = torch.tensor(row_labels, dtype=torch.long)
             mask[i, : len(row)] = 1
-        return {
+        batch = {
             "input_ids": batch_ids,
             "attention_mask": mask,
             "labels": batch_labels,
             "reward": torch.tensor([float(f.get("is_correct", False)) for f in features], dtype=torch.float),
             "difficulty": torch.tensor([int(f.get("difficulty", -1)) for f in features], dtype=torch.long),
         }
+        if any(REF_LOSSES in f for f in features):
+            batch[REF_LOSSES] = self._pad_per_token(features, ids, REF_LOSSES, width)
+        return batch
+
+    @staticmethod
+    def _pad_per_token(
+        features: Sequence[Mapping[str, Any]], ids: list[list[int]], field: str, width: int
+    ) -> torch.Tensor:
+        """A per-token float field as float32 `[B, width]`, right-padded with 0; one value per input id."""
+        out = torch.zeros((len(ids), width), dtype=torch.float32)
+        for i, (feature, row) in enumerate(zip(features, ids, strict=True)):
+            if feature.get(field) is None:
+                raise DataError(f"collator: some features carry '{field}' and feature {i} does not")
+            values = torch.as_tensor(feature[field], dtype=torch.float32).reshape(-1)
+            if len(values) != len(row):
+                raise DataError(f"collator: '{field}' has {len(values)} items, 'input_ids' has {len(row)}")
+            out[i, : len(row)] = values
+        return out
 
     @staticmethod
     def _labels(feature: Mapping[str, Any], ids: list[int]) -> list[int]:

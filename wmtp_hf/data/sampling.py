@@ -20,7 +20,7 @@ from .schema import DataError
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("baseline", "critic", "verifiable", "rho1")
+STAGES = ("baseline", "critic", "verifiable", "rho1", "reference")
 BUCKETS: dict[str, tuple[int, int]] = {"low": (1, 3), "medium": (4, 7), "high": (8, 11)}
 # (end of phase as a fraction of training, bucket weights low/medium/high)
 CURRICULUM: tuple[tuple[float, tuple[float, float, float]], ...] = (
@@ -175,6 +175,48 @@ def curriculum_indices(
     return np.concatenate(out).astype(np.int64)
 
 
+def read_problem_ids(dataset: datasets.Dataset) -> np.ndarray:
+    """`problem_id` of every row (object array), reading only that column."""
+    if "problem_id" not in dataset.column_names:
+        raise DataError("sampling: dataset lacks column 'problem_id' (needed to pair correct/incorrect rows)")
+    ids = dataset.data.column("problem_id").to_numpy(zero_copy_only=False)
+    view = dataset._indices
+    if view is not None:
+        ids = ids[view.column(0).to_numpy()]
+    return ids
+
+
+def pair_indices(
+    is_correct: np.ndarray, problem_ids: np.ndarray, n_pairs: int | None = None, seed: int = 0
+) -> np.ndarray:
+    """Correct/incorrect pairs of the same problem, interleaved `[c0, i0, c1, i1, ...]` (critic `pairwise`).
+
+    Each pair picks a problem uniformly among those with both labels, then one correct and one incorrect
+    row of it uniformly; `n_pairs` defaults to the number of incorrect rows of those problems. Consecutive
+    rows 2p, 2p+1 form pair p, so an even batch size keeps pairs whole.
+    """
+    rng = np.random.default_rng(seed)
+    _, codes = np.unique(problem_ids.astype(str), return_inverse=True)
+    by_label = {}
+    for label in (True, False):
+        rows = np.flatnonzero(is_correct == label)
+        order = np.argsort(codes[rows], kind="stable")
+        by_label[label] = (rows[order], codes[rows][order])
+    eligible = np.intersect1d(by_label[True][1], by_label[False][1])
+    if not len(eligible):
+        raise DataError("sampling: no problem has both a correct and an incorrect row; pairwise needs pairs")
+    if n_pairs is None:
+        n_pairs = int(np.isin(by_label[False][1], eligible).sum())
+    picks = {}
+    problems = eligible[rng.integers(0, len(eligible), n_pairs)]
+    for label in (True, False):
+        rows, sorted_codes = by_label[label]
+        start = np.searchsorted(sorted_codes, problems, side="left")
+        count = np.searchsorted(sorted_codes, problems, side="right") - start
+        picks[label] = rows[start + (rng.random(n_pairs) * count).astype(np.int64)]
+    return np.stack([picks[True], picks[False]], axis=1).reshape(-1).astype(np.int64)
+
+
 def stage_indices(
     stage: str, dataset: datasets.Dataset, n_samples: int | None = None, seed: int = 0
 ) -> np.ndarray:
@@ -183,7 +225,7 @@ def stage_indices(
     if stage not in STAGES:
         raise DataError(f"sampling: unknown stage '{stage}'; valid: {', '.join(STAGES)}")
     is_correct, difficulty = read_metadata(dataset)
-    if stage in ("baseline", "rho1"):
+    if stage in ("baseline", "rho1", "reference"):
         return correct_only_indices(is_correct, n_samples, seed)
     n = len(is_correct) if n_samples is None else n_samples
     if stage == "critic":

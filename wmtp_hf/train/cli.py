@@ -23,9 +23,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataError, WmtpDataCollator
 from ..model_card import write_model_card
-from .components import build_train_dataset, load_model, load_tokenizer, resolve_model_path
+from .components import build_train_dataset, load_tokenizer
 from .config import (
-    STAGE_CONFIGS,
     ConfigError,
     WmtpTrainingConfig,
     build_config,
@@ -33,7 +32,7 @@ from .config import (
     stage_options,
 )
 from .mlflow_setup import ResolvedConfigCallback, configure_mlflow
-from .stages import STAGE_TRAINERS
+from .stages import STAGE_CONFIGS, STAGE_TRAINERS
 
 logger = logging.getLogger("wmtp_hf.train")
 
@@ -43,8 +42,15 @@ def options_epilog() -> str:
     lines = ["config options (YAML keys, or --option value on the command line):"]
     base = STAGE_CONFIGS["baseline"]
     fields = {f.name: f for f in dataclasses.fields(base)}
-    for name in stage_options(base):
+    shared = stage_options(base)
+    for name in shared:
         lines.append(f"  {name}: {fields[name].metadata.get('help', '')}")
+    for stage, cls in STAGE_CONFIGS.items():
+        own = {f.name: f for f in dataclasses.fields(cls)}
+        extra = [n for n in stage_options(cls) if n not in shared]
+        if extra:
+            lines.append(f"options of --stage {stage}:")
+            lines += [f"  {n}: {own[n].metadata.get('help', '')}" for n in extra]
     lines.append("  ... and every transformers.TrainingArguments field (learning_rate, bf16, ...)")
     return "\n".join(lines)
 
@@ -73,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+YAML11_WORDS = ("no", "yes", "on", "off", "y", "n")
+
+
 def parse_overrides(extra: list[str]) -> dict[str, Any]:
     """`--key value` pairs (values parsed as YAML) from the arguments argparse did not know."""
     overrides: dict[str, Any] = {}
@@ -87,6 +96,10 @@ def parse_overrides(extra: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"command line: option '--{key}' needs a value")
             value = extra[i + 1]
             i += 1
+        if value.strip().lower() in YAML11_WORDS:  # `--save_strategy no` means the string, not False
+            overrides[key.replace("-", "_")] = value
+            i += 1
+            continue
         try:
             overrides[key.replace("-", "_")] = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -126,25 +139,33 @@ def run(
 ) -> dict[str, Any]:
     """Train one stage; returns a summary (steps, tokens/s, final loss, output folders)."""
     checkpoint = resume_checkpoint(config, resume)
-    model_path = resolve_model_path(config)
+    trainer_cls = STAGE_TRAINERS[stage]
+    model_path = trainer_cls.resolve_model_path(config)
     tokenizer = load_tokenizer(model_path)
     # Data errors surface before a (possibly large) model is loaded.
-    train_dataset, data_report = build_train_dataset(config, tokenizer, stage)
-    model = load_model(config, model_path, tokenizer)
+    train_dataset, data_report = build_train_dataset(config, tokenizer, trainer_cls.sample_order)
+    try:
+        eval_dataset = trainer_cls.build_eval_dataset(config, tokenizer)
+    except DataError as err:
+        raise ConfigError(f"dataset '{config.dataset}': {err}") from None
+    train_dataset, trainer_kwargs = trainer_cls.prepare_data(config, tokenizer, train_dataset, dry_run=dry_run)
+    model = trainer_cls.load_model(config, model_path, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
+    n_heads = getattr(model.config, "n_future_tokens", 1)
     if dry_run:
-        return {"dry_run": True, "parameters": n_params, "n_future_tokens": model.config.n_future_tokens,
+        return {"dry_run": True, "parameters": n_params, "n_future_tokens": n_heads,
                 "data": data_report, "output_dir": config.output_dir}  # fmt: skip
     if any(r == "mlflow" for r in config.report_to):
         configure_mlflow()
-    trainer_cls = STAGE_TRAINERS[stage]
     trainer = trainer_cls(
         model=model,
         args=config,
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         data_collator=WmtpDataCollator(tokenizer),
         processing_class=tokenizer,
         callbacks=[ResolvedConfigCallback(config_to_dict(config), data_report), *(callbacks or [])],
+        **trainer_kwargs,
     )
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -161,7 +182,7 @@ def run(
             final_dir,
             stage=stage,
             config=config_to_dict(config),
-            n_heads=model.config.n_future_tokens,
+            n_heads=n_heads,
             base_model=config.model_name_or_path,
             datasets=[config.dataset],
             steps=trainer.state.global_step,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..data import SOURCES, DataError, load_source, tokenize_dataset
@@ -24,9 +26,32 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """Whether `name` is syntactically a Hub repo id (`name` or `org/name`) rather than a path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_model_location(option: str, name: str, made_by: str | None = None) -> None:
+    """One-line error for a model that is neither a folder nor a Hub id (`made_by`: the command making it)."""
+    if Path(name).is_dir() or looks_like_hub_id(name):
+        return
+    hint = f"; it is made by: {made_by}" if made_by else ""
+    raise ConfigError(f"{option} '{name}': no such folder, and not a Hub id{hint}")
+
+
 def resolve_model_path(config: WmtpTrainingConfig) -> str:
     """The model to start from; builds the micro preset (once, on the main process) when none is given."""
     if config.model_name_or_path is not None:
+        made_by = getattr(config, "model_made_by", {}).get(config.model_name_or_path)
+        check_model_location("model_name_or_path", config.model_name_or_path, made_by)
         return config.model_name_or_path
     path = Path(config.output_dir) / "micro-init"
     with config.main_process_first(local=True, desc="building the micro model"):
@@ -77,51 +102,74 @@ def load_model(config: WmtpTrainingConfig, path: str, tokenizer: Any, **model_kw
     return model
 
 
-def load_rows(config: WmtpTrainingConfig) -> datasets.Dataset:
+def load_rows(config: WmtpTrainingConfig, split: str | None = None) -> datasets.Dataset:
     """Unified (or already tokenized) rows of `config.dataset`: a source name or a `prepare` folder."""
+    split = split or config.dataset_split
     folder = Path(config.dataset)
     if config.dataset not in SOURCES and folder.is_dir():
-        split_dir = folder / config.dataset_split
+        split_dir = folder / split
         if not split_dir.is_dir():
             available = sorted(p.name for p in folder.iterdir() if p.is_dir())
-            raise ConfigError(
-                f"dataset '{folder}': no split '{config.dataset_split}' (available: {', '.join(available)})"
-            )
+            raise ConfigError(f"dataset '{folder}': no split '{split}' (available: {', '.join(available)})")
         return datasets.load_from_disk(str(split_dir))
     if config.dataset not in SOURCES:
         raise ConfigError(
             f"dataset: '{config.dataset}' is neither a source ({', '.join(SOURCES)}) nor a prepared folder"
         )
-    return load_source(config.dataset, path=config.dataset_path, split=config.dataset_split)
+    return load_source(config.dataset, path=config.dataset_path, split=split)
+
+
+HELD_OUT_SPLITS = {"offline": "eval", "codecontests": "valid", "mbpp": "validation"}
+
+
+def held_out_split(config: WmtpTrainingConfig) -> str | None:
+    """The source's held-out split (offline: eval, CodeContests: valid, MBPP: validation), if it has one."""
+    folder = Path(config.dataset)
+    if config.dataset not in SOURCES and folder.is_dir():
+        return next((s for s in ("eval", "valid", "validation") if (folder / s).is_dir()), None)
+    if config.dataset == "codecontests" and config.dataset_path:
+        return None  # a local CodeContests file is one split
+    return HELD_OUT_SPLITS.get(config.dataset)
+
+
+def sample_order(config: WmtpTrainingConfig, dataset: datasets.Dataset) -> np.ndarray:
+    """The stage's row order (SPEC §3.4) for `config.n_samples` positions."""
+    return stage_indices(config.stage, dataset, n_samples=config.n_samples, seed=config.seed)
+
+
+def tokenized_rows(config: WmtpTrainingConfig, tokenizer: Any, split: str) -> tuple[datasets.Dataset, Any, int]:
+    """`(tokenized rows, dropped counts, rows loaded)` of one split of `config.dataset`."""
+    rows = load_rows(config, split)
+    if "input_ids" in rows.column_names:
+        too_long = (
+            sum(int(n > config.max_length) for n in rows["length"]) if "length" in rows.column_names else 0
+        )
+        if too_long:
+            raise ConfigError(
+                f"dataset '{config.dataset}': {too_long} rows are longer than max_length={config.max_length}; "
+                "re-run prepare with --max-length"
+            )
+        return rows, {}, len(rows)
+    tokenized, dropped = tokenize_dataset(rows, tokenizer, max_length=config.max_length)
+    return tokenized, dropped, len(rows)
 
 
 def build_train_dataset(
-    config: WmtpTrainingConfig, tokenizer: Any, stage: str
+    config: WmtpTrainingConfig,
+    tokenizer: Any,
+    order_fn: Callable[[WmtpTrainingConfig, datasets.Dataset], np.ndarray] = sample_order,
 ) -> tuple[datasets.Dataset, dict[str, Any]]:
     """Tokenized rows in the stage's sampling order, plus a report of what was kept and dropped."""
+    stage = config.stage
     try:
-        rows = load_rows(config)
-        if "input_ids" in rows.column_names:
-            tokenized, dropped = rows, {}
-            too_long = (
-                sum(int(n > config.max_length) for n in rows["length"])
-                if "length" in rows.column_names
-                else 0
-            )
-            if too_long:
-                raise ConfigError(
-                    f"dataset '{config.dataset}': {too_long} rows are longer than max_length={config.max_length}; "
-                    "re-run prepare with --max-length"
-                )
-        else:
-            tokenized, dropped = tokenize_dataset(rows, tokenizer, max_length=config.max_length)
-        order = stage_indices(stage, tokenized, n_samples=config.n_samples, seed=config.seed)
+        tokenized, dropped, n_rows = tokenized_rows(config, tokenizer, config.dataset_split)
+        order = order_fn(config, tokenized)
     except DataError as err:
         raise ConfigError(f"dataset '{config.dataset}': {err}") from None
     if len(order) == 0:
         raise ConfigError(f"dataset '{config.dataset}': no rows left for stage '{stage}' after filtering")
     report = {
-        "rows": len(rows),
+        "rows": n_rows,
         "tokenized": len(tokenized),
         "dropped": dropped,
         "selected": len(order),

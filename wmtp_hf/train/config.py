@@ -20,7 +20,7 @@ import yaml
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
-STAGES = ("baseline", "critic", "verifiable", "rho1")
+STAGES = ("baseline", "critic", "verifiable", "rho1", "reference")
 
 
 class ConfigError(ValueError):
@@ -119,14 +119,13 @@ class WmtpTrainingConfig(TrainingArguments):
         super().__post_init__()
 
 
-@dataclass
-class BaselineConfig(WmtpTrainingConfig):
-    """`baseline`: all heads, uniform MTP loss on correct solutions (SPEC §4.1, w = 1)."""
+def stage_config_class(stage: str) -> type[WmtpTrainingConfig]:
+    """The config dataclass of `stage` (from the stage registry)."""
+    from .stages import STAGE_CONFIGS
 
-    stage: typing.ClassVar[str] = "baseline"
-
-
-STAGE_CONFIGS: dict[str, type[WmtpTrainingConfig]] = {"baseline": BaselineConfig}
+    if stage not in STAGE_CONFIGS:
+        raise ConfigError(f"--stage: unknown stage '{stage}'; available: {', '.join(STAGE_CONFIGS)}")
+    return STAGE_CONFIGS[stage]
 
 
 def stage_options(cls: type[WmtpTrainingConfig]) -> list[str]:
@@ -239,9 +238,7 @@ def build_config(
     stage: str, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> WmtpTrainingConfig:
     """The stage's config from defaults, an optional YAML file and overrides, validated."""
-    if stage not in STAGE_CONFIGS:
-        raise ConfigError(f"--stage: unknown stage '{stage}'; available: {', '.join(STAGE_CONFIGS)}")
-    cls = STAGE_CONFIGS[stage]
+    cls = stage_config_class(stage)
     values: dict[str, Any] = {}
     if config_file is not None:
         values = read_yaml(Path(config_file))

@@ -1,0 +1,87 @@
+"""`reference`: next-token fine-tuning of any causal LM on correct solutions (SPEC §4.5).
+
+Rho-1's reference model. Plain `Trainer` semantics and the model's own causal-LM loss (transformers
+normalises it over the accumulation window through `num_items_in_batch`); the output folder loads with
+`AutoModelForCausalLM.from_pretrained`. With no model it starts from the micro LLaMA: the micro preset's
+next-token path (`to_llama()`), with the micro tokenizer.
+"""
+
+from __future__ import annotations
+
+import shutil
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
+
+from ...fileio import atomic_directory
+from ...micro import build_micro, is_model_dir
+from ..components import _first_line, check_model_location
+from ..config import ConfigError, WmtpTrainingConfig, _help
+from ..trainer import BATCH_EXTRAS, StageHooks
+
+
+@dataclass
+class ReferenceConfig(WmtpTrainingConfig):
+    """`reference`: a plain causal LM trained next-token on correct rows (Rho-1's reference)."""
+
+    stage: typing.ClassVar[str] = "reference"
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata=_help(
+            "Any causal LM (folder or Hub id), loaded with AutoModelForCausalLM. None builds the micro "
+            "LLaMA (the micro preset's next-token path) under `<output_dir>/micro-llama-init`."
+        ),
+    )
+    output_dir: str | None = field(default="runs/reference", metadata=_help("Checkpoints and the final model."))
+
+
+def build_micro_llama(output_dir: Path, seed: int = 0) -> Path:
+    """The micro preset's next-token path as a `LlamaForCausalLM`, with the micro tokenizer."""
+    from transformers import AutoTokenizer
+
+    wmtp_dir = output_dir.with_name(output_dir.name + ".wmtp")
+    build_micro(wmtp_dir, seed=seed)
+    llama = AutoModelForCausalLM.from_pretrained(wmtp_dir).to_llama()
+    tokenizer = AutoTokenizer.from_pretrained(wmtp_dir)
+    with atomic_directory(output_dir) as tmp:
+        llama.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    shutil.rmtree(wmtp_dir, ignore_errors=True)
+    return output_dir
+
+
+class ReferenceTrainer(StageHooks, Trainer):
+    """Stock causal-LM training; drops the batch entries a plain causal LM does not take."""
+
+    @classmethod
+    def resolve_model_path(cls, config: ReferenceConfig) -> str:
+        if config.model_name_or_path is not None:
+            check_model_location("model_name_or_path", config.model_name_or_path)
+            return config.model_name_or_path
+        path = Path(config.output_dir) / "micro-llama-init"
+        with config.main_process_first(local=True, desc="building the micro LLaMA"):
+            if not is_model_dir(path):
+                build_micro_llama(path, seed=config.seed)
+        return str(path)
+
+    @classmethod
+    def load_model(cls, config: ReferenceConfig, path: str, tokenizer: Any) -> PreTrainedModel:
+        kwargs = {"attn_implementation": config.attn_implementation} if config.attn_implementation else {}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"model_name_or_path '{path}': cannot load a causal LM ({_first_line(err)})") from None
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            raise ConfigError(
+                f"model_name_or_path '{path}': tokenizer has {len(tokenizer)} tokens, the model's embedding "
+                f"{model.get_input_embeddings().num_embeddings}"
+            )
+        return model
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = {k: v for k, v in inputs.items() if k not in BATCH_EXTRAS}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

@@ -1,0 +1,213 @@
+"""`rho1`: per head, train only the top `k_percent` tokens by excess loss over a reference LM (SPEC §4.4).
+
+Excess of head k at t: `CE_k(t) - CE_ref(t+1+k)`. Selection is per micro-batch and per process; the loss
+is normalised by the kept counts of the whole accumulation window (all processes), which depend only on
+the labels. `CE_ref` comes from a `ref_token_losses` column when the dataset has one (`python -m
+wmtp_hf.data reference-losses`, or `precompute_reference: true`), else from the live reference model:
+frozen, eval mode, no grad, a copy per process under DDP and sharded (FSDP2) under FSDP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+
+from ...data.io import cache_root
+from ...fileio import atomic_directory
+from ...micro import is_model_dir
+from ...reference import (
+    check_cached_fingerprint,
+    check_same_tokenizer,
+    load_reference_model,
+    precompute_reference_losses,
+)
+from ...weighting import excess_losses, reference_token_losses, rho1_keep_counts, rho1_weights
+from ..components import check_model_location
+from ..config import ConfigError, WmtpTrainingConfig, _help
+from ..trainer import WeightedMTPTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Rho1Config(WmtpTrainingConfig):
+    """`rho1`: all heads, each trained on its top-k% tokens by excess loss over a reference LM."""
+
+    stage: typing.ClassVar[str] = "rho1"
+
+    reference_model: str | None = field(
+        default=None,
+        metadata=_help(
+            "Reference causal LM (Hub id or folder, AutoModelForCausalLM) with the policy's tokenizer. None "
+            "on the micro defaults: the micro reference (the reference stage on the offline data), built "
+            "once and cached."
+        ),
+    )
+    k_percent: float = field(default=0.6, metadata=_help("Fraction of each head's valid targets kept per batch."))
+    precompute_reference: bool = field(
+        default=False,
+        metadata=_help(
+            "Compute the reference losses of the training rows once at the start and cache them (keyed by "
+            "dataset and reference fingerprints); training then holds no reference model."
+        ),
+    )
+    reference_batch_size: int = field(default=8, metadata=_help("Batch size of the reference-loss precompute."))
+    output_dir: str | None = field(default="runs/rho1", metadata=_help("Checkpoints and the final model."))
+
+    def __post_init__(self) -> None:
+        if not 0 < self.k_percent <= 1:
+            raise ConfigError(f"k_percent: expected a number in (0, 1], got {self.k_percent}")
+        if self.reference_batch_size < 1:
+            raise ConfigError(f"reference_batch_size: expected a positive integer, got {self.reference_batch_size}")
+        super().__post_init__()
+
+
+# ---------------------------------------------------------------------------------------- micro reference
+
+MICRO_REFERENCE_ENV_DROP = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                            "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")  # fmt: skip
+
+
+def micro_reference_key(seed: int) -> str:
+    """Cache key of the micro reference: the reference stage's defaults and the code that builds its data."""
+    from ...data.offline import fingerprint as offline_fingerprint
+    from ...data.sources.humaneval import package_file
+    from ..config import build_config, config_to_dict
+
+    options = config_to_dict(build_config("reference", None, {"seed": seed}))
+    for volatile in ("output_dir", "logging_dir", "report_to"):
+        options.pop(volatile, None)
+    root = Path(__file__).resolve().parents[2]
+    code = b"".join((root / name).read_bytes() for name in ("micro.py", "tokenizer.py", "train/stages/reference.py"))
+    text = json.dumps([options, offline_fingerprint(package_file(), seed)], sort_keys=True, default=str).encode()
+    return hashlib.sha256(text + code).hexdigest()[:16]
+
+
+def micro_reference_path(config: WmtpTrainingConfig) -> str:
+    """The micro reference (`--stage reference` on the micro defaults), built once in a clean subprocess."""
+    path = cache_root() / "reference" / micro_reference_key(config.seed)
+    with config.main_process_first(local=True, desc="building the micro reference"):
+        if not is_model_dir(path):
+            logger.info("building the micro reference once (the reference stage on the offline data) -> %s", path)
+            env = {k: v for k, v in os.environ.items() if k not in MICRO_REFERENCE_ENV_DROP}
+            with atomic_directory(path) as tmp:
+                cmd = [sys.executable, "-m", "wmtp_hf.train", "--stage", "reference", "--output-dir", str(tmp / "run"),
+                       "--report_to", "none", "--save_strategy", "no", "--seed", str(config.seed)]  # fmt: skip
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                    raise ConfigError(f"reference_model: building the micro reference failed ({tail})")
+                for item in (tmp / "run" / "final").iterdir():
+                    item.rename(tmp / item.name)
+                shutil.rmtree(tmp / "run")
+    return str(path)
+
+
+def resolve_reference(config: Rho1Config) -> str:
+    """`reference_model`, or the micro reference on the micro defaults; one line when neither applies."""
+    if config.reference_model is not None:
+        check_model_location("reference_model", config.reference_model)
+        return config.reference_model
+    if config.model_name_or_path is None:
+        return micro_reference_path(config)
+    raise ConfigError(
+        "reference_model: not set; rho1 on a user's model needs a reference causal LM with the same tokenizer "
+        "(a Hub id or folder, e.g. --reference_model princeton-nlp/Sheared-LLaMA-2.7B)"
+    )
+
+
+def shard_for_evaluation(model: torch.nn.Module, accelerator: Any) -> torch.nn.Module:
+    """Place a frozen reference as TRL does: sharded with FSDP2 under FSDP, else a copy on this device."""
+    if getattr(accelerator, "is_fsdp2", False):
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = set(getattr(model, "_no_split_modules", None) or [])
+        for module in model.modules():
+            if type(module).__name__ in blocks:
+                fully_shard(module, reshard_after_forward=True)
+        fully_shard(model, reshard_after_forward=True)
+        return model
+    return accelerator.prepare_model(model, evaluation_mode=True)
+
+
+class Rho1Trainer(WeightedMTPTrainer):
+    """Top-k% excess-loss token selection per head; see the module docstring."""
+
+    def __init__(self, *args: Any, reference: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reference = reference
+        self.ref_model = None
+        if "ref_token_losses" not in self.train_dataset.column_names:
+            if reference is None:
+                raise ConfigError("reference_model: the live rho1 stage needs a reference model")
+            dtype = next(self.accelerator.unwrap_model(self.model).parameters()).dtype
+            if self.args.bf16:
+                dtype = torch.bfloat16
+            ref, _ = load_reference_model(reference, dtype=dtype, attn_implementation=self.args.attn_implementation)
+            self.ref_model = shard_for_evaluation(ref.eval().requires_grad_(False), self.accelerator)
+
+    @classmethod
+    def prepare_data(cls, config: Rho1Config, tokenizer: Any, train_dataset: datasets.Dataset, dry_run: bool = False):
+        """Resolve the reference, check its tokenizer or the cache's fingerprint, precompute if asked."""
+        reference = resolve_reference(config)
+        from transformers import AutoTokenizer
+
+        try:
+            ref_tokenizer = AutoTokenizer.from_pretrained(reference)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"reference_model '{reference}': cannot load its tokenizer ({err})") from None
+        policy_name = config.model_name_or_path or "the micro model"
+        check_same_tokenizer(tokenizer, ref_tokenizer, policy_name, reference)
+        if "ref_token_losses" in train_dataset.column_names:
+            check_cached_fingerprint(Path(config.dataset), reference, ref_tokenizer)
+            logger.info("rho1: using the dataset's cached ref_token_losses (no reference model in memory)")
+            return train_dataset, {"reference": None}
+        if config.precompute_reference and not dry_run:
+            with config.main_process_first(local=True, desc="precomputing reference losses"):
+                train_dataset = precompute_reference_losses(
+                    train_dataset, reference, batch_size=config.reference_batch_size
+                )
+            return train_dataset, {"reference": None}
+        return train_dataset, {"reference": reference}
+
+    # ------------------------------------------------------------------ loss
+
+    def window_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from ...losses import mtp_target_mask
+
+        return {"targets": rho1_keep_counts(mtp_target_mask(batch["labels"], self.n_heads), self.args.k_percent)}
+
+    def reference_losses(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`[B, T]` `CE_ref(j)`: the cached column, or the live reference's chunked cross-entropy."""
+        if "ref_token_losses" in inputs:
+            return inputs["ref_token_losses"].float()
+        return reference_token_losses(
+            self.ref_model, inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"]
+        ).float()
+
+    def token_weights(self, model, inputs, outputs, target_mask):
+        ref = self.reference_losses(inputs)
+        token_losses = outputs.token_losses.detach()
+        weights = rho1_weights(token_losses, ref, target_mask, self.args.k_percent)
+        excess = excess_losses(token_losses, ref)
+        kept, dropped = weights > 0, target_mask & (weights == 0)
+        valid = float(target_mask.sum())
+        self.record("kept_fraction", float(kept.sum()) / max(valid, 1.0), valid)
+        response = inputs["labels"] != -100
+        for name, values, where in (("excess_kept", excess, kept), ("excess_dropped", excess, dropped),
+                                    ("ref_loss", ref, response)):  # fmt: skip
+            count = float(where.sum())
+            self.record(name, values[where].sum() / max(count, 1.0), count)
+        return weights
