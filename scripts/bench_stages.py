@@ -30,9 +30,8 @@ tokenizer), a fixed seeded selection of `--batches` batches of `--batch` rows, e
 incorrect solutions (alternating), collated once by `WmtpDataCollator`. Every variant trains exactly these
 batches in the same order, so per-step work differs only by stage.
 
-Model: the micro preset (`wmtp_hf.micro.build_micro`), by default at `--hidden-size 256` (intermediate
-704, 8 attention heads, 4 KV heads, the preset's 8 blocks = 4 trunk + 4 heads, vocab 2048), so that matmuls
-rather than Python overhead dominate a step on a CPU; `--hidden-size 128` is the preset itself.
+Model: the micro preset (`wmtp_hf.micro.build_micro`: 8 blocks = 4 trunk + 4 heads, hidden 128, vocab
+2048, ~2.0M parameters); `--hidden-size 256` etc. scales it (head dim 32, SwiGLU width 8/3, same blocks).
 
 Measuring (helpers shared with `bench_train.py` / `bench_model.py` in `bench_common.py`). Each variant
 runs in its own fresh process (`bench_common.Worker`) that builds its trainer as `wmtp_hf.train.cli.run`
@@ -50,12 +49,15 @@ backward), `trainer._clip_grad_norm` (max_grad_norm 1.0), `optimizer.step()`, `l
   returns), `loss+backward` (stage loss, for rho1_live the reference forward, backward), `optimizer`
   (clipping and AdamW) and `sched+zero_grad`. Held memory = what persists across steps: parameters
   (for rho1_live the reference's too) and AdamW state; working = peak minus held; peak = held + working;
+- threads: `--threads 1` by default on CPU. On a small shared machine (2 cores, other jobs running) torch's
+  intra-op threads wait at barriers for a descheduled sibling and single steps stall by up to 10x; one
+  thread per worker keeps the per-round ratios stable (`--threads 0`: torch's default);
 - timing: `--rounds` rounds; in each, every variant in turn (round-robin, so background load hits all
   alike) runs `--steps` timed steps on batches 0, 1, ... (cycling through the `--batches`), so every round
   of every variant does the same work. A round's time is the median of its steps; a variant's step time
   is the median over rounds, and its ratio vs baseline the median over rounds of the per-round ratio.
 
-CPU default (about 3 minutes on 2 cores): `python scripts/bench_stages.py`.
+CPU default (about 3-4 minutes on 2 cores): `python scripts/bench_stages.py`.
 GPU: `python scripts/bench_stages.py --device cuda --rounds 30`.
 """
 
@@ -182,8 +184,8 @@ def prepare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "reference_dir": str(reference_dir),
         "rows_dir": str(tmp / "rows"),
         "rows_ref_dir": str(tmp / "rows_ref"),
-        "lengths": rows["length"],
-        "correct": int(sum(rows["is_correct"])),
+        "lengths": [int(n) for n in rows["length"]],
+        "correct": int(sum(bool(c) for c in rows["is_correct"])),
     }
 
 
@@ -344,6 +346,8 @@ class StageStepper:
 def run_worker(args: argparse.Namespace) -> None:
     """Warm-up, memory probe, then `--steps` timed steps per `step` command (reported as one line)."""
     proto = protocol_stream()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     paths = json.loads(Path(args.paths).read_text())
     stepper = StageStepper(args, paths)
     n = len(stepper.batches)
@@ -377,14 +381,15 @@ def run_worker(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--rounds", type=int, default=12, help="timing rounds (every variant in turn per round)")
+    p.add_argument("--rounds", type=int, default=8, help="timing rounds (every variant in turn per round)")
     p.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1)")
     p.add_argument("--memory-steps", type=int, default=1, help="untimed steps under the memory probe")
     p.add_argument("--batch", type=int, default=8, help="rows per batch (half correct, half incorrect)")
     p.add_argument("--batches", type=int, default=4, help="distinct batches, cycled through")
     p.add_argument("--max-length", type=int, default=1024, help="rows longer than this are not selected")
-    p.add_argument("--hidden-size", type=int, default=256, help="micro model width (128: the preset)")
+    p.add_argument("--hidden-size", type=int, default=128, help="micro model width (128: the preset)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--model-dir", default=None, help="WMTP model folder (default: micro built in a temp dir)")

@@ -77,6 +77,7 @@ def write_marker_dataset(
     def draw(n: int) -> list[int]:
         return [normal[i] for i in torch.randint(0, len(normal), (n,), generator=rng).tolist()]
 
+    stats = {"source": "marker", "tokenizer": None, "max_length": None, "splits": {}}
     for split, count in (("train", n_problems), ("eval", max(8, n_problems // 3))):
         rows = []
         for p in range(count):
@@ -95,5 +96,6 @@ def write_marker_dataset(
                     "is_correct": correct, "difficulty": 1 + (p % 11), "marker_position": position,
                 })  # fmt: skip
         datasets.Dataset.from_list(rows).save_to_disk(str(folder / split))
-    (folder / "stats.json").write_text(json.dumps({"source": "marker", "tokenizer": None}))
+        stats["splits"][split] = {"rows": len(rows)}
+    (folder / "stats.json").write_text(json.dumps(stats))
     return folder

@@ -75,7 +75,9 @@ def value_regression_loss(
     if kind == "mse":
         per_position = diff.square()
     elif kind == "huber":
-        per_position = torch.nn.functional.huber_loss(diff, torch.zeros_like(diff), reduction="none", delta=1.0)
+        per_position = torch.nn.functional.huber_loss(
+            diff, torch.zeros_like(diff), reduction="none", delta=1.0
+        )
     else:
         raise ValueError(f"value loss: expected 'mse' or 'huber', got {kind!r}")
     total = (per_position * mask).sum()

@@ -605,7 +605,9 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         """
         if value_only:
             if self.value_head is None:
-                raise ValueError("value_only=True needs a value head (use_value_head=True or add_value_head())")
+                raise ValueError(
+                    "value_only=True needs a value head (use_value_head=True or add_value_head())"
+                )
             outputs = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

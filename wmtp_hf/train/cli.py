@@ -148,7 +148,9 @@ def run(
         eval_dataset = trainer_cls.build_eval_dataset(config, tokenizer)
     except DataError as err:
         raise ConfigError(f"dataset '{config.dataset}': {err}") from None
-    train_dataset, trainer_kwargs = trainer_cls.prepare_data(config, tokenizer, train_dataset, dry_run=dry_run)
+    train_dataset, trainer_kwargs = trainer_cls.prepare_data(
+        config, tokenizer, train_dataset, dry_run=dry_run
+    )
     model = trainer_cls.load_model(config, model_path, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     n_heads = getattr(model.config, "n_future_tokens", 1)

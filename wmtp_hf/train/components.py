@@ -137,7 +137,9 @@ def sample_order(config: WmtpTrainingConfig, dataset: datasets.Dataset) -> np.nd
     return stage_indices(config.stage, dataset, n_samples=config.n_samples, seed=config.seed)
 
 
-def tokenized_rows(config: WmtpTrainingConfig, tokenizer: Any, split: str) -> tuple[datasets.Dataset, Any, int]:
+def tokenized_rows(
+    config: WmtpTrainingConfig, tokenizer: Any, split: str
+) -> tuple[datasets.Dataset, Any, int]:
     """`(tokenized rows, dropped counts, rows loaded)` of one split of `config.dataset`."""
     rows = load_rows(config, split)
     if "input_ids" in rows.column_names:

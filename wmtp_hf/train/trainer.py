@@ -94,7 +94,8 @@ class WeightedMTPTrainer(StageHooks, Trainer):
         self._sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self._extremes: dict[str, float] = {}
         self._last_log_time = time.perf_counter()
-        self.add_callback(_StageStateCallback(self))
+        # First in line, so the stage state is on disk before any user `on_save` callback runs.
+        self.callback_handler.callbacks.insert(0, _StageStateCallback(self))
 
     # ------------------------------------------------------------------ stage hooks
 
@@ -138,7 +139,9 @@ class WeightedMTPTrainer(StageHooks, Trainer):
 
     # ------------------------------------------------------------------ loss
 
-    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> dict[str, torch.Tensor] | None:
+    def _get_num_items_in_batch(
+        self, batch_samples: list, device: torch.device
+    ) -> dict[str, torch.Tensor] | None:
         """`window_counts` summed over the accumulation window and over processes (one all-reduce)."""
         if not batch_samples or "labels" not in batch_samples[0]:
             return None
@@ -199,7 +202,9 @@ class WeightedMTPTrainer(StageHooks, Trainer):
         if checkpoint is True:
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if isinstance(checkpoint, str) and (Path(checkpoint) / STAGE_STATE_FILE).is_file():
-            self.load_stage_state(json.loads((Path(checkpoint) / STAGE_STATE_FILE).read_text(encoding="utf-8")))
+            self.load_stage_state(
+                json.loads((Path(checkpoint) / STAGE_STATE_FILE).read_text(encoding="utf-8"))
+            )
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ------------------------------------------------------------------ metrics
@@ -285,5 +290,7 @@ class WeightedMTPTrainer(StageHooks, Trainer):
         values = torch.tensor([self._extremes[n] for n in names], dtype=torch.float64)
         if self.args.world_size > 1:  # min via max of negated values; names are the same on every process
             signs = torch.tensor([-1.0 if n.endswith("_min") else 1.0 for n in names], dtype=torch.float64)
-            values = self.accelerator.reduce((values * signs).to(self.args.device), reduction="max").cpu() * signs
+            values = (
+                self.accelerator.reduce((values * signs).to(self.args.device), reduction="max").cpu() * signs
+            )
         return {n: round(v, 6) for n, v in zip(names, values.tolist(), strict=True)}

@@ -80,7 +80,9 @@ class CriticConfig(WmtpTrainingConfig):
 
     def __post_init__(self) -> None:
         if self.critic_loss not in CRITIC_LOSSES:
-            raise ConfigError(f"critic_loss: expected one of {', '.join(CRITIC_LOSSES)}, got {self.critic_loss!r}")
+            raise ConfigError(
+                f"critic_loss: expected one of {', '.join(CRITIC_LOSSES)}, got {self.critic_loss!r}"
+            )
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"gamma: expected a number in (0, 1], got {self.gamma}")
         if not 0 <= self.lam <= 1:
@@ -156,7 +158,9 @@ class CriticTrainer(WeightedMTPTrainer):
 
     def stage_loss(self, model, inputs, counts):
         labels, rewards = inputs["labels"], inputs["reward"]
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), value_only=True)
+        outputs = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), value_only=True
+        )
         values = outputs.value.float()
         mask = value_positions(labels)
         if self.args.critic_loss == "pairwise":
@@ -223,8 +227,10 @@ class CriticTrainer(WeightedMTPTrainer):
             targets = self.value_targets(values, rewards, mask).float()
             kind = "mse" if self.args.critic_loss == "pairwise" else self.args.critic_loss
             diff = values - targets
-            per_pos = diff.square() if kind == "mse" else torch.nn.functional.huber_loss(
-                diff, torch.zeros_like(diff), reduction="none", delta=1.0
+            per_pos = (
+                diff.square()
+                if kind == "mse"
+                else torch.nn.functional.huber_loss(diff, torch.zeros_like(diff), reduction="none", delta=1.0)
             )
             maskf = mask.float()
             last = (mask.cumsum(1) == mask.sum(1, keepdim=True)) & mask  # the last value position
@@ -273,5 +279,7 @@ def _pairwise_eval_loss(means: torch.Tensor, rewards: torch.Tensor, problems: li
         good = means[[i for i in rows if rewards[i] > 0.5]]
         bad = means[[i for i in rows if rewards[i] <= 0.5]]
         if len(good) and len(bad):
-            losses.append(bradley_terry_loss(good[:, None].expand(-1, len(bad)), bad[None, :].expand(len(good), -1)))
+            losses.append(
+                bradley_terry_loss(good[:, None].expand(-1, len(bad)), bad[None, :].expand(len(good), -1))
+            )
     return float(torch.cat([x.reshape(-1) for x in losses]).mean()) if losses else math.nan

@@ -36,7 +36,9 @@ class ReferenceConfig(WmtpTrainingConfig):
             "LLaMA (the micro preset's next-token path) under `<output_dir>/micro-llama-init`."
         ),
     )
-    output_dir: str | None = field(default="runs/reference", metadata=_help("Checkpoints and the final model."))
+    output_dir: str | None = field(
+        default="runs/reference", metadata=_help("Checkpoints and the final model.")
+    )
 
 
 def build_micro_llama(output_dir: Path, seed: int = 0) -> Path:
@@ -74,7 +76,9 @@ class ReferenceTrainer(StageHooks, Trainer):
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as err:
-            raise ConfigError(f"model_name_or_path '{path}': cannot load a causal LM ({_first_line(err)})") from None
+            raise ConfigError(
+                f"model_name_or_path '{path}': cannot load a causal LM ({_first_line(err)})"
+            ) from None
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             raise ConfigError(
                 f"model_name_or_path '{path}': tokenizer has {len(tokenizer)} tokens, the model's embedding "

@@ -55,7 +55,9 @@ class Rho1Config(WmtpTrainingConfig):
             "once and cached."
         ),
     )
-    k_percent: float = field(default=0.6, metadata=_help("Fraction of each head's valid targets kept per batch."))
+    k_percent: float = field(
+        default=0.6, metadata=_help("Fraction of each head's valid targets kept per batch.")
+    )
     precompute_reference: bool = field(
         default=False,
         metadata=_help(
@@ -63,14 +65,18 @@ class Rho1Config(WmtpTrainingConfig):
             "dataset and reference fingerprints); training then holds no reference model."
         ),
     )
-    reference_batch_size: int = field(default=8, metadata=_help("Batch size of the reference-loss precompute."))
+    reference_batch_size: int = field(
+        default=8, metadata=_help("Batch size of the reference-loss precompute.")
+    )
     output_dir: str | None = field(default="runs/rho1", metadata=_help("Checkpoints and the final model."))
 
     def __post_init__(self) -> None:
         if not 0 < self.k_percent <= 1:
             raise ConfigError(f"k_percent: expected a number in (0, 1], got {self.k_percent}")
         if self.reference_batch_size < 1:
-            raise ConfigError(f"reference_batch_size: expected a positive integer, got {self.reference_batch_size}")
+            raise ConfigError(
+                f"reference_batch_size: expected a positive integer, got {self.reference_batch_size}"
+            )
         super().__post_init__()
 
 
@@ -90,8 +96,12 @@ def micro_reference_key(seed: int) -> str:
     for volatile in ("output_dir", "logging_dir", "report_to"):
         options.pop(volatile, None)
     root = Path(__file__).resolve().parents[2]
-    code = b"".join((root / name).read_bytes() for name in ("micro.py", "tokenizer.py", "train/stages/reference.py"))
-    text = json.dumps([options, offline_fingerprint(package_file(), seed)], sort_keys=True, default=str).encode()
+    code = b"".join(
+        (root / name).read_bytes() for name in ("micro.py", "tokenizer.py", "train/stages/reference.py")
+    )
+    text = json.dumps(
+        [options, offline_fingerprint(package_file(), seed)], sort_keys=True, default=str
+    ).encode()
     return hashlib.sha256(text + code).hexdigest()[:16]
 
 
@@ -100,7 +110,9 @@ def micro_reference_path(config: WmtpTrainingConfig) -> str:
     path = cache_root() / "reference" / micro_reference_key(config.seed)
     with config.main_process_first(local=True, desc="building the micro reference"):
         if not is_model_dir(path):
-            logger.info("building the micro reference once (the reference stage on the offline data) -> %s", path)
+            logger.info(
+                "building the micro reference once (the reference stage on the offline data) -> %s", path
+            )
             env = {k: v for k, v in os.environ.items() if k not in MICRO_REFERENCE_ENV_DROP}
             with atomic_directory(path) as tmp:
                 cmd = [sys.executable, "-m", "wmtp_hf.train", "--stage", "reference", "--output-dir", str(tmp / "run"),
@@ -155,11 +167,15 @@ class Rho1Trainer(WeightedMTPTrainer):
             dtype = next(self.accelerator.unwrap_model(self.model).parameters()).dtype
             if self.args.bf16:
                 dtype = torch.bfloat16
-            ref, _ = load_reference_model(reference, dtype=dtype, attn_implementation=self.args.attn_implementation)
+            ref, _ = load_reference_model(
+                reference, dtype=dtype, attn_implementation=self.args.attn_implementation
+            )
             self.ref_model = shard_for_evaluation(ref.eval().requires_grad_(False), self.accelerator)
 
     @classmethod
-    def prepare_data(cls, config: Rho1Config, tokenizer: Any, train_dataset: datasets.Dataset, dry_run: bool = False):
+    def prepare_data(
+        cls, config: Rho1Config, tokenizer: Any, train_dataset: datasets.Dataset, dry_run: bool = False
+    ):
         """Resolve the reference, check its tokenizer or the cache's fingerprint, precompute if asked."""
         reference = resolve_reference(config)
         from transformers import AutoTokenizer
@@ -187,7 +203,9 @@ class Rho1Trainer(WeightedMTPTrainer):
     def window_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from ...losses import mtp_target_mask
 
-        return {"targets": rho1_keep_counts(mtp_target_mask(batch["labels"], self.n_heads), self.args.k_percent)}
+        return {
+            "targets": rho1_keep_counts(mtp_target_mask(batch["labels"], self.n_heads), self.args.k_percent)
+        }
 
     def reference_losses(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """`[B, T]` `CE_ref(j)`: the cached column, or the live reference's chunked cross-entropy."""

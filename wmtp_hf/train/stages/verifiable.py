@@ -48,7 +48,9 @@ class VerifiableConfig(WmtpTrainingConfig):
         "runs/critic/final": "python -m wmtp_hf.train --stage critic"
     }
 
-    advantage: str = field(default="td", metadata=_help("td (A = delta) or gae (A = sum_l (gamma lam)^l delta)."))
+    advantage: str = field(
+        default="td", metadata=_help("td (A = delta) or gae (A = sum_l (gamma lam)^l delta).")
+    )
     gamma: float = field(default=1.0, metadata=_help("Discount of TD errors and returns."))
     lam: float = field(default=0.95, metadata=_help("GAE lambda (advantage: gae)."))
     normalize: str = field(
@@ -65,22 +67,35 @@ class VerifiableConfig(WmtpTrainingConfig):
     beta: float = field(default=0.9, metadata=_help("Temperature of w = exp(A / beta)."))
     weight_min: float = field(default=0.1, metadata=_help("Lower clip of the token weights."))
     weight_max: float = field(default=5.0, metadata=_help("Upper clip of the token weights."))
-    value_coef: float = field(default=0.5, metadata=_help("Weight of the value loss (the critic keeps learning)."))
+    value_coef: float = field(
+        default=0.5, metadata=_help("Weight of the value loss (the critic keeps learning).")
+    )
     policy_on: str = field(
         default="correct",
-        metadata=_help("Rows the MTP loss imitates: correct (default) or all (incorrect ones down-weighted)."),
+        metadata=_help(
+            "Rows the MTP loss imitates: correct (default) or all (incorrect ones down-weighted)."
+        ),
     )
 
     model_name_or_path: str | None = field(
-        default="runs/critic/final", metadata=_help("A critic stage output (a WMTP model with a trained value head).")
+        default="runs/critic/final",
+        metadata=_help("A critic stage output (a WMTP model with a trained value head)."),
     )
-    output_dir: str | None = field(default="runs/verifiable", metadata=_help("Checkpoints and the final model."))
+    output_dir: str | None = field(
+        default="runs/verifiable", metadata=_help("Checkpoints and the final model.")
+    )
 
     def __post_init__(self) -> None:
-        choices = {"advantage": ("td", "gae"), "normalize": ("none", "zscore", "ema"), "policy_on": ("correct", "all")}
+        choices = {
+            "advantage": ("td", "gae"),
+            "normalize": ("none", "zscore", "ema"),
+            "policy_on": ("correct", "all"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"gamma: expected a number in (0, 1], got {self.gamma}")
         if not 0 <= self.lam <= 1:
@@ -134,7 +149,9 @@ class VerifiableTrainer(WeightedMTPTrainer):
         is_correct, difficulty = read_metadata(dataset)
         n = config.n_samples
         if n is None:
-            per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps * config.world_size
+            per_step = (
+                config.per_device_train_batch_size * config.gradient_accumulation_steps * config.world_size
+            )
             n = config.max_steps * per_step if config.max_steps > 0 else len(is_correct)
         return curriculum_indices(is_correct, difficulty, n, seed=config.seed)
 
@@ -171,8 +188,12 @@ class VerifiableTrainer(WeightedMTPTrainer):
         targets = mc_returns(rewards, mask, self.args.gamma)
         count = counts["value_positions"] if counts is not None else None
         loss = value_regression_loss(values, targets, mask, "mse", count)
-        self.record("value_loss", value_regression_loss(values.detach(), targets, mask, "mse"), float(mask.sum()))
-        self.record("explained_variance", explained_variance(values.detach(), targets, mask), float(mask.sum()))
+        self.record(
+            "value_loss", value_regression_loss(values.detach(), targets, mask, "mse"), float(mask.sum())
+        )
+        self.record(
+            "explained_variance", explained_variance(values.detach(), targets, mask), float(mask.sum())
+        )
         return self.args.value_coef * loss
 
     # ------------------------------------------------------------------ running state
