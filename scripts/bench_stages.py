@@ -1,4 +1,4 @@
-"""Benchmark the training stages against `baseline`: per-step time and peak memory, same model, data and batch.
+"""Benchmark the training stages vs `baseline`: per-step time and peak memory, same model, data and batch.
 
 Variants (all train a `WmtpForMultiTokenPrediction` with the same weights, through the stage's own
 `Trainer` subclass and config, `build_config(stage, None, ...)` with report_to none, save_strategy no,
@@ -381,7 +381,7 @@ def run_worker(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--rounds", type=int, default=8, help="timing rounds (every variant in turn per round)")
+    p.add_argument("--rounds", type=int, default=6, help="timing rounds (every variant in turn per round)")
     p.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1)")
     p.add_argument("--memory-steps", type=int, default=1, help="untimed steps under the memory probe")
@@ -426,15 +426,21 @@ def summarise(results: dict[str, dict[str, Any]]) -> None:
         r["passed"] = None if bound is None else bool(r["time_ratio_vs_baseline"] <= bound)
 
 
+def count(n: int) -> str:
+    """A parameter count for the table: 2.00M, 129."""
+    return f"{n / 1e6:.2f}M" if n >= 10_000 else str(n)
+
+
 def print_table(args: argparse.Namespace, prep: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
     base = results["baseline"]
     seqs = [b["seq"] for b in base["batches"]]
     tokens = [b["tokens"] for b in base["batches"]]
     print(
         f"\ndevice={args.device} hidden={args.hidden_size} params={base['num_parameters'] / 1e6:.2f}M "
-        f"batch={args.batch} ({prep['correct']} of {len(prep['lengths'])} rows correct) batches={args.batches} "
-        f"padded widths {seqs} ({sum(tokens) / len(tokens):.0f} tokens/batch); warmup={args.warmup} "
-        f"memory_steps={args.memory_steps} rounds={args.rounds} x steps={args.steps} threads={base['threads']}"
+        f"batch={args.batch} ({prep['correct']} of {len(prep['lengths'])} rows correct) "
+        f"batches={args.batches} padded widths {seqs} ({sum(tokens) / len(tokens):.0f} tokens/batch); "
+        f"warmup={args.warmup} memory_steps={args.memory_steps} rounds={args.rounds} x steps={args.steps} "
+        f"threads={base['threads']}"
     )
     header = (
         f"{'variant':<13}{'trainer':<34}{'train P':>9}{'step ms':>9}{'peak MB':>9}{'work MB':>9}"
@@ -446,7 +452,7 @@ def print_table(args: argparse.Namespace, prep: dict[str, Any], results: dict[st
         bound = "-" if r["spec_bound"] is None else f"<={r['spec_bound']:.2f}"
         verdict = "-" if r["passed"] is None else ("PASS" if r["passed"] else "FAIL")
         print(
-            f"{name:<13}{r['label']:<34}{r['trainable_parameters'] / 1e6:>8.2f}M"
+            f"{name:<13}{r['label']:<34}{count(r['trainable_parameters']):>9}"
             f"{r['step_time_median_s'] * 1e3:>9.1f}{r['peak_total_bytes'] / MB:>9.1f}"
             f"{r['peak_working_bytes'] / MB:>9.1f}{r['time_ratio_vs_baseline']:>10.3f}"
             f"{r['total_memory_ratio_vs_baseline']:>9.2f}{bound:>8}  {verdict}"
@@ -462,8 +468,8 @@ def print_table(args: argparse.Namespace, prep: dict[str, Any], results: dict[st
         print(
             f"\nrho1_live bound = 1 + F_ref/F_policy + {RHO1_MARGIN:.2f} = 1 + {f['share']:.3f} + "
             f"{RHO1_MARGIN:.2f} = {live['spec_bound']:.3f} (measured {live['time_ratio_vs_baseline']:.3f})\n"
-            f"  F_ref = 2*(P_ref_blocks*N_pos + P_unembed*N_ref_rows) = 2*({f['P_ref_blocks']}*{f['N_pos']} + "
-            f"{f['P_unembed']}*{f['N_ref_rows']}) = {f['F_ref'] / 1e9:.2f} GFLOP\n"
+            f"  F_ref = 2*(P_ref_blocks*N_pos + P_unembed*N_ref_rows) = 2*({f['P_ref_blocks']}*"
+            f"{f['N_pos']} + {f['P_unembed']}*{f['N_ref_rows']}) = {f['F_ref'] / 1e9:.2f} GFLOP\n"
             f"  F_policy = 6*(P_policy_blocks*N_pos + P_unembed*N_policy_rows) = 6*({f['P_policy_blocks']}*"
             f"{f['N_pos']} + {f['P_unembed']}*{f['N_policy_rows']}) = {f['F_policy'] / 1e9:.2f} GFLOP\n"
             "  (over the distinct batches; N_pos = padded positions, N_*_rows = unembedded target rows)"
