@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from wmtp_hf.data import WmtpDataCollator
 from wmtp_hf.losses import mtp_target_mask
 from wmtp_hf.train.cli import main
-from wmtp_hf.weighting import binary_auroc, response_token_mask, td_errors, value_positions
+from wmtp_hf.weighting import response_token_mask, td_errors, value_positions
 
 MARKER = 7
 
@@ -288,4 +288,3 @@ def test_critic_finds_the_planted_marker(tmp_path, tiny_tokenizer):
         lowest_weight += lowest in (row["marker_position"], row["marker_position"] + 1)
     assert on_marker / len(rows) >= 0.8, (on_marker, len(rows))
     assert lowest_weight / len(rows) >= 0.8, (lowest_weight, len(rows))
-    assert binary_auroc(torch.tensor([1.0, 0.0]), torch.tensor([1, 0])) == 1.0

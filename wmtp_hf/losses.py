@@ -27,6 +27,7 @@ __all__ = [
     "resolve_head_weights",
     "weighted_mtp_loss",
     "target_weights_per_head",
+    "value_error_terms",
     "value_regression_loss",
 ]
 
@@ -59,6 +60,16 @@ def target_weights_per_head(token_weights: torch.Tensor, n_heads: int) -> torch.
     return out
 
 
+def value_error_terms(values: torch.Tensor, targets: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Per-position `l(V_t, G_t)`: squared error (`mse`) or Huber with delta 1 (`huber`); targets detached."""
+    diff = values.float() - targets.detach().float()
+    if kind == "mse":
+        return diff.square()
+    if kind == "huber":
+        return torch.nn.functional.huber_loss(diff, torch.zeros_like(diff), reduction="none", delta=1.0)
+    raise ValueError(f"value loss: expected 'mse' or 'huber', got {kind!r}")
+
+
 def value_regression_loss(
     values: torch.Tensor,
     targets: torch.Tensor,
@@ -71,16 +82,7 @@ def value_regression_loss(
     `count` is the number of value positions of the whole accumulation window (across processes), so
     accumulation equals one large batch; defaults to this batch's `sum m`. Targets are detached.
     """
-    diff = values.float() - targets.detach().float()
-    if kind == "mse":
-        per_position = diff.square()
-    elif kind == "huber":
-        per_position = torch.nn.functional.huber_loss(
-            diff, torch.zeros_like(diff), reduction="none", delta=1.0
-        )
-    else:
-        raise ValueError(f"value loss: expected 'mse' or 'huber', got {kind!r}")
-    total = (per_position * mask).sum()
+    total = (value_error_terms(values, targets, kind) * mask).sum()
     if count is None:
         count = mask.sum()
     return total / torch.as_tensor(count, device=total.device, dtype=total.dtype).clamp(min=1)

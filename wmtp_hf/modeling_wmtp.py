@@ -603,26 +603,8 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         value_only: run the trunk and the value head only (no head block, no unembedding, no loss): the
             critic's forward. Needs a value head.
         """
-        if value_only:
-            if self.value_head is None:
-                raise ValueError(
-                    "value_only=True needs a value head (use_value_head=True or add_value_head())"
-                )
-            outputs = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                inputs_embeds=inputs_embeds,
-                use_cache=use_cache,
-                trunk_only=True,
-                **kwargs,
-            )
-            value = self.value_head(outputs.trunk_hidden_state).squeeze(-1)
-            return WmtpCausalLMOutput(
-                value=value, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
-            )
-        need_all_heads = return_all_heads or labels is not None
+        if value_only and self.value_head is None:
+            raise ValueError("value_only=True needs a value head (use_value_head=True or add_value_head())")
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -630,10 +612,16 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            return_all_heads=need_all_heads,
+            return_all_heads=return_all_heads or labels is not None,
             output_trunk_state=self.value_head is not None,
+            trunk_only=value_only,
             **kwargs,
         )
+        if value_only:
+            value = self.value_head(outputs.trunk_hidden_state).squeeze(-1)
+            return WmtpCausalLMOutput(
+                value=value, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+            )
         head0 = outputs.last_hidden_state
         if skip_logits is None:
             skip_logits = self.training and labels is not None

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ...data.sampling import pair_indices, read_metadata, read_problem_ids
-from ...losses import value_regression_loss
+from ...losses import value_error_terms, value_regression_loss
 from ...weighting import (
     binary_auroc,
     bradley_terry_loss,
@@ -201,7 +201,7 @@ class CriticTrainer(WeightedMTPTrainer):
 
     @torch.no_grad()
     def _per_row_eval(self, dataset: datasets.Dataset) -> torch.Tensor:
-        """`[N, 9]` per-row sums, gathered over processes and sorted by row id (see `_eval_metrics`)."""
+        """`[N, 10]` per-row sums, gathered over processes and sorted by row id (see `_eval_metrics`)."""
         dataset = dataset.add_column("row_id", list(range(len(dataset))))
         collate = self.data_collator
 
@@ -227,30 +227,21 @@ class CriticTrainer(WeightedMTPTrainer):
             targets = self.value_targets(values, rewards, mask).float()
             kind = "mse" if self.args.critic_loss == "pairwise" else self.args.critic_loss
             diff = values - targets
-            per_pos = (
-                diff.square()
-                if kind == "mse"
-                else torch.nn.functional.huber_loss(diff, torch.zeros_like(diff), reduction="none", delta=1.0)
-            )
             maskf = mask.float()
             last = (mask.cumsum(1) == mask.sum(1, keepdim=True)) & mask  # the last value position
-            parts.append(
-                torch.stack(
-                    [
-                        batch["row_id"].float(),
-                        rewards,
-                        (values * last).sum(1),  # the last value V_{T-1} of the response
-                        masked_row_mean(values, mask),
-                        (per_pos * maskf).sum(1),
-                        maskf.sum(1),
-                        (targets * maskf).sum(1),
-                        (targets.square() * maskf).sum(1),
-                        (diff * maskf).sum(1),
-                    ]
-                    + [(diff.square() * maskf).sum(1)],
-                    dim=1,
-                ).double()
-            )
+            columns = [
+                batch["row_id"].float(),
+                rewards,
+                (values * last).sum(1),  # the last value V_{T-1} of the response
+                masked_row_mean(values, mask),
+                (value_error_terms(values, targets, kind) * maskf).sum(1),
+                maskf.sum(1),
+                (targets * maskf).sum(1),
+                (targets.square() * maskf).sum(1),
+                (diff * maskf).sum(1),
+                (diff.square() * maskf).sum(1),
+            ]
+            parts.append(torch.stack(columns, dim=1).double())
         model.train(was_training)
         rows = self.accelerator.gather_for_metrics(torch.cat(parts))
         return rows[rows[:, 0].argsort()]

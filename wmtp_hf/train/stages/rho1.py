@@ -26,6 +26,7 @@ import torch
 
 from ...data.io import cache_root
 from ...fileio import atomic_directory
+from ...losses import mtp_target_mask
 from ...micro import is_model_dir
 from ...reference import (
     check_cached_fingerprint,
@@ -201,8 +202,6 @@ class Rho1Trainer(WeightedMTPTrainer):
     # ------------------------------------------------------------------ loss
 
     def window_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from ...losses import mtp_target_mask
-
         return {
             "targets": rho1_keep_counts(mtp_target_mask(batch["labels"], self.n_heads), self.args.k_percent)
         }
