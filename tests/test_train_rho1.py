@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_train_run import KILL_AFTER_SAVE, assert_same_weights
 from test_train_stages import MARKER, stage_args
-from train_fixtures import log_losses, write_marker_dataset, write_tiny_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from train_fixtures import log_losses, write_llama, write_marker_dataset, write_tiny_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from wmtp_hf.data import WmtpDataCollator
 from wmtp_hf.data.__main__ import main as data_main
@@ -24,14 +24,6 @@ from wmtp_hf.train.stages import Rho1Trainer
 from wmtp_hf.weighting import rho1_keep_counts
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_llama(folder, tokenizer, seed=1):
-    torch.manual_seed(seed)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(folder)  # fmt: skip
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture()

@@ -10,6 +10,17 @@ import torch
 from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction
 
 
+def write_llama(folder: Path, tokenizer, seed: int = 1) -> Path:
+    """A 2-block LLaMA (hidden 32) sharing `tokenizer`: a reference model for rho1 tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(folder)  # fmt: skip
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def write_tiny_model(folder: Path, tokenizer, n_future: int = 2, seed: int = 0) -> Path:
     """A 4-block WMTP model (hidden 32) plus `tokenizer`, saved as an HF folder."""
     config = WmtpConfig(

@@ -56,13 +56,19 @@ def build_micro_tokenizer(vocab_size: int = MICRO_CONFIG["vocab_size"]) -> PreTr
     return tokenizer
 
 
-def build_micro(output_dir: str | os.PathLike, seed: int = 0, **config_overrides) -> Path:
-    """Build the micro tokenizer and a seeded, randomly initialised micro model; save both to `output_dir`.
+def build_micro(
+    output_dir: str | os.PathLike,
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    **config_overrides,
+) -> Path:
+    """Build the micro tokenizer (unless given one from `build_micro_tokenizer`) and a seeded, randomly
+    initialised micro model; save both to `output_dir`.
 
     The folder is written under a temporary name and renamed, so a crash never leaves half a model.
     """
     output_dir = Path(output_dir)
-    tokenizer = build_micro_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else build_micro_tokenizer()
     special_ids = {
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,

@@ -15,6 +15,7 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
+from ..fileio import atomic_write_text
 from .schema import FEATURES, DataError
 
 CHUNK_ROWS = 10_000
@@ -123,7 +124,7 @@ def cached_rows(
                         chunk = []
                 if chunk:
                     writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-            _atomic_write_text(meta_path, json.dumps({"dropped": dict(counts)}))
+            atomic_write_text(meta_path, json.dumps({"dropped": dict(counts)}))
             os.replace(tmp, arrow_path)
         finally:
             if os.path.exists(tmp):
@@ -133,13 +134,6 @@ def cached_rows(
     return datasets.Dataset.from_file(str(arrow_path), info=datasets.DatasetInfo(features=FEATURES))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write JSON via a temp file + rename (no half-written files)."""
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=True) + "\n")

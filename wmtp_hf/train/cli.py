@@ -23,7 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataError, WmtpDataCollator
 from ..model_card import write_model_card
-from .components import build_train_dataset, load_tokenizer
+from .components import build_train_dataset
 from .config import (
     ConfigError,
     WmtpTrainingConfig,
@@ -141,7 +141,7 @@ def run(
     checkpoint = resume_checkpoint(config, resume)
     trainer_cls = STAGE_TRAINERS[stage]
     model_path = trainer_cls.resolve_model_path(config)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = trainer_cls.start_tokenizer(config, model_path)
     # Data errors surface before a (possibly large) model is loaded.
     train_dataset, data_report = build_train_dataset(config, tokenizer, trainer_cls.sample_order)
     try:
@@ -151,6 +151,7 @@ def run(
     train_dataset, trainer_kwargs = trainer_cls.prepare_data(
         config, tokenizer, train_dataset, dry_run=dry_run
     )
+    trainer_cls.build_preset(config, model_path, tokenizer)  # only now that the data is known to be good
     model = trainer_cls.load_model(config, model_path, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     n_heads = getattr(model.config, "n_future_tokens", 1)

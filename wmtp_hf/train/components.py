@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ..data import SOURCES, DataError, load_source, tokenize_dataset
 from ..data.sampling import stage_indices
-from ..micro import build_micro, is_model_dir
+from ..micro import build_micro, build_micro_tokenizer, is_model_dir
 from ..modeling_wmtp import WmtpForMultiTokenPrediction
 from .config import ConfigError, WmtpTrainingConfig
 
@@ -47,17 +47,37 @@ def check_model_location(option: str, name: str, made_by: str | None = None) -> 
     raise ConfigError(f"{option} '{name}': no such folder, and not a Hub id{hint}")
 
 
-def resolve_model_path(config: WmtpTrainingConfig) -> str:
-    """The model to start from; builds the micro preset (once, on the main process) when none is given."""
+def resolve_model_path(config: WmtpTrainingConfig, preset_folder: str = "micro-init") -> str:
+    """The model to start from: `model_name_or_path` (checked), or where the micro preset is (to be) built.
+
+    Writes nothing: the preset is built by `build_preset` once the data has been checked.
+    """
     if config.model_name_or_path is not None:
         made_by = getattr(config, "model_made_by", {}).get(config.model_name_or_path)
         check_model_location("model_name_or_path", config.model_name_or_path, made_by)
         return config.model_name_or_path
-    path = Path(config.output_dir) / "micro-init"
+    return str(Path(config.output_dir) / preset_folder)
+
+
+def needs_preset(config: WmtpTrainingConfig, path: str) -> bool:
+    """Whether `path` is the micro preset's folder and the preset is not built there yet."""
+    return config.model_name_or_path is None and not is_model_dir(Path(path))
+
+
+def start_tokenizer(config: WmtpTrainingConfig, path: str) -> Any:
+    """The starting model's tokenizer; the micro tokenizer (in memory) when the preset is not built yet."""
+    if needs_preset(config, path):
+        return build_micro_tokenizer()
+    return load_tokenizer(path)
+
+
+def build_preset(
+    config: WmtpTrainingConfig, path: str, tokenizer: Any, builder: Callable[..., Any] = build_micro
+) -> None:
+    """Write the micro preset to `path` (once, on the main process) with `tokenizer`, if it is needed."""
     with config.main_process_first(local=True, desc="building the micro model"):
-        if not is_model_dir(path):
-            build_micro(path, seed=config.seed)
-    return str(path)
+        if needs_preset(config, path):
+            builder(Path(path), seed=config.seed, tokenizer=tokenizer)
 
 
 def load_tokenizer(path: str) -> Any:
@@ -165,6 +185,8 @@ def build_train_dataset(
     stage = config.stage
     try:
         tokenized, dropped, n_rows = tokenized_rows(config, tokenizer, config.dataset_split)
+        if len(tokenized) == 0:
+            raise DataError(f"no rows left of {n_rows} after tokenizing (dropped: {dict(dropped)})")
         order = order_fn(config, tokenized)
     except DataError as err:
         raise ConfigError(f"dataset '{config.dataset}': {err}") from None

@@ -106,6 +106,10 @@ class WmtpTrainingConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps <= 0:
+            raise ConfigError(
+                f"max_steps: expected a positive number of optimizer steps, got {self.max_steps!r}"
+            )
         if self.max_length <= 0:
             raise ConfigError(f"max_length: expected a positive integer, got {self.max_length}")
         if self.n_samples is not None and self.n_samples <= 0:

@@ -48,8 +48,18 @@ class StageHooks:
 
     @classmethod
     def resolve_model_path(cls, config: Any) -> str:
-        """The model folder or Hub id to start from (builds the micro preset when none is given)."""
+        """The model folder or Hub id to start from (where the micro preset goes when none is given)."""
         return components.resolve_model_path(config)
+
+    @classmethod
+    def start_tokenizer(cls, config: Any, path: str) -> Any:
+        """The starting model's tokenizer (built in memory while the preset is not on disk yet)."""
+        return components.start_tokenizer(config, path)
+
+    @classmethod
+    def build_preset(cls, config: Any, path: str, tokenizer: Any) -> None:
+        """Write the micro preset to `path` when it is the starting model and not built yet."""
+        components.build_preset(config, path, tokenizer)
 
     @classmethod
     def load_model(cls, config: Any, path: str, tokenizer: Any) -> Any:

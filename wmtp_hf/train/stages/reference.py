@@ -17,8 +17,8 @@ from typing import Any
 from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
 
 from ...fileio import atomic_directory
-from ...micro import build_micro, is_model_dir
-from ..components import _first_line, check_model_location
+from ...micro import build_micro
+from ..components import _first_line, build_preset, resolve_model_path
 from ..config import ConfigError, WmtpTrainingConfig, _help
 from ..trainer import BATCH_EXTRAS, StageHooks
 
@@ -41,12 +41,12 @@ class ReferenceConfig(WmtpTrainingConfig):
     )
 
 
-def build_micro_llama(output_dir: Path, seed: int = 0) -> Path:
+def build_micro_llama(output_dir: Path, seed: int = 0, tokenizer: Any = None) -> Path:
     """The micro preset's next-token path as a `LlamaForCausalLM`, with the micro tokenizer."""
     from transformers import AutoTokenizer
 
     wmtp_dir = output_dir.with_name(output_dir.name + ".wmtp")
-    build_micro(wmtp_dir, seed=seed)
+    build_micro(wmtp_dir, seed=seed, tokenizer=tokenizer)
     llama = AutoModelForCausalLM.from_pretrained(wmtp_dir).to_llama()
     tokenizer = AutoTokenizer.from_pretrained(wmtp_dir)
     with atomic_directory(output_dir) as tmp:
@@ -61,14 +61,11 @@ class ReferenceTrainer(StageHooks, Trainer):
 
     @classmethod
     def resolve_model_path(cls, config: ReferenceConfig) -> str:
-        if config.model_name_or_path is not None:
-            check_model_location("model_name_or_path", config.model_name_or_path)
-            return config.model_name_or_path
-        path = Path(config.output_dir) / "micro-llama-init"
-        with config.main_process_first(local=True, desc="building the micro LLaMA"):
-            if not is_model_dir(path):
-                build_micro_llama(path, seed=config.seed)
-        return str(path)
+        return resolve_model_path(config, preset_folder="micro-llama-init")
+
+    @classmethod
+    def build_preset(cls, config: ReferenceConfig, path: str, tokenizer: Any) -> None:
+        build_preset(config, path, tokenizer, builder=build_micro_llama)
 
     @classmethod
     def load_model(cls, config: ReferenceConfig, path: str, tokenizer: Any) -> PreTrainedModel:

@@ -1,0 +1,219 @@
+"""`python -m wmtp_hf.experiment`: every stage on one model, measured the same way, reused on a re-run,
+MLflow parent + nested runs, and one-line errors that write nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from train_fixtures import write_llama, write_tiny_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from wmtp_hf.data import load_source, tokenize_dataset
+from wmtp_hf.experiment.__main__ import main
+
+mlflow = pytest.importorskip("mlflow")
+
+RUNS = ["baseline", "critic", "verifiable", "baseline_matched", "rho1"]
+
+
+def write_config(path: Path, model: Path, llama: Path, **stage_changes) -> Path:
+    stages = {
+        "baseline": {},
+        "critic": {"eval_strategy": "no"},
+        "verifiable": {},
+        "rho1": {"reference_model": str(llama)},
+    }
+    for stage, changes in stage_changes.items():
+        stages[stage] = {**stages[stage], **changes}
+    config = {
+        "model": str(model),
+        "shared": {"dataset": "offline", "report_to": "mlflow", "per_device_train_batch_size": 4, "max_length": 384,
+                   "logging_steps": 1, "save_strategy": "no", "learning_rate": 1e-2, "warmup_steps": 0},
+        "stages": stages,
+        "evaluation": {"max_rows": 10, "n_problems": 3, "max_new_tokens": 8, "batch_size": 4, "timeout": 5,
+                       "inspect_examples": 1},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def naive_heldout_ce(model_dir: Path, max_rows: int) -> list[float]:
+    """Per-head CE on the first `max_rows` held-out rows' correct ones, one row and one target at a time."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    rows, _ = tokenize_dataset(load_source("offline", split="eval"), tokenizer, max_length=384)
+    n = model.config.n_future_tokens
+    sums, counts = [0.0] * n, [0] * n
+    for row in rows.select(range(max_rows)):
+        if not row["is_correct"]:
+            continue
+        ids = torch.tensor([row["input_ids"]])
+        with torch.no_grad():
+            logits = model(input_ids=ids, return_all_heads=True).mtp_logits[0]  # [T, n, V]
+        for t in range(ids.shape[1]):
+            for k in range(n):
+                j = t + 1 + k
+                if row["prompt_length"] <= j < ids.shape[1]:
+                    sums[k] -= torch.log_softmax(logits[t, k].double(), -1)[ids[0, j]].item()
+                    counts[k] += 1
+    return [s / c for s, c in zip(sums, counts, strict=True)]
+
+
+def naive_auroc(model_dir: Path, max_rows: int) -> float:
+    """Brute-force pair count over each held-out response's last value (`V` before its last token)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    rows, _ = tokenize_dataset(load_source("offline", split="eval"), tokenizer, max_length=384)
+    scores = {True: [], False: []}
+    for row in rows.select(range(max_rows)):
+        with torch.no_grad():
+            value = model(input_ids=torch.tensor([row["input_ids"]]), value_only=True).value[0]
+        scores[bool(row["is_correct"])].append(value[len(row["input_ids"]) - 2].item())
+    pairs = [(p > q) + 0.5 * (p == q) for p in scores[True] for q in scores[False]]
+    return sum(pairs) / len(pairs)
+
+
+def mtimes(out: Path) -> dict[str, float]:
+    return {name: (out / name / "final" / "model.safetensors").stat().st_mtime_ns for name in RUNS}
+
+
+def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "wmtp-experiment-test")
+    model = write_tiny_model(tmp_path / "model", tiny_tokenizer)
+    llama = write_llama(tmp_path / "llama", tiny_tokenizer)
+    config = write_config(tmp_path / "experiment.yaml", model, llama)
+    out = tmp_path / "exp"
+    args = ["--config", str(config), "--output-dir", str(out), "--max-steps", "2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for i, name in enumerate(RUNS, start=1):
+        assert f"[{i}/5] {name}: training 2 steps" in printed
+
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["runs"]) == RUNS  # rho1 has a reference_model, so no reference stage
+    assert report["runs"]["critic"]["start_model"] == str(out / "baseline" / "final")
+    assert report["runs"]["verifiable"]["start_model"] == str(out / "critic" / "final")
+    assert report["runs"]["baseline_matched"]["start_model"] == str(out / "baseline" / "final")
+    for name in RUNS:
+        run = report["runs"][name]
+        assert run["steps"] == 2
+        assert set(run["heldout"]["pass_at_k"]) == {"pass@1"} and run["heldout"]["n_problems"] == 3
+        assert (out / "evaluation" / name / "pass_at_k" / "summary.json").is_file()
+    # Every model is measured the same way; the numbers equal a one-row-at-a-time computation.
+    assert report["runs"]["baseline"]["heldout"]["ce_per_head"] == pytest.approx(
+        naive_heldout_ce(out / "baseline" / "final", 10), rel=1e-4
+    )
+    assert report["runs"]["critic"]["heldout"]["auroc"] == pytest.approx(
+        naive_auroc(out / "critic" / "final", 10)
+    )
+    assert report["runs"]["baseline"]["heldout"]["auroc"] is None  # no value head
+    assert report["comparisons"]["verifiable"]["against"] == "baseline_matched"
+    assert report["comparisons"]["rho1"]["against"] == "baseline"
+    rho1 = report["comparisons"]["rho1"]["ce_head_0"]
+    assert rho1["difference"] == pytest.approx(
+        report["runs"]["rho1"]["heldout"]["ce_per_head"][0]
+        - report["runs"]["baseline"]["heldout"]["ce_per_head"][0]
+    )
+    markdown = (out / "report.md").read_text()
+    assert "| rho1 | rho1 | 2 |" in markdown and "## Did weighting help?" in markdown
+    for path in report["plots"].values():
+        assert Path(path).stat().st_size > 5000 and f"]({Path(path).name})" in markdown
+    assert {"training loss", "per-head held-out CE"} <= set(report["plots"])
+
+    client = mlflow.tracking.MlflowClient()
+    experiment = client.get_experiment_by_name("wmtp-experiment-test")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    nested = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(nested) == set(RUNS)
+    assert nested["rho1"].data.tags["wmtp.stage"] == "rho1" and "kept_fraction" in nested["rho1"].data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.md", "report.json", "training_loss.png", "heldout_ce.png"} <= artifacts
+    assert parent.data.metrics["baseline.heldout_ce_head_0"] == pytest.approx(
+        report["runs"]["baseline"]["heldout"]["ce_per_head"][0]
+    )
+
+    # Unchanged config: every run is reused (nothing retrained, same report numbers).
+    before = mtimes(out)
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{name}: reused (config unchanged)" in printed for name in RUNS), printed
+    assert mtimes(out) == before
+    again = json.loads((out / "report.json").read_text())
+    assert all(again["runs"][name]["reused"] for name in RUNS)
+    assert again["runs"]["rho1"]["heldout"] == report["runs"]["rho1"]["heldout"]
+
+    # A changed verifiable config retrains it and every run after it; earlier runs are reused.
+    write_config(config, model, llama, verifiable={"beta": 0.5})
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    after = mtimes(out)
+    for name in ("baseline", "critic"):
+        assert f"{name}: reused" in printed and after[name] == before[name]
+    for name in ("verifiable", "baseline_matched", "rho1"):
+        assert f"{name}: training 2 steps" in printed and after[name] != before[name]
+
+
+@pytest.mark.parametrize(
+    ("config", "extra", "message"),
+    [
+        ({"stages": {"baseline": {}, "dpo": {}}}, [], "stages: unknown stage 'dpo'; available: reference, baseline"),
+        ({"stages": {"critic": {}}}, [], "stages.critic starts from the baseline stage's output: add stages.baseline"),
+        ({"stages": {"verifiable": {"model_name_or_path": "/nonexistent/critic"}}}, [],
+         "stages.verifiable.model_name_or_path '/nonexistent/critic': no such folder, and not a Hub id"),
+        ({"stages": {"baseline": {"k_percent": 0.5}}}, [], "unknown key 'k_percent' for stage 'baseline'"),
+        ({"stage": {"baseline": {}}}, [], "unknown key 'stage'; expected model, matched_baseline, shared"),
+        ({"stages": {"baseline": {}}}, ["--max-steps", "-3"], "--max-steps: expected a positive number"),
+        ({"stages": {"baseline": {"output_dir": "x"}}}, [], "'output_dir' is set by the experiment"),
+    ],
+)  # fmt: skip
+def test_bad_experiment_config_is_one_line_and_writes_nothing(tmp_path, capsys, config, extra, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    assert main(["--config", str(path), "--output-dir", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_existing_folder_that_is_not_an_experiment_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump({"stages": {"baseline": {}}}))
+    assert main(["--config", str(path), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not empty and holds no experiment.json" in err[0]
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_builtin_default_equals_the_yaml_file_and_adds_the_reference_stage():
+    from wmtp_hf.experiment.plan import build_plan, default_config_dict, read_experiment_file
+
+    repo = Path(__file__).resolve().parents[1]
+    data, source = read_experiment_file(str(repo / "configs" / "experiment.yaml"))
+    builtin = default_config_dict()
+    assert {k: v for k, v in data.items() if k != "evaluation"} == {
+        k: v for k, v in builtin.items() if k != "evaluation"
+    }
+    plan = build_plan(data, source, "runs/experiment")
+    default_plan = build_plan(builtin, "built-in", "runs/experiment")
+    assert [r.fingerprint for r in plan.stages] == [r.fingerprint for r in default_plan.stages]
+    assert plan.evaluation == default_plan.evaluation
+    assert [r.name for r in plan.stages] == [
+        "reference",
+        "baseline",
+        "critic",
+        "verifiable",
+        "baseline_matched",
+        "rho1",
+    ]
+    assert plan.run("rho1").config.reference_model == str(Path("runs/experiment/reference/final"))
+    assert plan.run("baseline").config.model_name_or_path is None

@@ -1,0 +1,6 @@
+"""`python -m wmtp_hf.experiment`: run every stage on one model and data set, measure, report (SPEC §9)."""
+
+from .plan import EvaluationOptions, ExperimentPlan, StagePlan, build_plan
+from .run import run_experiment
+
+__all__ = ["EvaluationOptions", "ExperimentPlan", "StagePlan", "build_plan", "run_experiment"]

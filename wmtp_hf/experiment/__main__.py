@@ -1,0 +1,58 @@
+"""`python -m wmtp_hf.experiment [--config FILE] [--output-dir DIR] [--max-steps N]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from ..data import DataError
+from ..train.config import ConfigError
+from .plan import build_plan, read_experiment_file
+from .run import run_experiment
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m wmtp_hf.experiment",
+        description="Train reference (if rho1 needs it), baseline, critic -> verifiable and rho1 on one model "
+        "and data set; measure every final model on held-out problems; write report.md, report.json, plots.",
+        allow_abbrev=False,
+    )
+    p.add_argument("--config", help="experiment YAML (default: the built-in one, = configs/experiment.yaml)")
+    p.add_argument("--output-dir", default="runs/experiment", help="one folder per run, and the report")
+    p.add_argument("--max-steps", type=int, help="optimizer steps of every stage (overrides the config)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("wmtp_hf").setLevel(logging.INFO)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    start = time.perf_counter()
+    try:
+        if args.max_steps is not None and args.max_steps <= 0:
+            raise ConfigError(
+                f"--max-steps: expected a positive number of optimizer steps, got {args.max_steps}"
+            )
+        data, source = read_experiment_file(args.config)
+        plan = build_plan(data, source, args.output_dir, max_steps=args.max_steps)
+        report = run_experiment(plan, say=lambda line: print(f"[experiment] {line}", flush=True))
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    minutes = (time.perf_counter() - start) / 60
+    print(f"\nexperiment finished in {minutes:.1f} min: {plan.output_dir / 'report.md'}")
+    for name, c in report["comparisons"].items():
+        ce = c["ce_head_0"]
+        print(
+            f"  {name} vs {c['against']}: held-out CE head 0 {ce['relative']:+.1%} -> helped: {c['helped']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Held-out measurements of one final model, the same for every stage (SPEC §9).
+
+- per-head cross-entropy, teacher-forced on the held-out *correct* solutions (a plain causal LM, such as
+  the reference, has head 0 only);
+- the critic's AUROC: the last value of each held-out response against is_correct (models with a value head);
+- pass@k of sampled completions on the held-out problems, through the `wmtp_hf.evaluate` machinery.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+
+from ..data import WmtpDataCollator
+from ..losses import mtp_target_mask
+from ..weighting import binary_auroc, reference_token_losses, value_positions
+from .plan import EvaluationOptions
+
+
+def _batches(dataset: datasets.Dataset, collator: WmtpDataCollator, batch_size: int):
+    for start in range(0, len(dataset), batch_size):
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        yield collator(rows)
+
+
+def is_wmtp(model: Any) -> bool:
+    return getattr(model.config, "model_type", None) == "wmtp"
+
+
+@torch.no_grad()
+def heldout_ce_per_head(
+    model: Any, dataset: datasets.Dataset, collator: WmtpDataCollator, batch_size: int
+) -> list[float]:
+    """Mean `CE_k` over every held-out response target of head k (`sum CE / count`, per head)."""
+    n_heads = model.config.n_future_tokens if is_wmtp(model) else 1
+    sums = torch.zeros(n_heads, dtype=torch.float64)
+    counts = torch.zeros(n_heads, dtype=torch.float64)
+    for batch in _batches(dataset, collator, batch_size):
+        labels = batch["labels"]
+        if is_wmtp(model):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+            losses = out.token_losses.double()  # [B, T, n], 0 without a target
+        else:
+            per_token = reference_token_losses(model, batch["input_ids"], batch["attention_mask"], labels)
+            losses = torch.zeros(*labels.shape, 1, dtype=torch.float64)
+            losses[:, :-1, 0] = per_token[:, 1:].double()  # CE of token t+1, predicted at position t
+        sums += losses.sum(dim=(0, 1))
+        counts += mtp_target_mask(labels, n_heads).sum(dim=(0, 1)).double()
+    return [float(s / c) if c > 0 else float("nan") for s, c in zip(sums, counts, strict=True)]
+
+
+@torch.no_grad()
+def last_values(model: Any, dataset: datasets.Dataset, collator: WmtpDataCollator, batch_size: int):
+    """`[N]` the value at the last value position of each row's response (the critic's verdict)."""
+    out = []
+    for batch in _batches(dataset, collator, batch_size):
+        values = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], value_only=True
+        ).value.float()
+        mask = value_positions(batch["labels"])
+        last = (mask.cumsum(1) == mask.sum(1, keepdim=True)) & mask
+        out.append((values * last).sum(1))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def value_auroc(model: Any, dataset: datasets.Dataset, collator: WmtpDataCollator, batch_size: int):
+    """AUROC of the last value against is_correct; None without a value head or one class only."""
+    if getattr(model, "value_head", None) is None:
+        return None
+    labels = torch.tensor([bool(c) for c in dataset["is_correct"]])
+    if labels.all() or not labels.any():
+        return None
+    return binary_auroc(last_values(model, dataset, collator, batch_size), labels)
+
+
+def pass_at_k(
+    model: Any,
+    tokenizer: Any,
+    dataset: str,
+    dataset_path: str | None,
+    split: str,
+    options: EvaluationOptions,
+    out_dir: Path,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Sample completions for the held-out problems and score them in the sandbox; writes OUT/summary.json."""
+    from ..evaluation.generation import generate_completions
+    from ..evaluation.problems import DEFAULT_SPLITS, load_problems
+    from ..evaluation.runner import score_samples, write_outputs
+    from ..evaluation.samples import Sample
+
+    if dataset not in DEFAULT_SPLITS:
+        return {"skipped": f"pass@k needs a named source, not the prepared folder '{dataset}'"}
+    problems = load_problems(dataset, dataset_path, split)[: options.n_problems]
+    samples = []
+    for stops in sorted({p.stop_sequences for p in problems}):
+        group = [p for p in problems if p.stop_sequences == stops]
+        completions = generate_completions(
+            model,
+            tokenizer,
+            [p.prompt for p in group],
+            n_samples=options.n_samples,
+            temperature=options.temperature,
+            max_new_tokens=options.max_new_tokens,
+            batch_size=options.batch_size,
+            stop_sequences=stops,
+            seed=seed,
+        )
+        samples += [Sample(p.task_id, c) for p, texts in zip(group, completions, strict=True) for c in texts]
+    rows, summary = score_samples(problems, samples, ks=options.k, timeout_s=options.timeout)
+    summary = {"dataset": dataset, "split": split, **summary}
+    write_outputs(out_dir, rows, summary)
+    return summary
+
+
+COMPARED_STAGES = ("baseline", "critic", "verifiable", "rho1")  # the reference only serves rho1
+
+
+def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
+    """Every held-out measurement of `stage`'s final model; `out_dir` receives pass@k's results."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..train.components import held_out_split, tokenized_rows
+
+    options: EvaluationOptions = plan.evaluation
+    config = stage.config
+    tokenizer = AutoTokenizer.from_pretrained(stage.final_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(stage.final_dir).eval()
+    split = options.split or held_out_split(config)
+    if split is None:
+        return {"skipped": f"dataset '{config.dataset}' has no held-out split; set evaluation.split"}
+    rows, _, _ = tokenized_rows(config, tokenizer, split)
+    if options.max_rows is not None:
+        rows = rows.select(range(min(options.max_rows, len(rows))))
+    correct = rows.filter(lambda r: bool(r["is_correct"]))
+    collator = WmtpDataCollator(tokenizer)
+    ce = heldout_ce_per_head(model, correct, collator, options.batch_size)
+    metrics: dict[str, Any] = {
+        "split": split,
+        "heldout_rows": len(rows),
+        "heldout_correct": len(correct),
+        "ce_per_head": ce,
+        "auroc": value_auroc(model, rows, collator, options.batch_size) if is_wmtp(model) else None,
+    }
+    if stage.stage in COMPARED_STAGES:
+        summary = pass_at_k(
+            model, tokenizer, config.dataset, config.dataset_path, split, options, out_dir / "pass_at_k",
+            seed=config.seed,
+        )  # fmt: skip
+        metrics["pass_at_k"] = {k: v for k, v in summary.items() if k.startswith("pass@")}
+        metrics["n_problems"] = summary.get("n_problems")
+    return metrics
