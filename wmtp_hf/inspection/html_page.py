@@ -206,7 +206,7 @@ def render_html(inspection: Inspection) -> str:
     labels = inspection.labels
     described = " · ".join(f"{k}: {v}" for k, v in labels.items() if v)
     head_options = "".join(
-        f'<option value="{k}">head {k} (predicts x_(t+{k + 1}))</option>' for k in range(inspection.n_heads)
+        f'<option value="{k}">head {k} ({k + 1} ahead)</option>' for k in range(inspection.n_heads)
     )
     mode_options = "".join(
         f'<option value="{m}" data-legend="{html.escape(legend(m, scales))}">{MODE_TITLES[m]}'
