@@ -37,7 +37,8 @@ class Scales:
     ce_max: float
     excess_max: float
     td_max: float
-    weight_min: float
+    weight_log_max: float  # the largest |log w| of the page: its most up- or down-weighted token is darkest
+    weight_min: float  # the stage's clip range, for the legend
     weight_max: float
 
 
@@ -63,6 +64,9 @@ def page_scales(inspection: Inspection) -> Scales:
         ce_max=_largest([c for t in tokens for c in t.ce]),
         excess_max=_largest([e for t in tokens for e in (t.excess or [])]),
         td_max=_largest([t.td_error for t in tokens]),
+        weight_log_max=_largest(
+            [math.log(t.weight) for t in tokens if t.weight is not None and t.weight > 0]
+        ),
         weight_min=float(options.get("weight_min", 0.1)),
         weight_max=float(options.get("weight_max", 5.0)),
     )
@@ -87,12 +91,7 @@ def token_colour(token: TokenRecord, mode: str, head: int, scales: Scales) -> RG
     """Background of `token` when colouring by `mode` for `head` (white when it has no such number)."""
     if mode == "weight":
         w = token.weight
-        if w is None or w <= 0:
-            return WHITE
-        if w >= 1:
-            return diverging(math.log(w) / math.log(scales.weight_max) if scales.weight_max > 1 else 0.0)
-        low = scales.weight_min if 0 < scales.weight_min < 1 else 0.1
-        return diverging(-math.log(w) / math.log(low))
+        return WHITE if w is None or w <= 0 else diverging(math.log(w) / scales.weight_log_max)
     if mode == "td":
         return WHITE if token.td_error is None else diverging(token.td_error / scales.td_max)
     if mode == "value":
@@ -112,8 +111,10 @@ def token_colour(token: TokenRecord, mode: str, head: int, scales: Scales) -> RG
 def legend(mode: str, scales: Scales) -> str:
     """One line saying what the colours of `mode` mean."""
     texts = {
-        "weight": f"blue: up-weighted (w > 1, darkest at {scales.weight_max:g}); red: down-weighted (w < 1, "
-        f"darkest at {scales.weight_min:g}); white: w = 1. Every head's target x_j gets token j's weight.",
+        "weight": f"blue: up-weighted (w > 1), red: down-weighted (w < 1), white: w = 1, on a log scale darkest "
+        f"at the page's largest |log w| (w = {math.exp(scales.weight_log_max):.3g} or "
+        f"{math.exp(-scales.weight_log_max):.3g}); the stage clips w to [{scales.weight_min:g}, "
+        f"{scales.weight_max:g}]. Every head's target x_j gets token j's weight.",
         "td": f"TD error of the token: blue > 0 (it raised the value), red < 0 (it lowered it); darkest at "
         f"±{scales.td_max:.3g}. The same for every head.",
         "value": "value after reading the token: blue near 1 (predicted correct), red near 0, white 0.5.",

@@ -45,8 +45,7 @@ SCRIPT = """
   var body = document.body;
   var scale = {
     ce: Number(body.getAttribute("data-ce-max")), excess: Number(body.getAttribute("data-excess-max")),
-    td: Number(body.getAttribute("data-td-max")), wmin: Number(body.getAttribute("data-weight-min")),
-    wmax: Number(body.getAttribute("data-weight-max"))
+    td: Number(body.getAttribute("data-td-max")), wlog: Number(body.getAttribute("data-weight-log-max"))
   };
   var NEG = [215, 48, 39], POS = [69, 117, 180], SEQ = [252, 141, 89], KEPT = [145, 207, 96],
       DROPPED = [210, 210, 210], WHITE = [255, 255, 255];
@@ -69,10 +68,7 @@ SCRIPT = """
     var v;
     if (mode === "weight") {
       v = one(el, "weight");
-      if (v === null || v <= 0) { return WHITE; }
-      if (v >= 1) { return diverging(scale.wmax > 1 ? Math.log(v) / Math.log(scale.wmax) : 0); }
-      var low = scale.wmin > 0 && scale.wmin < 1 ? scale.wmin : 0.1;
-      return diverging(-Math.log(v) / Math.log(low));
+      return v === null || v <= 0 ? WHITE : diverging(Math.log(v) / scale.wlog);
     }
     if (mode === "td") { v = one(el, "td"); return v === null ? WHITE : diverging(v / scale.td); }
     if (mode === "value") { v = one(el, "value"); return v === null ? WHITE : diverging((v - 0.5) / 0.5); }
@@ -103,7 +99,8 @@ SCRIPT = """
 
 
 def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.7g}"
+    """Shortest round-trip form: the script reads back exactly the number Python coloured with."""
+    return "" if value is None else repr(float(value))
 
 
 def _per_head(values: Sequence[float | bool | None] | None) -> str:
@@ -224,7 +221,7 @@ def render_html(inspection: Inspection) -> str:
 <title>Token weights{" · " + html.escape(labels.get("model", "")) if labels.get("model") else ""}</title>
 <style>{STYLE}</style>
 </head>
-<body data-ce-max="{scales.ce_max:.7g}" data-excess-max="{scales.excess_max:.7g}" data-td-max="{scales.td_max:.7g}" data-weight-min="{scales.weight_min:g}" data-weight-max="{scales.weight_max:g}">
+<body data-ce-max="{_num(scales.ce_max)}" data-excess-max="{_num(scales.excess_max)}" data-td-max="{_num(scales.td_max)}" data-weight-log-max="{_num(scales.weight_log_max)}">
 <h1>Token weights</h1>
 <p class="meta">{html.escape(described)}</p>
 <p class="meta">{len(inspection.examples)} examples · {inspection.n_heads} heads · {html.escape(_settings_line(inspection))}</p>

@@ -7,6 +7,7 @@ Agg canvas directly, so it never touches pyplot's global backend.
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
 
 from ..fileio import atomic_write_bytes
@@ -17,6 +18,7 @@ FONT_SIZE = 9.0  # points
 CELL_W = 0.6021 * FONT_SIZE / 72  # inches: the advance width of DejaVu Sans Mono
 CELL_H = 1.45 * FONT_SIZE / 72
 TITLE_H = 0.45  # inches above each example
+LEGEND_SIZE = 7.5
 
 
 def _cells(example: ExampleRecord, max_cols: int) -> tuple[list[tuple[int, int, str, int]], int]:
@@ -68,23 +70,17 @@ def render_png(
     for i in indices:
         runs, rows = _cells(inspection.examples[i], max_cols)
         laid.append((i, [r for r in runs if r[0] < max_rows], min(rows, max_rows), rows))
-    header_h = 0.75
-    heights = [TITLE_H + rows * CELL_H + 0.15 for _, _, rows, _ in laid]
     width = max_cols * CELL_W + 0.6
+    legend_lines = textwrap.wrap(legend(mode, scales), width=int((width - 0.6) * 72 / (LEGEND_SIZE * 0.56)))
+    header_h = 0.5 + len(legend_lines) * LEGEND_SIZE * 1.4 / 72
+    heights = [TITLE_H + rows * CELL_H + 0.15 for _, _, rows, _ in laid]
     total = header_h + sum(heights)
     fig = Figure(figsize=(width, total), dpi=dpi)
     FigureCanvasAgg(fig)
     what = MODE_TITLES[mode] + (f", head {head}" if mode in PER_HEAD_MODES else "")
     fig.text(0.3 / width, 1 - 0.25 / total, f"Token colours: {what}", fontsize=11, weight="bold", va="center")
-    fig.text(
-        0.3 / width,
-        1 - 0.55 / total,
-        legend(mode, scales),
-        fontsize=7.5,
-        va="center",
-        wrap=True,
-        parse_math=False,
-    )
+    fig.text(0.3 / width, 1 - 0.45 / total, "\n".join(legend_lines), fontsize=LEGEND_SIZE, va="top",
+             linespacing=1.3, parse_math=False)  # fmt: skip
     top = total - header_h
     for (i, runs, rows, all_rows), height in zip(laid, heights, strict=True):
         example = inspection.examples[i]
