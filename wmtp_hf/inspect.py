@@ -47,7 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="default: cuda when available, else cpu")
     p.add_argument("--output", required=True, help="folder for tokens.html, tokens.png, tokens.json")
     p.add_argument("--overwrite", action="store_true", help="replace an OUTPUT folder this command wrote")
-    return p.parse_args(argv)  # fmt: skip
+    return p.parse_args(argv)
 
 
 class InspectError(ValueError):
@@ -77,7 +77,15 @@ def load_policy(path: str, device: Any) -> Any:
     if model_type != "wmtp":
         raise InspectError(f"--model '{path}': expected a WMTP model (model_type wmtp), got '{model_type}'")
     model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-    return model.to(device).eval()
+    return move(model, device).eval()
+
+
+def move(model: Any, device: Any) -> Any:
+    """`model.to(device)`, a one-line error when the device cannot take it (e.g. cuda on a CPU-only build)."""
+    try:
+        return model.to(device)
+    except (RuntimeError, AssertionError) as err:
+        raise InspectError(f"--device {device}: cannot move the model there ({_first_line(err)})") from None
 
 
 def parse_device(name: str | None) -> Any:
@@ -149,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load_policy(args.model, device)
     if args.reference:
         reference, _ = load_reference_model(args.reference)
-        reference.to(device)
+        reference = move(reference, device)
     cached = "ref_token_losses" in rows[0] and reference is None
     labels = {"model": args.model, "reference": args.reference or ("cached ref_token_losses" if cached else ""),
               "dataset": args.dataset, "split": split}  # fmt: skip

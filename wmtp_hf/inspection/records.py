@@ -163,15 +163,6 @@ def _forward(
     )
 
 
-def _head_list(row: torch.Tensor, j: int, n_heads: int, mask: torch.Tensor) -> list[Any]:
-    """`[value of head k for token j]`: entry `[j-1-k, k]` of a `[T, n]` tensor, None without that target."""
-    out = []
-    for k in range(n_heads):
-        t = j - 1 - k
-        out.append(row[t, k].item() if t >= 0 and bool(mask[t, k]) else None)
-    return out
-
-
 def inspect_examples(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -201,15 +192,12 @@ def inspect_examples(
     """
     if not rows:
         raise ValueError("rows: expected at least one tokenized row")
-    from ..train.stages.verifiable import td_token_weights
-
     unwrapped = getattr(model, "module", model)
     n_heads = int(unwrapped.config.n_future_tokens)
     features = [dict(r) for r in rows]
     batch = WmtpDataCollator(tokenizer)(features)
-    cached_ref = batch.pop("ref_token_losses", None) if reference is None else None
-    batch.pop("ref_token_losses", None)
-    rewards, token_labels = batch.pop("reward"), batch["labels"]
+    cached_ref = batch.pop("ref_token_losses", None)
+    rewards = batch.pop("reward")
     batch.pop("difficulty")
     was_training = model.training
     model.eval()
@@ -218,72 +206,39 @@ def inspect_examples(
     finally:
         model.train(was_training)
     if ref is None and cached_ref is not None:
-        ref = cached_ref.float().masked_fill(token_labels == -100, 0.0)
-    target_mask = mtp_target_mask(token_labels, n_heads)
-
+        ref = cached_ref.float().masked_fill(batch["labels"] == -100, 0.0)
+    numbers = BatchNumbers(token_losses, mtp_target_mask(batch["labels"], n_heads), values=values, ref=ref)
     settings: dict[str, Any] = {}
     notes: list[str] = []
-    deltas = weights = excess = kept = None
     if values is not None:
-        opts = stage_options("verifiable", stage_config, VERIFIABLE_OPTIONS)
-        if opts.normalize == "ema" and ema is None:
-            notes.append(
-                "normalize: ema, but the running statistics are not saved with the model: advantages are "
-                "z-scored over the inspected examples instead"
-            )
-            opts.normalize = "zscore"
-        ema = copy.deepcopy(ema)  # normalising accumulates into the state: leave the caller's untouched
-        deltas, weights = td_token_weights(values, token_labels, rewards, opts, ema)
-        settings["verifiable"] = vars(opts)
+        device = _model_device(model)
+        settings["verifiable"] = _verifiable_view(
+            numbers, batch["labels"], rewards, stage_config, ema, notes, device
+        )
         if getattr(unwrapped.config, "value_head_stage", None) not in ("critic", "verifiable"):
             notes.append("the value head was not trained by a critic stage: its values are not meaningful")
     if ref is not None:
-        opts = stage_options("rho1", stage_config, RHO1_OPTIONS)
-        kept = rho1_weights(token_losses, ref, target_mask, opts.k_percent) > 0
-        excess = excess_losses(token_losses, ref)
-        settings["rho1"] = {**vars(opts), "selection": RHO1_SELECTION}
+        settings["rho1"] = _rho1_view(numbers, stage_config)
     if values is None and ref is None:
         notes.append(
             "no value head and no reference: CE per head only (a critic or verifiable output has a value head; "
             "a reference model gives Rho-1's view)"
         )
-
+    policy_on_all = settings.get("verifiable", {}).get("policy_on") == "all"
     examples = []
     for b, row in enumerate(features):
         ids = [int(i) for i in row["input_ids"]]
         start = int(row["prompt_length"])
         texts = token_texts(tokenizer, ids, start)
-        tokens = []
-        for j, text in zip(range(start, len(ids)), texts, strict=True):
-            record = TokenRecord(
-                position=j,
-                token_id=ids[j],
-                text=text,
-                ce=_head_list(token_losses[b], j, n_heads, target_mask[b]),
-            )
-            if values is not None:
-                record.value = values[b, j].item()
-                record.td_error = deltas[b, j].item()
-                record.weight = weights[b, j].item()
-            if ref is not None:
-                record.ref_ce = ref[b, j].item()
-                record.excess = _head_list(excess[b], j, n_heads, target_mask[b])
-                record.kept = [
-                    None if k is None else bool(k) for k in _head_list(kept[b], j, n_heads, target_mask[b])
-                ]
-            tokens.append(record)
         is_correct = bool(row.get("is_correct", False))
-        in_policy = None
-        if values is not None:
-            in_policy = is_correct or settings["verifiable"]["policy_on"] == "all"
         examples.append(
             ExampleRecord(
                 task_id=str(row.get("task_id", f"row {b}")),
                 problem_id=str(row.get("problem_id", "")),
                 is_correct=is_correct,
                 prompt=tokenizer.decode(ids[:start], clean_up_tokenization_spaces=False),
-                tokens=tokens,
-                in_policy_loss=in_policy,
+                tokens=[numbers.token(b, j, ids[j], text) for j, text in enumerate(texts, start)],
+                in_policy_loss=(is_correct or policy_on_all) if values is not None else None,
             )
         )
     return Inspection(
@@ -295,3 +250,73 @@ def inspect_examples(
         notes=notes,
         labels=dict(labels or {}),
     )
+
+
+@dataclass
+class BatchNumbers:
+    """The batch's per-position tensors (`[B, T]`, or `[B, T, n]` per head), read out token by token."""
+
+    token_losses: torch.Tensor
+    target_mask: torch.Tensor
+    values: torch.Tensor | None = None
+    deltas: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    ref: torch.Tensor | None = None
+    excess: torch.Tensor | None = None
+    kept: torch.Tensor | None = None
+
+    def per_head(self, tensor: torch.Tensor, b: int, j: int) -> list[Any]:
+        """Head k's entry for token j: `[b, j-1-k, k]`, None where head k has no such target."""
+        out = []
+        for k in range(tensor.shape[-1]):
+            t = j - 1 - k
+            out.append(tensor[b, t, k].item() if t >= 0 and bool(self.target_mask[b, t, k]) else None)
+        return out
+
+    def token(self, b: int, j: int, token_id: int, text: str) -> TokenRecord:
+        record = TokenRecord(j, token_id, text, ce=self.per_head(self.token_losses, b, j))
+        if self.values is not None:
+            record.value = self.values[b, j].item()
+            record.td_error = self.deltas[b, j].item()
+            record.weight = self.weights[b, j].item()
+        if self.ref is not None:
+            record.ref_ce = self.ref[b, j].item()
+            record.excess = self.per_head(self.excess, b, j)
+            record.kept = [None if k is None else bool(k) for k in self.per_head(self.kept, b, j)]
+        return record
+
+
+def _verifiable_view(
+    numbers: BatchNumbers,
+    labels: torch.Tensor,
+    rewards: torch.Tensor,
+    stage_config: Any,
+    ema: EmaNormalizer | None,
+    notes: list[str],
+    device: torch.device,
+) -> dict[str, Any]:
+    """TD errors and weights by the stage's own `td_token_weights`; returns the options used."""
+    from ..train.stages.verifiable import td_token_weights
+
+    opts = stage_options("verifiable", stage_config, VERIFIABLE_OPTIONS)
+    if opts.normalize == "ema" and ema is None:
+        notes.append(
+            "normalize: ema, but the running statistics are not saved with the model: advantages are "
+            "z-scored over the inspected examples instead"
+        )
+        opts.normalize = "zscore"
+    ema = copy.deepcopy(ema)  # normalising accumulates into the state: leave the caller's untouched
+    # On the model's device: with several processes `zscore` all-reduces its moments (NCCL needs GPU tensors);
+    # every process inspects the same rows, so the statistics stay these rows'.
+    inputs = (t.to(device) for t in (numbers.values, labels, rewards))
+    deltas, weights = td_token_weights(*inputs, opts, ema)
+    numbers.deltas, numbers.weights = deltas.cpu(), weights.cpu()
+    return vars(opts)
+
+
+def _rho1_view(numbers: BatchNumbers, stage_config: Any) -> dict[str, Any]:
+    """Excess losses and the top-`k_percent` selection of every head over the whole batch."""
+    opts = stage_options("rho1", stage_config, RHO1_OPTIONS)
+    numbers.kept = rho1_weights(numbers.token_losses, numbers.ref, numbers.target_mask, opts.k_percent) > 0
+    numbers.excess = excess_losses(numbers.token_losses, numbers.ref)
+    return {**vars(opts), "selection": RHO1_SELECTION}
