@@ -37,6 +37,7 @@ from ...reference import (
 from ...weighting import excess_losses, reference_token_losses, rho1_keep_counts, rho1_weights
 from ..components import check_model_location
 from ..config import ConfigError, WmtpTrainingConfig, _help
+from ..inspect_artifact import InspectionArtifactCallback
 from ..trainer import WeightedMTPTrainer
 
 logger = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class Rho1Trainer(WeightedMTPTrainer):
         super().__init__(*args, **kwargs)
         self.reference = reference
         self.ref_model = None
+        self.callback_handler.callbacks.insert(0, InspectionArtifactCallback(self, uses_reference=True))
         if "ref_token_losses" not in self.train_dataset.column_names:
             if reference is None:
                 raise ConfigError("reference_model: the live rho1 stage needs a reference model")

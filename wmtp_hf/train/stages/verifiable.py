@@ -34,6 +34,7 @@ from ...weighting import (
 )
 from ..components import load_model
 from ..config import ConfigError, WmtpTrainingConfig, _help
+from ..inspect_artifact import InspectionArtifactCallback
 from ..trainer import WeightedMTPTrainer
 
 CRITIC_STAGES = ("critic", "verifiable")
@@ -113,6 +114,29 @@ class VerifiableConfig(WmtpTrainingConfig):
         super().__post_init__()
 
 
+def td_token_weights(
+    values: torch.Tensor,
+    labels: torch.Tensor,
+    rewards: torch.Tensor,
+    options: Any,
+    ema: EmaNormalizer | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`([B, T] TD errors, [B, T] token weights)` of the verifiable stage, from the value head's `values`.
+
+    `options` carries the stage's `advantage`, `gamma`, `lam`, `normalize`, `beta`, `weight_min` and
+    `weight_max` (a `VerifiableConfig`, or any object with them); `ema` is the running normaliser of
+    `normalize: ema`. The stage's loss and `wmtp_hf.inspection` both call this, so the page shows the
+    weights training uses.
+    """
+    values = values.detach().float()
+    vmask, tmask = value_positions(labels), response_token_mask(labels)
+    deltas = td_errors(values, rewards, vmask, options.gamma)
+    adv = deltas if options.advantage == "td" else gae(deltas, tmask, options.gamma, options.lam)
+    adv = normalize_advantages(adv, tmask, options.normalize, ema)
+    weights = td_weights(adv, options.beta, options.weight_min, options.weight_max, tmask)
+    return deltas, weights
+
+
 def nonempty_stats(stats: dict[str, float], prefix: str) -> dict[str, float]:
     """`stats`, or neutral extremes when a batch had no token (so every process logs the same keys)."""
     return stats or {f"{prefix}_min": math.inf, f"{prefix}_max": -math.inf}
@@ -126,6 +150,7 @@ class VerifiableTrainer(WeightedMTPTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ema = EmaNormalizer(self.args.ema_momentum, self.args.ema_warmup_steps)
+        self.callback_handler.callbacks.insert(0, InspectionArtifactCallback(self))
 
     @classmethod
     def load_model(cls, config: VerifiableConfig, path: str, tokenizer: Any) -> Any:
@@ -168,13 +193,9 @@ class VerifiableTrainer(WeightedMTPTrainer):
         return counts
 
     def token_weights(self, model, inputs, outputs, target_mask):
-        labels, rewards = inputs["labels"], inputs["reward"]
-        values = outputs.value.detach().float()
-        vmask, tmask = value_positions(labels), response_token_mask(labels)
-        deltas = td_errors(values, rewards, vmask, self.args.gamma)
-        adv = deltas if self.args.advantage == "td" else gae(deltas, tmask, self.args.gamma, self.args.lam)
-        adv = normalize_advantages(adv, tmask, self.args.normalize, self.ema)
-        weights = td_weights(adv, self.args.beta, self.args.weight_min, self.args.weight_max, tmask)
+        labels = inputs["labels"]
+        deltas, weights = td_token_weights(outputs.value, labels, inputs["reward"], self.args, self.ema)
+        tmask = response_token_mask(labels)
         count = float(tmask.sum())
         self.record_stats(nonempty_stats(tensor_stats(deltas, tmask, "td"), "td"), count)
         stats = weight_stats(weights, tmask, self.args.weight_min, self.args.weight_max)
