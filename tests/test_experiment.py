@@ -123,7 +123,13 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
     assert "| rho1 | rho1 | 2 |" in markdown and "## Did weighting help?" in markdown
     for path in report["plots"].values():
         assert Path(path).stat().st_size > 5000 and f"]({Path(path).name})" in markdown
-    assert {"training loss", "per-head held-out CE"} <= set(report["plots"])
+    assert {"training loss", "per-head held-out CE", "token weight histograms"} <= set(report["plots"])
+    assert any(
+        title.startswith("token weights of one held-out example (verifiable") for title in report["plots"]
+    )
+    for run in ("verifiable", "rho1"):  # the inspect page of each weighted run
+        tokens = json.loads((out / "inspect" / run / "tokens.json").read_text())
+        assert len(tokens["examples"]) == 1 and (out / "inspect" / run / "tokens.html").is_file()
 
     client = mlflow.tracking.MlflowClient()
     experiment = client.get_experiment_by_name("wmtp-experiment-test")
@@ -133,7 +139,13 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
     assert set(nested) == set(RUNS)
     assert nested["rho1"].data.tags["wmtp.stage"] == "rho1" and "kept_fraction" in nested["rho1"].data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"report.md", "report.json", "training_loss.png", "heldout_ce.png"} <= artifacts
+    assert {
+        "report.md",
+        "report.json",
+        "training_loss.png",
+        "heldout_ce.png",
+        "weight_histograms.png",
+    } <= artifacts
     assert parent.data.metrics["baseline.heldout_ce_head_0"] == pytest.approx(
         report["runs"]["baseline"]["heldout"]["ce_per_head"][0]
     )

@@ -59,7 +59,7 @@ class EvaluationOptions:
     batch_size: int = field(default=8, metadata={"help": "rows per forward / prompts per generate call"})
     timeout: float = field(default=10.0, metadata={"help": "seconds per sandboxed program"})
     speculative: bool = field(default=True, metadata={"help": "measure self-speculative tokens per forward"})
-    inspect_examples: int = field(default=3, metadata={"help": "held-out examples for the weight plots"})
+    inspect_examples: int = field(default=16, metadata={"help": "held-out examples for the weight plots"})
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "n_problems"):

@@ -9,7 +9,7 @@ from typing import Any
 LOSS_LABELS = {"critic": "critic (value loss)", "reference": "reference (next-token CE)"}
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,7 +31,7 @@ def training_curves(plan: Any) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_training_loss(plan: Any, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, points in training_curves(plan).items():
         if points:
@@ -55,7 +55,7 @@ def plot_training_loss(plan: Any, path: Path) -> Path:
 
 def plot_heldout_ce(metrics: dict[str, dict[str, Any]], path: Path) -> Path:
     """Grouped bars: held-out CE of each head, one group per head, one bar per run."""
-    plt = _pyplot()
+    plt = pyplot()
     runs = {name: m["ce_per_head"] for name, m in metrics.items() if m.get("ce_per_head")}
     n_heads = max((len(v) for v in runs.values()), default=0)
     fig, ax = plt.subplots(figsize=(7, 4))
