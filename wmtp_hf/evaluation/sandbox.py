@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SERVER = Path(__file__).with_name("sandbox_server.py")
-GRACE_S = 10.0
-OWNER_ENV = "WMTP_SANDBOX_PARENT"  # extra time a server gets to clean up before the parent kills it
+GRACE_S = 10.0  # extra time a server gets to clean up before the parent kills it
+OWNER_ENV = "WMTP_SANDBOX_PARENT"
 ISOLATION_MODES = ("auto", "namespaces", "guard")
 PROBE_PROGRAM = "import os\nprint(os.getpid())\n"  # PID 2: the program under its supervisor, PID 1
 logger = logging.getLogger(__name__)
