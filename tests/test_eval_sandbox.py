@@ -8,12 +8,14 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
+from sandbox_fixtures import UNGUARD_CTYPES, isolation, no_process_left_behind, processes_with
 
 from wmtp_hf.evaluation import ExecutionResult, check_solutions
 from wmtp_hf.evaluation.harness import normalize_output
-from wmtp_hf.evaluation.sandbox import OWNER_ENV, SandboxLimits, run_sandboxed, shutdown_servers
+from wmtp_hf.evaluation.sandbox import SandboxLimits, run_sandboxed
+
+__all__ = ["isolation", "no_process_left_behind"]  # fixtures: imported to be used by name
 
 ASSERTS = json.dumps(
     {"kind": "asserts", "setup": "", "asserts": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]}
@@ -28,45 +30,9 @@ HUMANEVAL = json.dumps(
 GOOD = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return a - b\n"
 
-# Bypass the in-process guard (which disables os.fork, subprocess.Popen, ctypes, ...) the way a determined
-# program could, so that the OS-level containment (process group + subreaper kill) is what is tested.
-UNGUARD_CTYPES = (
-    "import sys\nfor _m in ('ctypes', '_ctypes'):\n    sys.modules.pop(_m, None)\nimport ctypes\n"
-)
-
 
 def _run(code: str, tests: str = ASSERTS, timeout_s: float = 5.0, **kw) -> ExecutionResult:
     return check_solutions([tests], [code], timeout_s=timeout_s, workers=1, **kw)[0]
-
-
-def _processes_with(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if marker in " ".join(proc.info["cmdline"] or []):
-            found.append(proc)
-    return found
-
-
-def _sandbox_processes() -> list[tuple[int, list[str]]]:
-    """Live processes started (directly or not) by this process's sandbox servers: they carry OWNER_ENV."""
-    mine, me = [], str(os.getpid())
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and proc.environ().get(OWNER_ENV) == me:
-                mine.append((proc.pid, proc.info["cmdline"]))
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return mine
-
-
-@pytest.fixture
-def no_process_left_behind():
-    """After the test and after stopping the idle sandbox servers, no process started by a sandbox lives on."""
-    yield
-    shutdown_servers()
-    time.sleep(0.1)
-    assert _sandbox_processes() == []
-    assert psutil.Process().children(recursive=True) == []
 
 
 def test_correct_and_wrong_programs_are_judged_by_the_tests():
@@ -110,9 +76,9 @@ def test_bad_arguments_raise_clear_errors():
     ],
     ids=["os._exit", "sys.exit", "SystemExit", "exit"],
 )
-def test_exit_zero_before_the_asserts_fails(prelude):
+def test_exit_zero_before_the_asserts_fails(prelude, isolation):
     for tests in (ASSERTS, HUMANEVAL):
-        r = _run(WRONG + prelude, tests)
+        r = _run(WRONG + prelude, tests, isolation=isolation)
         assert not r.passed and r.status == "error", r
 
 
@@ -136,45 +102,45 @@ def test_monkeypatched_builtins_do_not_fool_the_tests():
         assert not r.passed, (code, r)
 
 
-def test_forged_report_without_the_nonce_fails():
+def test_forged_report_without_the_nonce_fails(isolation):
     code = (
         WRONG
         + "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'0' * 32 + b'\\npassed\\n')\n"
         "    except OSError:\n        pass\nos._exit(0)\n"
     )
-    assert not _run(code).passed
+    assert not _run(code, isolation=isolation).passed
 
 
-def test_infinite_loop_times_out(no_process_left_behind):
+def test_infinite_loop_times_out(isolation, no_process_left_behind):
     start = time.monotonic()
-    r = _run("while True:\n    pass\n", timeout_s=1.0)
+    r = _run("while True:\n    pass\n", timeout_s=1.0, isolation=isolation)
     assert (r.passed, r.status) == (False, "timeout")
     assert time.monotonic() - start < 6.0
 
 
-def test_memory_bomb_fails_fast(no_process_left_behind):
+def test_memory_bomb_fails_fast(isolation, no_process_left_behind):
     for code in ("x = bytearray(8 * 1024 ** 3)\n", "a = []\nwhile True:\n    a.append(bytearray(10 ** 7))\n"):
-        r = _run(code + GOOD, timeout_s=10.0, memory_mb=512)
+        r = _run(code + GOOD, timeout_s=10.0, memory_mb=512, isolation=isolation)
         assert not r.passed and r.status == "error" and "MemoryError" in r.detail, r
 
 
-def test_guarded_fork_bomb_fails(no_process_left_behind):
-    r = _run("import os\nwhile True:\n    os.fork()\n" + GOOD, timeout_s=3.0)
+def test_guarded_fork_bomb_fails(isolation, no_process_left_behind):
+    r = _run("import os\nwhile True:\n    os.fork()\n" + GOOD, timeout_s=3.0, isolation=isolation)
     assert not r.passed
 
 
-def test_bounded_fork_bomb_that_bypasses_the_guard_is_killed(no_process_left_behind):
+def test_bounded_fork_bomb_that_bypasses_the_guard_is_killed(isolation, no_process_left_behind):
     marker = f"{uuid.uuid4().int % 10**6 + 1000}.25"
     code = (
         UNGUARD_CTYPES + "libc = ctypes.CDLL(None)\nfor _ in range(5):\n    libc.fork()\n"  # 32 processes
         f"libc.execv(b'/bin/sleep', (ctypes.c_char_p * 3)(b'sleep', b'{marker}', None))\n" + GOOD
     )
-    r = _run(code, timeout_s=2.0)
+    r = _run(code, timeout_s=2.0, isolation=isolation)
     assert not r.passed and r.status == "timeout"
-    assert _processes_with(marker) == []
+    assert processes_with(marker) == []
 
 
-def test_orphaned_background_processes_are_killed_and_judged_failed(no_process_left_behind):
+def test_orphaned_background_processes_are_killed_and_judged_failed(isolation, no_process_left_behind):
     marker = f"{uuid.uuid4().int % 10**6 + 1000}.5"
     popen_escape = (
         "import importlib, subprocess\nimportlib.reload(subprocess)\n"
@@ -187,12 +153,12 @@ def test_orphaned_background_processes_are_killed_and_judged_failed(no_process_l
         "    libc._exit(0)\n" + GOOD
     )
     for code in (popen_escape, double_fork):
-        r = _run(code, timeout_s=5.0)
+        r = _run(code, timeout_s=5.0, isolation=isolation)
         assert not r.passed and "background process" in r.detail, r
-        assert _processes_with(marker) == []
+        assert processes_with(marker) == []
 
 
-def test_deleting_files_outside_the_sandbox_is_blocked(tmp_path, no_process_left_behind):
+def test_deleting_files_outside_the_sandbox_is_blocked(tmp_path, isolation, no_process_left_behind):
     sentinel = tmp_path / "keep" / "sentinel.txt"
     sentinel.parent.mkdir()
     sentinel.write_text("precious")
@@ -206,22 +172,30 @@ def test_deleting_files_outside_the_sandbox_is_blocked(tmp_path, no_process_left
         f"import subprocess\nsubprocess.run(['rm', '-rf', {str(sentinel.parent)!r}])\n",
         f"import os\nos.system('rm -rf {sentinel.parent}')\n",
     ]
-    results = check_solutions([ASSERTS] * len(attempts), [a + GOOD for a in attempts], timeout_s=5, workers=2)
+    results = check_solutions(
+        [ASSERTS] * len(attempts), [a + GOOD for a in attempts], timeout_s=5, workers=2, isolation=isolation
+    )
     assert all(not r.passed for r in results), results
     assert sentinel.read_text() == "precious"
 
 
-def test_working_directory_is_temporary_and_stdin_is_empty():
-    code = "import os, sys\nopen('scratch.txt', 'w').write('x')\nprint(os.getcwd())\nprint(repr(sys.stdin.read()))\n"
-    raw = run_sandboxed(code, mode="script")
+def test_working_directory_is_temporary_and_stdin_is_empty(isolation):
+    name = f"scratch-{uuid.uuid4().hex}.txt"
+    code = (
+        f"import os, sys\nopen({name!r}, 'w').write('x')\nprint(os.getcwd())\nprint(repr(sys.stdin.read()))\n"
+    )
+    raw = run_sandboxed(code, mode="script", isolation=isolation)
     cwd, stdin_seen = raw.stdout.decode().splitlines()
     assert raw.exitcode == 0 and stdin_seen == "''"
-    assert cwd != os.getcwd() and not Path(cwd).exists()
+    assert cwd != os.getcwd() and not (Path(cwd) / name).exists()
 
 
-def test_file_size_limit_stops_huge_writes():
+def test_file_size_limit_stops_huge_writes(isolation):
     raw = run_sandboxed(
-        "open('big', 'wb').write(b'x' * (3 << 20))\n", mode="script", limits=SandboxLimits(file_size_mb=1)
+        "open('big', 'wb').write(b'x' * (3 << 20))\n",
+        mode="script",
+        limits=SandboxLimits(file_size_mb=1),
+        isolation=isolation,
     )
     assert raw.exitcode != 0 or raw.signal is not None
 

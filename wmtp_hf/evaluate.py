@@ -26,6 +26,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="evaluate only the first N problems")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per program (per test for stdio)")
     p.add_argument("--workers", type=int, help="parallel sandboxed programs (default: CPU count)")
+    p.add_argument(
+        "--isolation",
+        choices=["auto", "namespaces", "guard"],
+        default="auto",
+        help="sandbox: Linux namespaces where available (auto), required (namespaces), or guard only",
+    )
     p.add_argument("--output", required=True, help="directory for results.jsonl and summary.json")
     return p.parse_args(argv)
 
@@ -45,6 +51,7 @@ def run(args: argparse.Namespace) -> dict:
     from wmtp_hf.evaluation.problems import DEFAULT_SPLITS, load_problems
     from wmtp_hf.evaluation.runner import log_to_mlflow, score_samples, write_outputs
     from wmtp_hf.evaluation.samples import Sample, read_samples
+    from wmtp_hf.evaluation.sandbox import resolve_isolation
 
     ks = _parse_ks(args.k)
     for name in ("n_samples", "max_new_tokens", "batch_size"):
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
     if args.temperature < 0 or args.timeout <= 0:
         raise ValueError("--temperature: expected >= 0; --timeout: expected > 0")
+    isolation = resolve_isolation(args.isolation, "--isolation")  # before a long generation
     problems = load_problems(args.dataset, args.path, args.split)
     if args.limit is not None:
         problems = problems[: args.limit]
@@ -85,7 +93,9 @@ def run(args: argparse.Namespace) -> dict:
             samples += [
                 Sample(p.task_id, c) for p, texts in zip(group, completions, strict=True) for c in texts
             ]
-    rows, summary = score_samples(problems, samples, ks=ks, timeout_s=args.timeout, workers=args.workers)
+    rows, summary = score_samples(
+        problems, samples, ks=ks, timeout_s=args.timeout, workers=args.workers, isolation=isolation
+    )
     params = {k: v for k, v in vars(args).items() if v is not None}
     split = args.split or DEFAULT_SPLITS[args.dataset]
     summary = {"dataset": args.dataset, "split": split, "source": args.model or args.samples, **summary}

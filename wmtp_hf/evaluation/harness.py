@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .sandbox import RawRun, SandboxLimits, run_sandboxed
+from .sandbox import RawRun, SandboxLimits, resolve_isolation, run_sandboxed
 
 STATUSES = ("passed", "failed", "timeout", "error", "no_tests")
 DEFAULT_LIMITS = SandboxLimits()
@@ -109,12 +109,12 @@ def _last_line(data: bytes) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def _run_stdio(code: str, spec: dict[str, Any], limits: SandboxLimits) -> ExecutionResult:
+def _run_stdio(code: str, spec: dict[str, Any], limits: SandboxLimits, isolation: str) -> ExecutionResult:
     if not spec["inputs"]:
         return ExecutionResult(False, "no_tests", "no stdin/stdout tests available")
     total = 0.0
     for i, (given, expected) in enumerate(zip(spec["inputs"], spec["outputs"], strict=True)):
-        raw = run_sandboxed(code, mode="script", stdin=given, limits=limits)
+        raw = run_sandboxed(code, mode="script", stdin=given, limits=limits, isolation=isolation)
         total += raw.elapsed_s
         if raw.supervisor_error:
             return ExecutionResult(False, "error", f"test {i}: {raw.supervisor_error}", total)
@@ -137,15 +137,15 @@ def _run_stdio(code: str, spec: dict[str, Any], limits: SandboxLimits) -> Execut
 
 
 def run_one(
-    tests: str | dict[str, Any], code: str, limits: SandboxLimits = DEFAULT_LIMITS
+    tests: str | dict[str, Any], code: str, limits: SandboxLimits = DEFAULT_LIMITS, isolation: str = "auto"
 ) -> ExecutionResult:
     """Run one program against its tests (JSON string or parsed dict) in the sandbox."""
     spec = parse_tests(tests) if isinstance(tests, str) else tests
     if spec["kind"] == "stdio":
-        return _run_stdio(code, spec, limits)
+        return _run_stdio(code, spec, limits, isolation)
     if spec["kind"] == "asserts" and not spec["asserts"]:
         return ExecutionResult(False, "no_tests", "no asserts to run")
-    raw = run_sandboxed(code, mode="function", tests=spec, limits=limits)
+    raw = run_sandboxed(code, mode="function", tests=spec, limits=limits, isolation=isolation)
     return _judge_function_run(raw, limits.timeout_s)
 
 
@@ -157,16 +157,22 @@ def check_solutions(
     workers: int | None = None,
     memory_mb: int = SandboxLimits.memory_mb,
     progress: bool = False,
+    isolation: str = "auto",
 ) -> list[ExecutionResult]:
     """Run every code against its tests (same index) in the sandbox with a pool of `workers` threads
-    (default: CPU count), each driving one sandboxed process at a time. Results keep the input order."""
+    (default: CPU count), each driving one sandboxed process at a time. Results keep the input order.
+    `isolation`: "auto" (namespaces where available, else the guard), "namespaces" (ValueError where
+    unavailable) or "guard"; see `wmtp_hf.evaluation.sandbox.resolve_isolation`."""
     if len(tests) != len(codes):
         raise ValueError(f"tests and codes: expected equal lengths, got {len(tests)} and {len(codes)}")
     specs = [parse_tests(t, f"tests[{i}]") for i, t in enumerate(tests)]
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb)
+    mode = resolve_isolation(isolation)
     workers = max(1, workers or os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_one, spec, code, limits) for spec, code in zip(specs, codes, strict=True)]
+        futures = [
+            pool.submit(run_one, spec, code, limits, mode) for spec, code in zip(specs, codes, strict=True)
+        ]
         bar = tqdm(total=len(futures), desc="execute", unit="prog", disable=not progress)
         results = []
         for future in futures:

@@ -14,6 +14,7 @@ from .harness import check_solutions
 from .pass_at_k import summarize_pass_at_k
 from .problems import Problem
 from .samples import Sample
+from .sandbox import resolve_isolation
 
 
 def score_samples(
@@ -24,12 +25,15 @@ def score_samples(
     timeout_s: float = 10.0,
     workers: int | None = None,
     progress: bool = True,
+    isolation: str = "auto",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every sample in the sandbox; return (one result row per sample, summary with pass@k and counts).
 
     pass@k is averaged over the problems that have samples; a k is reported only if every such problem has
-    at least k samples (otherwise it is listed under "skipped_k").
+    at least k samples (otherwise it is listed under "skipped_k"). The summary's "isolation" is the mode the
+    programs ran under ("namespaces" or "guard"; `isolation` "auto" picks).
     """
+    isolation = resolve_isolation(isolation)
     by_id = {p.task_id: p for p in problems}
     unknown = sorted({s.task_id for s in samples} - by_id.keys())
     if unknown:
@@ -40,6 +44,7 @@ def score_samples(
         timeout_s=timeout_s,
         workers=workers,
         progress=progress,
+        isolation=isolation,
     )
     rows, per_problem = [], {}
     for sample, result in zip(samples, results, strict=True):
@@ -67,6 +72,7 @@ def score_samples(
         "n_problems_solved": sum(1 for _, c in per_problem.values() if c),
         "status_counts": dict(sorted(Counter(r["status"] for r in rows).items())),
         "timeout_s": timeout_s,
+        "isolation": isolation,
     }
     return rows, summary
 

@@ -1,16 +1,22 @@
 """Run one untrusted program in a sandboxed process (parent side of `sandbox_server.py`).
 
-A pool of warm `python -I sandbox_server.py` servers (one per concurrently running call, each in its own
-session) forks a fresh supervisor + program process per job, so a program costs a fork, not an interpreter
-start-up. Per job the parent makes a private temporary directory holding `work/` (the program's cwd),
-`stdin`, and the files the server writes back: `stdout`, `stderr`, `report` (the harness's nonce) and
-`status.json` (exit code / signal / timed out). The directory is removed afterwards.
+A pool of warm `python -I sandbox_server.py` servers per isolation mode (one per concurrently running call,
+each in its own session) forks a fresh supervisor + program process per job, so a program costs a few forks,
+not an interpreter start-up. Per job the parent makes a private temporary directory holding `work/` (the
+program's cwd under the guard), `stdin`, and the files the server writes back: `stdout`, `stderr`, `report`
+(the harness's nonce) and `status.json` (exit code / signal / timed out). The directory is removed afterwards.
+
+Isolation: "namespaces" (Linux mount, PID, IPC and network namespaces, no capabilities; see namespaces.py)
+or "guard" (process containment and disabled functions only); "auto" picks namespaces when a probe program
+runs under them (checked once per process) and the guard otherwise.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import json
+import logging
 import os
 import queue
 import secrets
@@ -20,18 +26,23 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 SERVER = Path(__file__).with_name("sandbox_server.py")
-GRACE_S = 10.0
-OWNER_ENV = "WMTP_SANDBOX_PARENT"  # extra time a server gets to clean up before the parent kills it
+GRACE_S = 10.0  # extra time a server gets to clean up before the parent kills it
+OWNER_ENV = "WMTP_SANDBOX_PARENT"
+ISOLATION_MODES = ("auto", "namespaces", "guard")
+PROBE_PROGRAM = "import os\nprint(os.getpid())\n"  # PID 2: the program under its supervisor, PID 1
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
     """Per-program limits. Memory is address space (RLIMIT_AS); output files are capped by RLIMIT_FSIZE.
-    `max_processes` is RLIMIT_NPROC, which the kernel does not enforce for root."""
+    `max_processes` is RLIMIT_NPROC, which the kernel does not enforce for root. Under namespaces the
+    private /tmp and /dev/shm are each capped at `file_size_mb` in total."""
 
     timeout_s: float = 10.0
     memory_mb: int = 2048
@@ -53,18 +64,19 @@ class RawRun:
     elapsed_s: float
     leftover: int = 0  # processes still running after the program ended (killed by the supervisor)
     supervisor_error: str = ""
+    isolation: str = "guard"  # the mode it ran under
 
 
 class _Server:
     """One warm sandbox server process; used by one thread at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, isolation: str, temp_dir: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", str(SERVER)],
+            [sys.executable, "-I", str(SERVER), isolation, temp_dir],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,
-            cwd=tempfile.gettempdir(),
+            cwd=temp_dir,
             env={
                 "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                 "LANG": "C.UTF-8",
@@ -101,15 +113,17 @@ class _Server:
                 pass
 
 
-_IDLE: queue.SimpleQueue[_Server] = queue.SimpleQueue()
+_IDLE: collections.defaultdict[tuple[str, str], queue.SimpleQueue[_Server]] = collections.defaultdict(
+    queue.SimpleQueue
+)  # idle servers by (isolation, temporary folder)
 
 
-def _take_server() -> _Server:
+def _take_server(key: tuple[str, str]) -> _Server:
     while True:
         try:
-            server = _IDLE.get_nowait()
+            server = _IDLE[key].get_nowait()
         except queue.Empty:
-            return _Server()
+            return _Server(*key)
         if server.alive():
             return server
         server.kill()
@@ -118,11 +132,56 @@ def _take_server() -> _Server:
 @atexit.register
 def shutdown_servers() -> None:
     """Stop every idle server (they would also exit on EOF when this process ends)."""
-    while True:
-        try:
-            _IDLE.get_nowait().kill()
-        except queue.Empty:
-            return
+    for idle in list(_IDLE.values()):
+        while True:
+            try:
+                idle.get_nowait().kill()
+            except queue.Empty:
+                break
+
+
+_PROBE_LOCK = threading.Lock()
+_PROBE: list[str] = []  # [reason namespaces are unavailable, "" when they are], once probed
+
+
+def namespaces_unavailable_reason() -> str:
+    """Why programs cannot run under namespaces here ("" when they can). Probed once per process by running
+    a tiny program under them and checking that it really was PID 2 of a fresh PID namespace."""
+    with _PROBE_LOCK:
+        if not _PROBE:
+            if not sys.platform.startswith("linux"):
+                _PROBE.append(f"Linux namespaces do not exist on {sys.platform}")
+            else:
+                _PROBE.append(_probe_namespaces())
+        return _PROBE[0]
+
+
+def _probe_namespaces() -> str:
+    """Run the probe program twice on one server (the second run is the steady state of a warm server)."""
+    for _ in range(2):
+        raw = run_sandboxed(PROBE_PROGRAM, mode="script", isolation="namespaces")
+        seen = raw.stdout.decode(errors="replace").strip()
+        if raw.supervisor_error:
+            return raw.supervisor_error.removeprefix("namespaces unavailable: ")
+        if seen != "2" or raw.exitcode != 0:
+            return f"the probe program ran as PID {seen or '?'} (exit code {raw.exitcode})"
+    return ""
+
+
+def resolve_isolation(requested: str, where: str = "isolation") -> str:
+    """Map "auto" | "namespaces" | "guard" to the mode programs will run under. "auto" falls back to the guard
+    (with a warning) where namespaces are unavailable; "namespaces" there raises ValueError naming `where`."""
+    if requested not in ISOLATION_MODES:
+        raise ValueError(f"{where}: expected one of {', '.join(ISOLATION_MODES)}, got {requested!r}")
+    if requested == "guard":
+        return "guard"
+    reason = namespaces_unavailable_reason()
+    if not reason:
+        return "namespaces"
+    if requested == "namespaces":
+        raise ValueError(f"{where} namespaces: unavailable here ({reason}); use auto or guard")
+    logger.warning("Linux namespaces unavailable (%s): programs run under the guard only", reason)
+    return "guard"
 
 
 def run_sandboxed(
@@ -132,12 +191,17 @@ def run_sandboxed(
     tests: dict | None = None,
     stdin: str | None = None,
     limits: SandboxLimits = SandboxLimits(),
+    isolation: str = "auto",
 ) -> RawRun:
     """Run `program` in the sandbox. mode "function": candidate + `tests` (humaneval/asserts kinds) with the
-    nonce protocol; mode "script": run as `__main__` with `stdin` (or /dev/null) as standard input."""
+    nonce protocol; mode "script": run as `__main__` with `stdin` (or /dev/null) as standard input.
+    `isolation`: "namespaces", "guard" or "auto" (see `resolve_isolation`)."""
     if mode not in ("function", "script"):
         raise ValueError(f"mode: expected 'function' or 'script', got {mode!r}")
-    private = Path(tempfile.mkdtemp(prefix="wmtp_eval_"))
+    if isolation != "namespaces":
+        isolation = resolve_isolation(isolation)
+    temp_dir = tempfile.gettempdir()
+    private = Path(tempfile.mkdtemp(prefix="wmtp_eval_", dir=temp_dir))
     try:
         (private / "work").mkdir()
         stdin_path = None
@@ -150,18 +214,19 @@ def run_sandboxed(
             "program": program,
             "tests": tests,
             "nonce": nonce,
-            "private": str(private),
+            "private_name": private.name,
             "workdir": str(private / "work"),
             "stdin_path": str(stdin_path) if stdin_path else None,
             "timeout": float(limits.timeout_s),
             "memory_bytes": limits.memory_mb << 20,
             "fsize_bytes": limits.file_size_mb << 20,
+            "tmp_bytes": limits.file_size_mb << 20,
             "nproc": limits.max_processes,
         }
-        server = _take_server()
+        server = _take_server((isolation, temp_dir))
         reply = server.run(job, limits.timeout_s + GRACE_S)
         if reply.startswith("done") and server.alive():
-            _IDLE.put(server)
+            _IDLE[isolation, temp_dir].put(server)
         else:
             server.kill()
         supervisor_error = "" if reply == "done 0" else f"sandbox server failed ({reply or 'no reply'})"
@@ -177,7 +242,9 @@ def run_sandboxed(
             status = json.loads(read("status.json") or b"null") or {}
         except json.JSONDecodeError:
             status = {}
-        if not status:
+        if status.get("setup_error"):
+            supervisor_error = f"namespaces unavailable: {status['setup_error']}"
+        elif not status:
             supervisor_error = supervisor_error or "sandbox wrote no status"
         report_lines = read("report", 1 << 16).decode(errors="replace").splitlines()
         return RawRun(
@@ -191,6 +258,7 @@ def run_sandboxed(
             elapsed_s=float(status.get("elapsed", 0.0)),
             leftover=int(status.get("leftover", 0)),
             supervisor_error=supervisor_error,
+            isolation=isolation,
         )
     finally:
         shutil.rmtree(private, ignore_errors=True)

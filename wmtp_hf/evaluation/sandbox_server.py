@@ -1,6 +1,7 @@
 """Sandbox server: runs untrusted programs, one fresh forked process per program, leaving no process behind.
 
-Started by `sandbox.py` as `python -I sandbox_server.py` (stdlib only). It pre-imports everything once
+Started by `sandbox.py` as `python -I sandbox_server.py guard|namespaces TEMP_DIR` (stdlib only;
+`namespaces.py` and `builtin_results.py` from this folder are loaded by path). It pre-imports everything once
 ("zygote") and then serves jobs, one JSON line each on stdin. Per job it forks a *supervisor*, which makes
 itself a child subreaper (prctl PR_SET_CHILD_SUBREAPER) so that every descendant of the program — including
 double-forked processes that escaped into a new session — is re-parented to it instead of to init. The
@@ -13,12 +14,23 @@ size, processes, CPU, no core dumps) and a reliability guard that disables destr
 then the tests, and only if every test ran without raising it writes the per-run nonce to the report file (with
 `os.write` captured before the candidate ran, and the tests executed with a private copy of the builtins).
 In "script" mode (stdin/stdout problems) it runs the program as `__main__`; the parent compares stdout.
+For HumanEval the function under test is wrapped so that it only ever returns built-in values.
+
+Isolation "namespaces" (see namespaces.py): at start-up the server enters its worker namespaces (no network,
+a read-only file system with a minimal /dev). Per job, the supervisor is PID 1 of a new PID namespace (the
+server makes it for its next child and switches back; where it cannot, the job process makes it and forks
+the supervisor into it), so the program cannot signal it, and when it exits the kernel kills whatever is
+left there. The supervisor enters new mount and IPC namespaces, mounts a private /tmp, /dev/shm and /proc,
+and forks the program, which drops every capability. The job's files are opened through a descriptor of the
+temporary folder taken before any namespace change. Isolation "guard": the job process is the supervisor.
+A namespace that cannot be set up is reported as `setup_error` in status.json; the program does not run.
 """
 
 from __future__ import annotations
 
 import builtins
 import ctypes
+import importlib.util
 import json
 import os
 import resource
@@ -30,6 +42,7 @@ import time
 import traceback
 
 PR_SET_CHILD_SUBREAPER = 36
+HERE = os.path.dirname(os.path.abspath(__file__))
 GUARDED_OS = (
     "kill killpg system popen putenv unsetenv remove removedirs rmdir unlink rename renames replace truncate "
     "ftruncate chmod fchmod lchmod chown fchown lchown chroot chflags lchflags setuid setgid seteuid setegid "
@@ -137,10 +150,23 @@ def _guard() -> None:
         sys.modules[name] = None  # type: ignore[assignment]  # `import name` now raises ImportError
 
 
+def _load_sibling(name: str):
+    """Import `name`.py from this folder by path (`python -I` leaves this folder off sys.path)."""
+    spec = importlib.util.spec_from_file_location(f"_wmtp_sandbox_{name}", os.path.join(HERE, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+RESULTS = _load_sibling("builtin_results")
+
+
 def _run_function_mode(job: dict, report_fd: int) -> None:
     """Candidate, then tests in the same namespace with pristine builtins; nonce only after all tests passed."""
     write, nonce = os.write, (job.pop("nonce") + "\n").encode()
     pristine = dict(builtins.__dict__)
+    builtin_results, rejection = RESULTS.make_result_guard()  # before the candidate can touch anything
     tests = job["tests"]
     namespace: dict = {"__name__": "__candidate__", "__builtins__": builtins}
     stage = "candidate"
@@ -153,7 +179,10 @@ def _run_function_mode(job: dict, report_fd: int) -> None:
         namespace["__builtins__"] = dict(pristine)
         if tests["kind"] == "humaneval":
             exec(compile(tests["test"], "<tests>", "exec"), namespace)
-            exec(compile(f"check({tests['entry_point']})", "<check>", "exec"), namespace)
+            candidate = eval(compile(tests["entry_point"], "<entry point>", "eval"), namespace)
+            namespace["check"](builtin_results(candidate))
+            if rejection():  # a rejected result the tests caught and ignored is still a failure
+                raise RESULTS.NonBuiltinResult(rejection())
         else:
             if tests.get("setup"):
                 exec(compile(tests["setup"], "<setup>", "exec"), namespace)
@@ -201,26 +230,49 @@ def _run_script_mode(job: dict) -> None:
     os._exit(code)
 
 
-def _supervise(job: dict) -> None:
-    """Supervisor for one program (a fresh fork of the server): fork the program, wait, kill, write status."""
+def _open_job_files(job: dict, base_fd: int) -> dict[str, int]:
+    """Open the job's files through `base_fd`, the temporary folder opened before any namespace change (in
+    the worker's read-only mount namespace only that descriptor still leads to a writable copy of it)."""
+    private, create = job["private_name"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    files = {
+        name: os.open(os.path.join(private, name), create, 0o600, dir_fd=base_fd)
+        for name in ("status.json", "report", "stdout", "stderr")
+    }
+    stdin = os.path.join(private, "stdin") if job["stdin_path"] else os.devnull
+    files["stdin"] = os.open(stdin, os.O_RDONLY, dir_fd=base_fd)  # an absolute path ignores dir_fd
+    return files
+
+
+def _write_status(files: dict[str, int], status: dict) -> None:
+    os.write(files["status.json"], json.dumps(status).encode())
+
+
+def _supervise(job: dict, files: dict[str, int], ns) -> None:
+    """Supervisor for one program: fork the program, wait, kill, write status. `ns`: the namespaces module
+    when isolating (this process is then PID 1 of a fresh PID namespace and builds the file system), else None."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    private = job["private"]
-    report_fd = os.open(os.path.join(private, "report"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    workdir = job["workdir"]
+    if ns is not None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1 ignores signals it has no handler for
+        try:
+            workdir = ns.build_job_filesystem(job["tmp_bytes"])
+        except OSError as exc:
+            _write_status(files, {"setup_error": str(exc)})
+            return
+    report_fd = files["report"]
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:  # the program child
         try:
             os.setsid()
-            stdin = os.open(job["stdin_path"] or os.devnull, os.O_RDONLY)
-            out = os.open(os.path.join(private, "stdout"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            err = os.open(os.path.join(private, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            for fd, target in ((stdin, 0), (out, 1), (err, 2)):
-                os.dup2(fd, target)
-                os.close(fd)
-            os.closerange(3, report_fd)
+            for name, target in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
+                os.dup2(files[name], target)
+            os.closerange(3, report_fd)  # the status file and everything else the server had open
             os.closerange(report_fd + 1, 65536)
-            os.chdir(job["workdir"])
+            os.chdir(workdir)
             _set_limits(job)
+            if ns is not None:
+                ns.drop_privileges()
             if job["mode"] == "function":
                 _run_function_mode(job, report_fd)
             else:
@@ -228,7 +280,8 @@ def _supervise(job: dict) -> None:
                 _run_script_mode(job)
         finally:
             os._exit(1)
-    os.close(report_fd)
+    for name in ("report", "stdout", "stderr", "stdin"):
+        os.close(files[name])
     job.pop("nonce", None)
     status, timed_out = _wait(pid, job["timeout"])
     elapsed = time.monotonic() - start
@@ -245,8 +298,42 @@ def _supervise(job: dict) -> None:
             result["exitcode"] = os.WEXITSTATUS(status)
         elif os.WIFSIGNALED(status):
             result["signal"] = os.WTERMSIG(status)
-    with open(os.path.join(private, "status.json"), "w") as f:
-        json.dump(result, f)
+    _write_status(files, result)
+
+
+def _run_job(job: dict, isolation: str, base_fd: int, ns, worker_error: str) -> int:
+    """The forked job process: open the job's files, then supervise (guard; or namespaces when this process
+    already is PID 1 of a fresh PID namespace), or enter the job's namespaces and wait for the supervisor
+    forked into them. Returns the exit code."""
+    files = _open_job_files(job, base_fd)
+    os.close(base_fd)  # the only way back to a writable host folder: gone before anything untrusted runs
+    if isolation == "guard":
+        _supervise(job, files, None)
+        return 0
+    in_new_pid_namespace = os.getpid() == 1
+    try:
+        if worker_error or ns is None:
+            raise OSError(worker_error or "namespaces not set up")
+        ns.enter_job_namespaces(pid=not in_new_pid_namespace)
+    except OSError as exc:
+        _write_status(files, {"setup_error": str(exc)})
+        return 0
+    if in_new_pid_namespace:
+        _supervise(job, files, ns)
+        return 0
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            _supervise(job, files, ns)
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    for fd in files.values():
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def main() -> None:
@@ -255,6 +342,18 @@ def main() -> None:
     import shutil  # noqa: F401
     import subprocess  # noqa: F401
 
+    if len(sys.argv) != 3 or sys.argv[1] not in ("guard", "namespaces"):
+        raise SystemExit("usage: sandbox_server.py guard|namespaces TEMP_DIR")
+    isolation = sys.argv[1]
+    base_fd = os.open(sys.argv[2], os.O_PATH | os.O_DIRECTORY)  # where the parent makes each job's folder
+    ns, worker_error, own_pid_ns = None, "", None
+    if isolation == "namespaces":
+        try:
+            ns = _load_sibling("namespaces")
+            ns.enter_worker_namespaces()
+            own_pid_ns = ns.pid_namespace_switch()  # None: each job process makes the PID namespace
+        except (OSError, AttributeError) as exc:  # AttributeError: a libc without unshare (not Linux)
+            worker_error = str(exc) or type(exc).__name__  # every job reports it and does not run
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # safety net
     requests = os.fdopen(os.dup(0), "rb")
     replies = os.dup(1)
@@ -264,13 +363,19 @@ def main() -> None:
     os.close(devnull)
     for line in requests:
         job = json.loads(line)
+        if own_pid_ns is not None:
+            ns.next_child_in_new_pid_namespace()
         pid = os.fork()
+        if own_pid_ns is not None and pid != 0:
+            ns.restore_pid_namespace(own_pid_ns)
         if pid == 0:
             code = 0
             try:
                 requests.close()
                 os.close(replies)
-                _supervise(job)
+                if own_pid_ns is not None:
+                    os.close(own_pid_ns)
+                code = _run_job(job, isolation, base_fd, ns, worker_error)
             except BaseException:  # noqa: BLE001
                 traceback.print_exc()
                 code = 1
