@@ -154,4 +154,5 @@ def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
         )  # fmt: skip
         metrics["pass_at_k"] = {k: v for k, v in summary.items() if k.startswith("pass@")}
         metrics["n_problems"] = summary.get("n_problems")
+        metrics["isolation"] = summary.get("isolation")
     return metrics
