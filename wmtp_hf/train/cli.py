@@ -22,7 +22,6 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataError, WmtpDataCollator
-from ..model_card import write_model_card
 from .components import build_train_dataset, load_tokenizer
 from .config import (
     ConfigError,
@@ -31,7 +30,9 @@ from .config import (
     config_to_dict,
     stage_options,
 )
+from .lora import wrap_with_lora
 from .mlflow_setup import ResolvedConfigCallback, configure_mlflow
+from .outputs import FINAL_DIR, write_final_folder
 from .stages import STAGE_CONFIGS, STAGE_TRAINERS
 
 logger = logging.getLogger("wmtp_hf.train")
@@ -152,6 +153,8 @@ def run(
         config, tokenizer, train_dataset, dry_run=dry_run
     )
     model = trainer_cls.load_model(config, model_path, tokenizer)
+    if config.use_peft:
+        model = wrap_with_lora(model, config, trainer_cls, model_path, tokenizer, dry_run=dry_run)
     n_params = sum(p.numel() for p in model.parameters())
     n_heads = getattr(model.config, "n_future_tokens", 1)
     if dry_run:
@@ -172,25 +175,14 @@ def run(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     elapsed = time.perf_counter() - start
-    final_dir = Path(config.output_dir) / "final"
-    trainer.save_model(str(final_dir))
     trainer.save_state()  # <output_dir>/trainer_state.json: the full log history
     final_loss = next(
         (h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), result.training_loss
     )
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(final_dir)
-        write_model_card(
-            final_dir,
-            stage=stage,
-            config=config_to_dict(config),
-            n_heads=n_heads,
-            base_model=config.model_name_or_path,
-            datasets=[config.dataset],
-            steps=trainer.state.global_step,
-            final_loss=final_loss,
-            model_name=Path(config.output_dir).name,
-        )
+    final_dir = Path(config.output_dir) / FINAL_DIR
+    trainer.final_folder = write_final_folder(trainer, config, stage, tokenizer, n_heads, final_loss)
+    if config.push_to_hub:
+        trainer.push_to_hub(commit_message=f"wmtp_hf: stage {stage}, {trainer.state.global_step} steps")
     tokens = trainer.state.num_input_tokens_seen or 0
     return {
         "stage": stage,

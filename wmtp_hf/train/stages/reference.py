@@ -20,6 +20,7 @@ from ...fileio import atomic_directory
 from ...micro import build_micro, is_model_dir
 from ..components import _first_line, check_model_location
 from ..config import ConfigError, WmtpTrainingConfig, _help
+from ..outputs import FinalFolderPush
 from ..trainer import BATCH_EXTRAS, StageHooks
 
 
@@ -56,7 +57,7 @@ def build_micro_llama(output_dir: Path, seed: int = 0) -> Path:
     return output_dir
 
 
-class ReferenceTrainer(StageHooks, Trainer):
+class ReferenceTrainer(StageHooks, FinalFolderPush, Trainer):
     """Stock causal-LM training; drops the batch entries a plain causal LM does not take."""
 
     @classmethod
