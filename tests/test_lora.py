@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import pytest
@@ -102,7 +103,10 @@ def test_every_stage_starts_at_the_base_loss_and_trains_only_adapters(env, stage
     trainer_cls = STAGE_TRAINERS[stage]
     tokenizer = load_tokenizer(start)
     base = trainer_cls.load_model(config, start, tokenizer)
-    model = wrap_with_lora(copy.deepcopy(base), config, trainer_cls, start, tokenizer, dry_run=True)
+    # (the critic's base gains a value head, so its adapter base is written to lora-base: let it write)
+    model = wrap_with_lora(
+        copy.deepcopy(base), config, trainer_cls, start, tokenizer, dry_run=stage != "critic"
+    )
     rows = datasets.load_from_disk(str(env["data"] / "train")).select(range(6))
     collator = WmtpDataCollator(tokenizer)
     extra = {"reference": config.reference_model} if stage == "rho1" else {}
@@ -113,6 +117,13 @@ def test_every_stage_starts_at_the_base_loss_and_trains_only_adapters(env, stage
         base_loss = trainer.compute_loss(base, batch, num_items_in_batch=counts)
         lora_loss = trainer.compute_loss(model, batch, num_items_in_batch=counts)
     torch.testing.assert_close(lora_loss, base_loss, atol=1e-6, rtol=0)  # lora_B starts at zero
+    # the adapter's base: the start folder, or (the critic adds a value head) the model saved as lora-base
+    expected_base = env["root"] / stage / "lora-base" if stage == "critic" else Path(start)
+    assert model.peft_config["default"].base_model_name_or_path == str(expected_base.resolve())
+    if stage == "critic":
+        saved = AutoModelForCausalLM.from_pretrained(expected_base)
+        assert saved.value_head is not None and saved.config.value_head_stage == "critic"
+        assert all(torch.equal(saved.state_dict()[k], v) for k, v in base.state_dict().items())
     adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_modules() if n.endswith(".lora_A")}
     blocks = ["base_model.model.model.layers.1."] if stage == "critic" else ["base_model.model.model.layers.",
                                                                                "base_model.model.model.extra_heads."]  # fmt: skip

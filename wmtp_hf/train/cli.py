@@ -193,6 +193,9 @@ def run(
         "parameters": n_params,
         "output_dir": config.output_dir,
         "final_model": str(final_dir),
+        "final_loader": "peft.AutoPeftModelForCausalLM" if config.use_peft else "AutoModelForCausalLM",
+        "merged_model": str(trainer.final_folder) if config.use_peft and config.merge_lora else None,
+        "pushed_to": config.hub_model_id if config.push_to_hub else None,
         "dropped_examples": data_report["dropped"],
     }
 
@@ -210,8 +213,12 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"\ntrained stage '{summary['stage']}': {summary['steps']} steps in {summary['train_runtime_s']} s, "
         f"{summary['tokens_per_second']} tokens/s, final loss {summary['final_loss']:.4f}\n"
         f"  checkpoints: {summary['output_dir']}\n  final model: {summary['final_model']} "
-        f"(AutoModelForCausalLM.from_pretrained)\n  dropped examples: {summary['dropped_examples'] or 'none'}"
+        f"({summary['final_loader']}.from_pretrained)\n  dropped examples: {summary['dropped_examples'] or 'none'}"
     )
+    if summary.get("merged_model"):
+        print(f"  merged model: {summary['merged_model']} (AutoModelForCausalLM.from_pretrained)")
+    if summary.get("pushed_to"):
+        print(f"  pushed to the Hub: {summary['pushed_to']}")
 
 
 def main(argv: list[str] | None = None) -> int:
