@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM
 from wmtp_hf.data import WmtpDataCollator
 from wmtp_hf.publish import main as publish_main
 from wmtp_hf.train.cli import main
-from wmtp_hf.train.components import load_tokenizer
+from wmtp_hf.train.components import load_model, load_tokenizer
 from wmtp_hf.train.config import ConfigError, build_config
 from wmtp_hf.train.lora import wrap_with_lora
 from wmtp_hf.train.stages import STAGE_TRAINERS
@@ -59,9 +59,9 @@ def env(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def lora_run(env):
-    """One verifiable LoRA run (4 steps, checkpoints at 2 and 4, merged model) shared by several tests."""
+    """One verifiable LoRA run (3 steps, a checkpoint at 2, merged model) shared by several tests."""
     out = env["root"] / "run"
-    argv = stage_args("verifiable", env["critic"], env["data"], out, **{"max-steps": 4}, save_steps=2,
+    argv = stage_args("verifiable", env["critic"], env["data"], out, **{"max-steps": 3}, save_steps=2,
                       merge_lora=True, **LORA)  # fmt: skip
     assert main(argv) == 0
     return out
@@ -188,11 +188,16 @@ def test_lora_run_writes_the_adapter_and_the_merged_model(env, lora_run):
         assert torch.equal(merged_state[name], start[name]), name
     assert not torch.equal(merged_state["model.layers.0.self_attn.q_proj.weight"],
                            start["model.layers.0.self_attn.q_proj.weight"])  # fmt: skip
+    # The adapter folder as a later stage's model_name_or_path: loaded on its base and merged.
+    config = build_config("baseline", None, {"model_name_or_path": str(final), "report_to": "none"})
+    reloaded = load_model(config, str(final), load_tokenizer(str(final))).state_dict()
+    for name, value in merged_state.items():
+        torch.testing.assert_close(reloaded[name], value, atol=1e-6, rtol=0, msg=name)
 
 
 def test_lora_resume_is_exact(env, lora_run, tmp_path):
     resumed = tmp_path / "resumed"
-    argv = stage_args("verifiable", env["critic"], env["data"], resumed, **{"max-steps": 4}, save_steps=2,
+    argv = stage_args("verifiable", env["critic"], env["data"], resumed, **{"max-steps": 3}, save_steps=2,
                       **LORA)  # fmt: skip
     assert main([*argv, "--resume", str(lora_run / "checkpoint-2")]) == 0
     assert log_losses(resumed) == pytest.approx(log_losses(lora_run), abs=1e-6)
@@ -207,7 +212,7 @@ def test_lora_two_processes_equal_one(env, lora_run, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     two = tmp_path / "two"
-    argv = stage_args("verifiable", env["critic"], env["data"], two, **{"max-steps": 4}, save_steps=100,
+    argv = stage_args("verifiable", env["critic"], env["data"], two, **{"max-steps": 3}, save_steps=100,
                       per_device_train_batch_size=2, **LORA)  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",

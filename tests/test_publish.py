@@ -214,7 +214,7 @@ def test_llama_by_hub_id_converts_and_serves_as_rho1_reference(tmp_path, tiny_to
     data = write_marker_dataset(tmp_path / "marker", len(tiny_tokenizer), MARKER, n_problems=12,
                                 eos=tiny_tokenizer.eos_token_id)  # fmt: skip
     argv = stage_args("rho1", policy, data, tmp_path / "rho1", reference_model="org/tiny-llama", use_peft=True,
-                      **{"max-steps": 2})  # fmt: skip
+                      **{"max-steps": 1})  # fmt: skip
     assert train_main(argv) == 0
     (reference, _), = loaded  # fmt: skip
     assert not any("lora" in name for name, _ in reference.named_modules())
