@@ -72,9 +72,34 @@ def test_trainer_push_uploads_the_final_folder_with_our_card(pushed):
     assert "generated from_trainer" not in card.content.replace("-", " ") and "Trainer" not in card.text
 
 
-def test_pushed_model_loads_from_the_hub_cache_without_wmtp_hf(pushed, tmp_path):
+def publish_random_adapter(final: Path, folder: Path, monkeypatch) -> tuple[dict[str, bytes], torch.Tensor]:
+    """A LoRA adapter with random weights on `final`, published with base `org/wmtp-tiny` (intercepted):
+    the uploaded files and the adapter's logits on TOKENS."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(final),
+                           LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj", "down_proj"]))  # fmt: skip
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # lora_B starts at zero; make the adapter change the outputs
+                param.normal_(std=0.5)
+        logits = model.eval()(input_ids=TOKENS).logits
+    model.save_pretrained(folder)
+    hub = FakeHub().install(monkeypatch)
+    assert (
+        publish_main(["--model", str(folder), "--repo-id", "org/tiny-lora", "--base-model", "org/wmtp-tiny"])
+        == 0
+    )
+    return hub.commits[0]["files"], logits
+
+
+def test_pushed_model_loads_from_the_hub_cache_without_wmtp_hf(pushed, tmp_path, monkeypatch):
     (commit,) = pushed["hub"].commits
     write_hub_snapshot(tmp_path / "hub", "org/wmtp-tiny", commit["files"], revision="v1")
+    write_hub_snapshot(tmp_path / "hub", "org/wmtp-tiny", commit["files"])  # main, the adapter's base
+    adapter_files, adapter_logits = publish_random_adapter(pushed["final"], tmp_path / "adapter", monkeypatch)
+    write_hub_snapshot(tmp_path / "hub", "org/tiny-lora", adapter_files)
     local = AutoModelForCausalLM.from_pretrained(pushed["final"]).eval()
     with torch.no_grad():
         expected = local(TOKENS, return_all_heads=True)
@@ -94,12 +119,16 @@ def test_pushed_model_loads_from_the_hub_cache_without_wmtp_hf(pushed, tmp_path)
         model = AutoModelForCausalLM.from_pretrained("org/wmtp-tiny", **kwargs).eval()
         base = AutoModel.from_pretrained("org/wmtp-tiny", **kwargs).eval()
         tokenizer = AutoTokenizer.from_pretrained("org/wmtp-tiny", **kwargs)
+        from peft import AutoPeftModelForCausalLM
+        adapter = AutoPeftModelForCausalLM.from_pretrained("org/tiny-lora", trust_remote_code=True).eval()
         with torch.no_grad():
             out = model(tokens, return_all_heads=True)
             hidden = base(tokens).last_hidden_state
+            lora = adapter(input_ids=tokens).logits
         assert not any(m.startswith("wmtp_hf") for m in sys.modules)
         print("RESULT", json.dumps({{"cls": type(model).__module__, "base": type(base).__name__, "vocab": len(tokenizer),
-                          "logits": out.logits.tolist(), "mtp": out.mtp_logits.tolist(), "hidden": hidden.tolist()}}))
+                          "logits": out.logits.tolist(), "mtp": out.mtp_logits.tolist(), "hidden": hidden.tolist(),
+                          "lora": lora.tolist()}}))
         """
     )
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "home"),
@@ -114,6 +143,8 @@ def test_pushed_model_loads_from_the_hub_cache_without_wmtp_hf(pushed, tmp_path)
     torch.testing.assert_close(torch.tensor(result["logits"]), expected.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.tensor(result["mtp"]), expected.mtp_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.tensor(result["hidden"]), hidden, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(result["lora"]), adapter_logits, atol=1e-5, rtol=0)
+    assert not torch.allclose(adapter_logits, expected.logits, atol=1e-3)  # the adapter changes the model
 
 
 def write_summary(path: Path, dataset: str, split: str = "test", **scores: float) -> Path:
