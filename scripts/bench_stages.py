@@ -23,7 +23,12 @@ logging off, eval_strategy no):
   counted. Computed from the timed batches and printed next to the measured ratio;
 - `rho1_cached`: `Rho1Trainer(reference=None)` on the same rows with a `ref_token_losses` column,
   computed once by the driver with `wmtp_hf.reference.compute_reference_column` and the same reference.
-  Target: <= 1.05.
+  Target: <= 1.05;
+- `baseline_lora`, `verifiable_lora`: the same stage with `use_peft: true` (the model wrapped by
+  `wmtp_hf.train.lora.wrap_with_lora` as `cli.run` does: LoRA rank `--lora-r` on every attention and MLP
+  projection of trunk and heads; verifiable also trains its value head fully). Compared with their full
+  stage (`lora/full`): trainable parameters, peak memory (held + working) and step time. No SPEC bound;
+  only `--variants baseline baseline_lora verifiable verifiable_lora` runs just these.
 
 Data: the offline default (`load_source("offline", split="train")`, `tokenize_dataset` with the micro
 tokenizer), a fixed seeded selection of `--batches` batches of `--batch` rows, each half correct and half
@@ -60,7 +65,7 @@ backward), `trainer._clip_grad_norm` (max_grad_norm 1.0), `optimizer.step()`, `l
   rounds, keeps each pair of compared steps a few seconds apart. `min/base` (fastest timed step vs the
   baseline's fastest, on a loaded machine the least disturbed estimate) is printed for context.
 
-CPU default (about 3-4 minutes on 2 cores): `python scripts/bench_stages.py`.
+CPU default (about 5 minutes on 2 cores): `python scripts/bench_stages.py`.
 GPU: `python scripts/bench_stages.py --device cuda --rounds 30`.
 """
 
@@ -104,7 +109,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "verifiable": {"stage": "verifiable", "label": "VerifiableTrainer (TD weights)", "bound": 1.10},
     "rho1_live": {"stage": "rho1", "label": "Rho1Trainer, live reference", "bound": "flops"},
     "rho1_cached": {"stage": "rho1", "label": "Rho1Trainer, cached ref losses", "bound": 1.05},
-}
+    "baseline_lora": {"stage": "baseline", "label": "BaselineTrainer + LoRA", "bound": None, "full": "baseline"},
+    "verifiable_lora": {"stage": "verifiable", "label": "VerifiableTrainer + LoRA", "bound": None,
+                        "full": "verifiable"},
+}  # fmt: skip
 RHO1_MARGIN = 0.10
 
 
@@ -240,13 +248,15 @@ class StageStepper:
         from wmtp_hf.data import WmtpDataCollator
         from wmtp_hf.train.components import load_tokenizer
         from wmtp_hf.train.config import build_config
+        from wmtp_hf.train.lora import wrap_with_lora
         from wmtp_hf.train.stages import STAGE_TRAINERS
 
         variant = args.worker
         stage = VARIANTS[variant]["stage"]
+        lora = "full" in VARIANTS[variant]
         self.run_dir = tempfile.mkdtemp(prefix=f"bench_stages.{variant}.")  # save_strategy no: stays empty
         self.device = torch.device(args.device)
-        model_dir = paths["critic_dir"] if variant == "verifiable" else paths["model_dir"]
+        model_dir = paths["critic_dir"] if stage == "verifiable" else paths["model_dir"]
         self.config = build_config(
             stage,
             None,
@@ -263,6 +273,16 @@ class StageStepper:
                 "max_length": args.max_length,
                 "seed": args.seed,
                 "use_cpu": self.device.type == "cpu",
+                **(
+                    {
+                        "use_peft": True,
+                        "lora_r": args.lora_r,
+                        "lora_alpha": 2 * args.lora_r,
+                        "lora_dropout": args.lora_dropout,
+                    }
+                    if lora
+                    else {}
+                ),  # fmt: skip
             },
         )
         trainer_cls = STAGE_TRAINERS[stage]
@@ -274,6 +294,8 @@ class StageStepper:
         elif variant == "rho1_cached":
             kwargs["reference"] = None
         model = trainer_cls.load_model(self.config, model_dir, tokenizer)
+        if lora:  # as `cli.run` wraps it (dry_run: the start folder is the base, nothing is written)
+            model = wrap_with_lora(model, self.config, trainer_cls, model_dir, tokenizer, dry_run=True)
         collator = WmtpDataCollator(tokenizer)
         self.trainer = trainer_cls(
             model=model,
@@ -396,6 +418,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=1024, help="rows longer than this are not selected")
     p.add_argument("--hidden-size", type=int, default=128, help="micro model width (128: the preset)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (0: torch's default)")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank of the *_lora variants (alpha = 2r)")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout of the *_lora variants")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--model-dir", default=None, help="WMTP model folder (default: micro built in a temp dir)")
@@ -413,6 +437,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--hidden-size must be a multiple of 64")
     if "baseline" not in args.variants:
         args.variants.insert(0, "baseline")
+    for name in list(args.variants):  # a LoRA variant is compared with its full stage in the same run
+        full = VARIANTS[name].get("full")
+        if full and full not in args.variants:
+            args.variants.insert(args.variants.index(name), full)
     return args
 
 
@@ -434,11 +462,53 @@ def summarise(results: dict[str, dict[str, Any]]) -> None:
             bound = 1.0 + r["flops_share"]["share"] + RHO1_MARGIN
         r["spec_bound"] = bound
         r["passed"] = None if bound is None else bool(r["time_ratio_vs_baseline"] <= bound)
+        full = VARIANTS[name].get("full")
+        if full:
+            f = results[full]
+            r["lora_vs_full"] = {
+                "trainable_parameters_ratio": r["trainable_parameters"] / f["trainable_parameters"],
+                "peak_memory_ratio": r["peak_total_bytes"] / f["peak_total_bytes"],
+                "held_memory_ratio": r["baseline_bytes"] / f["baseline_bytes"],
+                "working_memory_ratio": r["peak_working_bytes"] / f["peak_working_bytes"],
+                "time_ratio": paired_ratio(r["steps"], f["steps"], lambda s: s["wall_s"]),
+            }
+
+
+def mb(n: float) -> str:
+    return f"{n / MB:.1f}"
 
 
 def count(n: int) -> str:
     """A parameter count for the table: 2.00M, 129."""
     return f"{n / 1e6:.2f}M" if n >= 10_000 else str(n)
+
+
+def print_lora_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
+    """LoRA variants against their full stage: `lora / full (ratio)` per measure."""
+    lora = {name: r for name, r in results.items() if "lora_vs_full" in r}
+    if not lora:
+        return
+    print("\nLoRA step vs the full step of the same stage (lora / full (ratio), same run):")
+    columns = ("trainable P", "peak MB", "held MB", "working MB")
+    print(f"  {'variant':<16}{'vs':<12}" + "".join(f"{c:>26}" for c in columns) + f"{'time':>7}")
+    for name, r in lora.items():
+        full, x = results[VARIANTS[name]["full"]], r["lora_vs_full"]
+        cells = [
+            (
+                count(r["trainable_parameters"]),
+                count(full["trainable_parameters"]),
+                x["trainable_parameters_ratio"],
+            ),
+            (mb(r["peak_total_bytes"]), mb(full["peak_total_bytes"]), x["peak_memory_ratio"]),
+            (mb(r["baseline_bytes"]), mb(full["baseline_bytes"]), x["held_memory_ratio"]),
+            (mb(r["peak_working_bytes"]), mb(full["peak_working_bytes"]), x["working_memory_ratio"]),
+        ]
+        text = "".join(f"{f'{a} / {b} ({ratio:.3f})':>26}" for a, b, ratio in cells)
+        print(f"  {name:<16}{VARIANTS[name]['full']:<12}{text}{x['time_ratio']:>7.3f}")
+    print(
+        f"  (LoRA rank {args.lora_r}, alpha {2 * args.lora_r}, dropout {args.lora_dropout} on every attention and "
+        "MLP projection of trunk and heads;\n   held = parameters + AdamW state; time = median per-round ratio)"
+    )
 
 
 def print_table(args: argparse.Namespace, prep: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
@@ -486,6 +556,7 @@ def print_table(args: argparse.Namespace, prep: dict[str, Any], results: dict[st
             f"{f['N_pos']} + {f['P_unembed']}*{f['N_policy_rows']}) = {f['F_policy'] / 1e9:.2f} GFLOP\n"
             "  (over the distinct batches; N_pos = padded positions, N_*_rows = unembedded target rows)"
         )
+    print_lora_table(args, results)
     print("\nworking memory detail (MB): phase peaks; CPU: live-tensor vs allocator peak; first-step loss")
     for name, r in results.items():
         phases = ", ".join(f"{k} {v / MB:.1f}" for k, v in r["phase_peak_working_bytes"].items())

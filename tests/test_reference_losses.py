@@ -11,6 +11,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from hub_fixtures import use_hub_cache, write_hub_snapshot
 from train_fixtures import write_tiny_model
 
 from wmtp_hf import reference
@@ -198,18 +199,9 @@ def test_model_fingerprint_follows_weights(env, tmp_path, tiny_tokenizer):
 
 
 def test_hub_id_resolves_from_local_cache(env, tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
     sha = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--org--tiny-ref"
-    shutil.copytree(env["ref"], repo / "snapshots" / sha)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(sha)
-    # huggingface_hub reads its settings at import: patch the constants along with the environment
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    write_hub_snapshot(tmp_path / "hub", "org/tiny-ref", env["ref"], sha=sha)
+    use_hub_cache(monkeypatch, tmp_path / "hub")
     assert model_fingerprint("org/tiny-ref") == {"kind": "hub", "repo_id": "org/tiny-ref", "revision": sha}
     model, tok = load_reference_model("org/tiny-ref")
     assert model.config.hidden_size == 32 and not model.training

@@ -47,7 +47,7 @@ def test_run_writes_final_model_card_and_summary(tmp_path, fixtures, capsys):
     tokenizer = AutoTokenizer.from_pretrained(final)
     assert model.config.n_future_tokens == 2 and len(tokenizer) == model.config.vocab_size
     card = (final / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
+    assert "\nlibrary_name: transformers\n" in card and "\npipeline_tag: text-generation\n" in card
     assert "multi-token-prediction" in card and "custom_code" in card and "stage | `baseline`" in card
     assert (out / "resolved_config.yaml").is_file()
     losses = log_losses(out)

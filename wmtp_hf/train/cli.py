@@ -22,7 +22,6 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataError, WmtpDataCollator
-from ..model_card import write_model_card
 from .components import build_train_dataset
 from .config import (
     ConfigError,
@@ -31,7 +30,9 @@ from .config import (
     config_to_dict,
     stage_options,
 )
+from .lora import wrap_with_lora
 from .mlflow_setup import ResolvedConfigCallback, configure_mlflow
+from .outputs import FINAL_DIR, write_final_folder
 from .stages import STAGE_CONFIGS, STAGE_TRAINERS
 
 logger = logging.getLogger("wmtp_hf.train")
@@ -153,6 +154,8 @@ def run(
     )
     trainer_cls.build_preset(config, model_path, tokenizer)  # only now that the data is known to be good
     model = trainer_cls.load_model(config, model_path, tokenizer)
+    if config.use_peft:
+        model = wrap_with_lora(model, config, trainer_cls, model_path, tokenizer, dry_run=dry_run)
     n_params = sum(p.numel() for p in model.parameters())
     n_heads = getattr(model.config, "n_future_tokens", 1)
     if dry_run:
@@ -173,25 +176,14 @@ def run(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     elapsed = time.perf_counter() - start
-    final_dir = Path(config.output_dir) / "final"
-    trainer.save_model(str(final_dir))
     trainer.save_state()  # <output_dir>/trainer_state.json: the full log history
     final_loss = next(
         (h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), result.training_loss
     )
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(final_dir)
-        write_model_card(
-            final_dir,
-            stage=stage,
-            config=config_to_dict(config),
-            n_heads=n_heads,
-            base_model=config.model_name_or_path,
-            datasets=[config.dataset],
-            steps=trainer.state.global_step,
-            final_loss=final_loss,
-            model_name=Path(config.output_dir).name,
-        )
+    final_dir = Path(config.output_dir) / FINAL_DIR
+    trainer.final_folder = write_final_folder(trainer, config, stage, tokenizer, n_heads, final_loss)
+    if config.push_to_hub:
+        trainer.push_to_hub(commit_message=f"wmtp_hf: stage {stage}, {trainer.state.global_step} steps")
     tokens = trainer.state.num_input_tokens_seen or 0
     return {
         "stage": stage,
@@ -202,6 +194,9 @@ def run(
         "parameters": n_params,
         "output_dir": config.output_dir,
         "final_model": str(final_dir),
+        "final_loader": "peft.AutoPeftModelForCausalLM" if config.use_peft else "AutoModelForCausalLM",
+        "merged_model": str(trainer.final_folder) if config.use_peft and config.merge_lora else None,
+        "pushed_to": config.hub_model_id if config.push_to_hub else None,
         "dropped_examples": data_report["dropped"],
     }
 
@@ -219,8 +214,12 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"\ntrained stage '{summary['stage']}': {summary['steps']} steps in {summary['train_runtime_s']} s, "
         f"{summary['tokens_per_second']} tokens/s, final loss {summary['final_loss']:.4f}\n"
         f"  checkpoints: {summary['output_dir']}\n  final model: {summary['final_model']} "
-        f"(AutoModelForCausalLM.from_pretrained)\n  dropped examples: {summary['dropped_examples'] or 'none'}"
+        f"({summary['final_loader']}.from_pretrained)\n  dropped examples: {summary['dropped_examples'] or 'none'}"
     )
+    if summary.get("merged_model"):
+        print(f"  merged model: {summary['merged_model']} (AutoModelForCausalLM.from_pretrained)")
+    if summary.get("pushed_to"):
+        print(f"  pushed to the Hub: {summary['pushed_to']}")
 
 
 def main(argv: list[str] | None = None) -> int:

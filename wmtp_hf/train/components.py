@@ -93,21 +93,42 @@ def load_tokenizer(path: str) -> Any:
     return tokenizer
 
 
-def load_model(config: WmtpTrainingConfig, path: str, tokenizer: Any, **model_kwargs: Any) -> PreTrainedModel:
-    """A `WmtpForMultiTokenPrediction` from `path`, converted with `from_llama` if it is a plain LLaMA."""
+def load_merged_adapter(path: str, **kwargs: Any) -> PreTrainedModel:
+    """A LoRA adapter folder (e.g. a `use_peft` run's final folder) loaded on its base and merged."""
+    from peft import AutoPeftModelForCausalLM
+
     try:
-        model_type = AutoConfig.from_pretrained(path).model_type
+        return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
     except (OSError, ValueError) as err:
         raise ConfigError(
-            f"model_name_or_path '{path}': cannot load its config ({_first_line(err)})"
+            f"model_name_or_path '{path}': cannot load the adapter on its base model ({_first_line(err)})"
         ) from None
+
+
+def load_model(config: WmtpTrainingConfig, path: str, tokenizer: Any, **model_kwargs: Any) -> PreTrainedModel:
+    """A `WmtpForMultiTokenPrediction` from `path`, converted with `from_llama` if it is a plain LLaMA.
+
+    A LoRA adapter folder is loaded on its base model and merged first."""
     kwargs = dict(model_kwargs)
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
+    adapter = (Path(path) / "adapter_config.json").is_file()
+    source = load_merged_adapter(path, **kwargs) if adapter else path
+    if adapter:
+        model_type = source.config.model_type
+    else:
+        try:
+            model_type = AutoConfig.from_pretrained(path).model_type
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"model_name_or_path '{path}': cannot load its config ({_first_line(err)})"
+            ) from None
     if model_type == "wmtp":
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = source if adapter else AutoModelForCausalLM.from_pretrained(path, **kwargs)
     elif model_type == "llama":
-        model = WmtpForMultiTokenPrediction.from_llama(path, n_future_tokens=config.n_future_tokens, **kwargs)
+        model = WmtpForMultiTokenPrediction.from_llama(
+            source, n_future_tokens=config.n_future_tokens, **({} if adapter else kwargs)
+        )
     else:
         raise ConfigError(
             f"model_name_or_path '{path}': expected a wmtp or llama model, got model_type '{model_type}'"

@@ -18,9 +18,11 @@ from typing import Any
 
 import yaml
 from transformers import TrainingArguments
-from transformers.trainer_utils import SchedulerType
+from transformers.trainer_utils import HubStrategy, SchedulerType
 
 STAGES = ("baseline", "critic", "verifiable", "rho1", "reference")
+# The attention and MLP projections of every decoder block (trunk and heads; also LLaMA's names).
+LORA_DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class ConfigError(ValueError):
@@ -72,6 +74,29 @@ class WmtpTrainingConfig(TrainingArguments):
     attn_implementation: str | None = field(
         default=None, metadata=_help("Attention backend: sdpa (default), eager, flash_attention_2.")
     )
+    use_peft: bool = field(
+        default=False,
+        metadata=_help(
+            "Train LoRA adapters (peft) instead of the full model; the value head, where the stage trains it, "
+            "is trained fully (`modules_to_save`). The final folder holds the adapter."
+        ),
+    )
+    lora_r: int = field(default=16, metadata=_help("LoRA rank (use_peft)."))
+    lora_alpha: float = field(
+        default=32, metadata=_help("LoRA scaling numerator: updates scale by alpha / r.")
+    )
+    lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA branch's input."))
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(LORA_DEFAULT_TARGETS),
+        metadata=_help(
+            "Linear layers that get adapters, by name: the attention and MLP projections of the trunk and "
+            "every head block (the value head and the unembedding are not listed: the value head trains fully)."
+        ),
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata=_help("use_peft: also write the merged full model to `<output_dir>/final/merged`."),
+    )
 
     # TrainingArguments defaults that differ for this project (the micro preset finishes in minutes on CPU).
     output_dir: str | None = field(
@@ -104,6 +129,13 @@ class WmtpTrainingConfig(TrainingArguments):
     include_num_input_tokens_seen: str | bool = field(
         default="non_padding", metadata=_help("Count trained tokens (for tokens/s).")
     )
+    hub_strategy: HubStrategy | str = field(
+        default="end",
+        metadata=_help(
+            "push_to_hub: end (default) pushes the finished final folder once; the other transformers "
+            "strategies also push checkpoints during training."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps <= 0:
@@ -120,7 +152,44 @@ class WmtpTrainingConfig(TrainingArguments):
             raise ConfigError(f"head_weights: expected non-negative numbers, got {self.head_weights}")
         if self.loss_chunk_size is not None and self.loss_chunk_size <= 0:
             raise ConfigError(f"loss_chunk_size: expected a positive integer, got {self.loss_chunk_size}")
+        self._check_lora_options()
+        if self.push_to_hub:
+            _check_repo_id("hub_model_id", self.hub_model_id)
         super().__post_init__()
+
+    def _check_lora_options(self) -> None:
+        if self.lora_r <= 0:
+            raise ConfigError(f"lora_r: expected a positive integer, got {self.lora_r}")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"lora_alpha: expected a positive number, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout: expected a number in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target_modules or not all(
+            isinstance(name, str) and name for name in self.lora_target_modules
+        ):
+            raise ConfigError(
+                f"lora_target_modules: expected a non-empty list of module names, got {self.lora_target_modules!r}"
+            )
+        reserved = sorted(set(self.lora_target_modules) & {"all-linear", "value_head"})
+        if reserved:
+            raise ConfigError(
+                f"lora_target_modules: '{reserved[0]}' is not allowed (the value head trains fully, not through "
+                f"LoRA); list projections by name, e.g. {', '.join(LORA_DEFAULT_TARGETS)}"
+            )
+        if self.merge_lora and not self.use_peft:
+            raise ConfigError("merge_lora: needs use_peft: true (there is no adapter to merge)")
+
+
+def _check_repo_id(option: str, repo_id: str | None) -> None:
+    """One-line error unless `repo_id` is a Hub repository id (`ORG/NAME`)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not repo_id:
+        raise ConfigError(f"{option}: push_to_hub needs the repository to push to (ORG/NAME)")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ConfigError(f"{option}: expected a Hub repository id ORG/NAME, got {repo_id!r}") from None
 
 
 def stage_config_class(stage: str) -> type[WmtpTrainingConfig]:
@@ -276,6 +345,8 @@ def config_to_dict(config: WmtpTrainingConfig) -> dict[str, Any]:
         value = getattr(config, f.name)
         if isinstance(value, enum.Enum):
             value = value.value
+        if f.name.endswith("_token") and value is not None:  # hub_token: never written to files or MLflow
+            value = "<redacted>"
         if isinstance(value, (str, int, float, bool, type(None), list, dict)):
             out[f.name] = value
         else:

@@ -21,6 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..losses import mtp_target_mask, resolve_head_weights, weighted_mtp_loss
 from . import components
+from .outputs import FinalFolderPush
 
 BATCH_EXTRAS = ("reward", "difficulty", "ref_token_losses", "row_id")
 STAGE_STATE_FILE = "wmtp_stage_state.json"
@@ -77,6 +78,11 @@ class StageHooks:
         return None
 
     @classmethod
+    def lora_scope(cls, config: Any, model: Any) -> tuple[str, ...]:
+        """Module-name prefixes whose projections get LoRA adapters with `use_peft` (default: every block)."""
+        return ("",)
+
+    @classmethod
     def prepare_data(
         cls, config: Any, tokenizer: Any, train_dataset: Any, dry_run: bool = False
     ) -> tuple[Any, dict[str, Any]]:
@@ -85,7 +91,7 @@ class StageHooks:
         return train_dataset, {}
 
 
-class WeightedMTPTrainer(StageHooks, Trainer):
+class WeightedMTPTrainer(StageHooks, FinalFolderPush, Trainer):
     """Trains a `WmtpForMultiTokenPrediction` on `sum_k alpha_k sum_t w_k(t) m_k(t) CE_k(t) / N_k`."""
 
     # compute_loss already divides by the accumulation window's counts; Trainer must not rescale.

@@ -127,6 +127,17 @@ class CriticTrainer(WeightedMTPTrainer):
         return model
 
     @classmethod
+    def lora_scope(cls, config: CriticConfig, model: Any) -> tuple[str, ...]:
+        """With use_peft, LoRA adapts the `unfreeze_last_n_layers` top trunk blocks (instead of training them)."""
+        n_trunk = len(model.model.layers) - 1
+        if config.unfreeze_last_n_layers == 0:
+            raise ConfigError(
+                "use_peft: the critic trains only the value head unless unfreeze_last_n_layers > 0 (LoRA then "
+                "adapts those trunk blocks); set unfreeze_last_n_layers or drop use_peft"
+            )
+        return tuple(f"model.layers.{i}." for i in range(n_trunk - config.unfreeze_last_n_layers, n_trunk))
+
+    @classmethod
     def sample_order(cls, config: CriticConfig, dataset: datasets.Dataset) -> np.ndarray:
         if config.critic_loss != "pairwise":
             return sample_order(config, dataset)
