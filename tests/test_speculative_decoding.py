@@ -4,6 +4,7 @@ evaluation CLI."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -19,6 +20,7 @@ from transformers.generation.streamers import BaseStreamer
 from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction, evaluate
 from wmtp_hf.cycle_model import build_cycle_model
 from wmtp_hf.evaluation.generation import generate_completions
+from wmtp_hf.micro import MICRO_CONFIG
 
 PAD, BOS, EOS = 0, 1, 2
 CYCLE = [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]  # the heads-agree model continues this cycle
@@ -69,15 +71,17 @@ def assert_same_as_plain(plain, spec, enders: tuple[int, ...] = (EOS,)) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tiny_tokenizer):
-    """A tiny n=4 WMTP model trained briefly (MTP loss, all heads) on code: its drafts are right only
-    sometimes, so acceptance and rejection both happen."""
+    """The micro preset's architecture (4 trunk blocks + 4 heads, hidden 128) with the tiny tokenizer, trained
+    briefly (MTP loss, all heads) on code: its drafts are right only sometimes, so acceptance and rejection
+    both happen."""
     torch.manual_seed(0)
-    tok = tiny_tokenizer
-    config = WmtpConfig(
-        vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=6,
-        num_attention_heads=4, num_key_value_heads=2, n_future_tokens=4,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+    tok = copy.deepcopy(tiny_tokenizer)  # padded on the left below; the session fixture stays as it is
+    special = {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    config = WmtpConfig(**{**MICRO_CONFIG, "vocab_size": len(tok), **special})
     model = WmtpForMultiTokenPrediction(config)
     ids = tok(CODE, return_tensors="pt")["input_ids"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
