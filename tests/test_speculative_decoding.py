@@ -167,6 +167,18 @@ class StopAfterToken(StoppingCriteria):
         return (input_ids[:, self.prompt_length :] == self.token).any(dim=1)
 
 
+class StopFirstRowEarly(StoppingCriteria):
+    """A user criterion: row 0 is done after `count` new tokens, the other rows never."""
+
+    def __init__(self, count: int, prompt_length: int) -> None:
+        self.count, self.prompt_length = count, prompt_length
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        done[0] = input_ids.shape[1] - self.prompt_length >= self.count
+        return done
+
+
 def test_user_stopping_criteria_and_logits_processors_are_honoured(trained):
     model = build_cycle_model(CYCLE, n_future_tokens=4, pad_token_id=PAD, eos_token_id=EOS)
     inputs = left_padded([[3, 4], [6, 7]])
@@ -182,6 +194,10 @@ def test_user_stopping_criteria_and_logits_processors_are_honoured(trained):
     batch = dict(tok(PROMPTS, return_tensors="pt", padding=True))
     plain, spec = both(trained_model, batch, max_new_tokens=30, repetition_penalty=1.5, min_new_tokens=10)
     assert_same_as_plain(plain, spec, enders=(tok.eos_token_id,))
+    # Without EOS, a row a criterion has stopped is not padded: generate keeps decoding it, so must this.
+    stop = StoppingCriteriaList([StopFirstRowEarly(3, batch["input_ids"].shape[1])])
+    plain, spec = both(trained_model, batch, max_new_tokens=30, eos_token_id=None, stopping_criteria=stop)
+    assert_same_as_plain(plain, spec, enders=())
 
 
 class Collect(BaseStreamer):
