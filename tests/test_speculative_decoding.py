@@ -28,6 +28,16 @@ CODE = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n
 PROMPTS = ["def add(a, b):\n", "for i in", "x", "def sub(a, b):\n    return"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These models are tiny: a second thread only adds synchronisation, which on a busy 2-core machine
+    made this file several times slower. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_model(n_future: int, seed: int = 0) -> WmtpForMultiTokenPrediction:
     torch.manual_seed(seed)
     config = WmtpConfig(
