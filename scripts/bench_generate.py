@@ -1,7 +1,7 @@
 """Benchmark: plain greedy `generate` vs self-speculative greedy decoding (`mtp_speculative=True`).
 
     python scripts/bench_generate.py [--model runs/baseline/final] [--problems 16] [--max-new-tokens 128]
-        [--prompt-format alpaca|raw] [--batch-sizes 1,8] [--rounds 3] [--device cpu]
+        [--prompt-format alpaca|raw] [--batch-sizes 1,8] [--rounds 3] [--device cpu] [--threads N]
         [--output bench_results/bench_generate.json]
 
 Two models, each decoded both ways on the same prompts in this one run:
@@ -158,9 +158,12 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output", default="bench_results/bench_generate.json")
     args = parser.parse_args()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import transformers
 
