@@ -17,6 +17,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", help="default: test (offline: eval)")
     p.add_argument("--n-samples", type=int, default=1, help="completions per problem")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument(
+        "--speculative",
+        action="store_true",
+        help="greedy only: self-speculative decoding with the MTP heads (same tokens, fewer forwards)",
+    )
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--k", default="1", help="comma-separated k values, e.g. 1,10")
     p.add_argument("--max-new-tokens", type=int, default=512)
@@ -59,6 +64,11 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
     if args.temperature < 0 or args.timeout <= 0:
         raise ValueError("--temperature: expected >= 0; --timeout: expected > 0")
+    if args.speculative and (args.samples or args.temperature > 0):
+        raise ValueError(
+            "--speculative: decodes greedily with a model; expected --model and --temperature 0, got "
+            + (f"--temperature {args.temperature:g}" if args.temperature > 0 else "--samples")
+        )
     isolation = resolve_isolation(args.isolation, "--isolation")  # before a long generation
     problems = load_problems(args.dataset, args.path, args.split)
     if args.limit is not None:
@@ -72,9 +82,10 @@ def run(args: argparse.Namespace) -> dict:
         known.update({alias: p.task_id for p in problems for alias in p.aliases})
         samples = read_samples(args.samples, known)
     else:
-        from wmtp_hf.evaluation.generation import generate_completions, load_model
+        from wmtp_hf.evaluation.generation import SpeculativeStats, generate_completions, load_model
 
         model, tokenizer = load_model(args.model, device=args.device)
+        speculative_stats = SpeculativeStats() if args.speculative else None
         samples = []
         for stops in sorted({p.stop_sequences for p in problems}):
             group = [p for p in problems if p.stop_sequences == stops]
@@ -89,6 +100,8 @@ def run(args: argparse.Namespace) -> dict:
                 batch_size=args.batch_size,
                 stop_sequences=stops,
                 seed=args.seed,
+                speculative=args.speculative,
+                speculative_stats=speculative_stats,
             )
             samples += [
                 Sample(p.task_id, c) for p, texts in zip(group, completions, strict=True) for c in texts
@@ -99,6 +112,9 @@ def run(args: argparse.Namespace) -> dict:
     params = {k: v for k, v in vars(args).items() if v is not None}
     split = args.split or DEFAULT_SPLITS[args.dataset]
     summary = {"dataset": args.dataset, "split": split, "source": args.model or args.samples, **summary}
+    if args.speculative:
+        summary["speculative"] = speculative_stats.summary()
+        summary["tokens_per_forward"] = summary["speculative"]["tokens_per_forward"]
     write_outputs(args.output, rows, summary)
     log_to_mlflow(params, summary, args.output)
     return summary

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .messages import first_line
+
 DEFAULT_N = 3
 
 
@@ -73,7 +75,7 @@ def load_policy(path: str, device: Any) -> Any:
     try:
         model_type = AutoConfig.from_pretrained(path).model_type
     except (OSError, ValueError) as err:
-        raise InspectError(f"--model '{path}': cannot load its config ({_first_line(err)})") from None
+        raise InspectError(f"--model '{path}': cannot load its config ({first_line(err)})") from None
     if model_type != "wmtp":
         raise InspectError(f"--model '{path}': expected a WMTP model (model_type wmtp), got '{model_type}'")
     model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
@@ -85,7 +87,7 @@ def move(model: Any, device: Any) -> Any:
     try:
         return model.to(device)
     except (RuntimeError, AssertionError) as err:
-        raise InspectError(f"--device {device}: cannot move the model there ({_first_line(err)})") from None
+        raise InspectError(f"--device {device}: cannot move the model there ({first_line(err)})") from None
 
 
 def parse_device(name: str | None) -> Any:
@@ -99,12 +101,7 @@ def parse_device(name: str | None) -> Any:
     try:
         return torch.device(name)
     except (RuntimeError, TypeError) as err:
-        raise InspectError(f"--device: not a torch device '{name}' ({_first_line(err)})") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        raise InspectError(f"--device: not a torch device '{name}' ({first_line(err)})") from None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,9 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     except (OSError, ValueError) as err:
-        raise InspectError(
-            f"--model '{args.model}': cannot load its tokenizer ({_first_line(err)})"
-        ) from None
+        raise InspectError(f"--model '{args.model}': cannot load its tokenizer ({first_line(err)})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
 
@@ -185,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run(args)
     except (ValueError, OSError) as err:  # ConfigError, DataError, InspectError: one line, no traceback
-        print(f"error: {_first_line(err)}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
     print(
         f"{summary['examples']} examples, {summary['tokens']} response tokens ({'; '.join(summary['views'])}): "

@@ -31,6 +31,7 @@ from .data.collator import WmtpDataCollator
 from .data.io import atomic_write_json, cache_root, file_sha256
 from .data.schema import DataError
 from .fileio import atomic_directory
+from .messages import first_line
 from .weighting import reference_token_losses
 
 __all__ = [
@@ -81,11 +82,6 @@ MODEL_FILE_PATTERNS = (
 NON_MODEL_FILES = ("training_args.bin", "optimizer.bin", "scheduler.bin")
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _canonical_sha256(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -111,7 +107,7 @@ def _resolve_hub_revision(repo_id: str) -> str:
     except Exception as err:  # invalid id, not found, offline without a cached snapshot, network errors
         raise DataError(
             f"reference '{repo_id}': no such folder, and not a Hub id found locally or on the Hub "
-            f"({_first_line(err)})"
+            f"({first_line(err)})"
         ) from err
     return Path(folder).name
 
@@ -221,7 +217,7 @@ def load_reference_tokenizer(name_or_path: str, revision: str | None = None) -> 
         return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     except Exception as err:
         raise DataError(
-            f"reference '{name_or_path}': could not load its tokenizer ({_first_line(err)})"
+            f"reference '{name_or_path}': could not load its tokenizer ({first_line(err)})"
         ) from err
 
 
@@ -247,7 +243,7 @@ def load_reference_model(
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except Exception as err:
         raise DataError(
-            f"reference '{name_or_path}': could not load a causal LM ({_first_line(err)})"
+            f"reference '{name_or_path}': could not load a causal LM ({first_line(err)})"
         ) from err
     model.eval()
     model.requires_grad_(False)
@@ -269,16 +265,14 @@ def _parse_device(device: str | torch.device | None) -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise DataError(f"--device: not a torch device '{device}' ({_first_line(err)})") from None
+        raise DataError(f"--device: not a torch device '{device}' ({first_line(err)})") from None
 
 
 def _place(model: Any, device: torch.device) -> None:
     try:
         model.to(device)
     except (RuntimeError, AssertionError) as err:  # e.g. cuda asked for on a CPU-only build
-        raise DataError(
-            f"--device {device}: could not move the reference there ({_first_line(err)})"
-        ) from err
+        raise DataError(f"--device {device}: could not move the reference there ({first_line(err)})") from err
 
 
 def _pad_token_id(tokenizer: Any) -> int:
@@ -428,7 +422,7 @@ def _read_stats(dataset_dir: Path) -> dict[str, Any]:
     try:
         stats = json.loads(stats_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{stats_path}: not valid JSON ({_first_line(err)})") from None
+        raise DataError(f"{stats_path}: not valid JSON ({first_line(err)})") from None
     if not isinstance(stats, dict) or not isinstance(stats.get("splits"), dict):
         raise DataError(f"{stats_path}: expected an object with 'splits' (written by prepare)")
     return stats
@@ -451,7 +445,7 @@ def _dataset_tokenizer(stats: Mapping[str, Any], dataset_dir: Path) -> tuple[Any
             "%s: could not load the dataset's tokenizer '%s' (%s); the reference tokenizer is not checked",
             dataset_dir,
             name,
-            _first_line(err),
+            first_line(err),
         )
         return None, str(name)
 
@@ -464,7 +458,7 @@ def read_reference_cache(dataset_dir: str | Path) -> dict[str, Any] | None:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON ({_first_line(err)})") from None
+        raise DataError(f"{path}: not valid JSON ({first_line(err)})") from None
     if not isinstance(info, dict) or not isinstance(info.get("fingerprint"), dict):
         raise DataError(f"{path}: expected an object with 'fingerprint' (written by reference-losses)")
     return info

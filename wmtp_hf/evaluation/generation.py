@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,6 +44,40 @@ class StopOnStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+@dataclass
+class SpeculativeStats:
+    """Counters summed over the batches of `generate_completions(..., speculative=True)`.
+
+    `new_tokens` counts generated positions per batch (a batch advances together), so plain greedy
+    decoding would need exactly `new_tokens` forwards: `tokens_per_forward` is the saving.
+    """
+
+    forwards: int = 0
+    new_tokens: int = 0
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.new_tokens / max(self.forwards, 1)
+
+    def add(self, output: Any) -> None:
+        """Add the counters of one `generate(..., mtp_speculative=True, return_dict_in_generate=True)`."""
+        self.forwards += output.forwards
+        self.new_tokens += output.new_tokens
+        self.draft_tokens += output.draft_tokens
+        self.accepted_draft_tokens += output.accepted_draft_tokens
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tokens_per_forward": round(self.tokens_per_forward, 4),
+            "forwards": self.forwards,
+            "new_tokens": self.new_tokens,
+            "draft_tokens": self.draft_tokens,
+            "accepted_draft_tokens": self.accepted_draft_tokens,
+        }
+
+
 def load_model(model_dir: str, device: str | None = None, dtype: str = "auto") -> tuple[Any, Any]:
     """Load a causal LM + tokenizer from `model_dir` (a WMTP or any transformers checkpoint), in eval mode."""
     import transformers
@@ -69,16 +104,26 @@ def generate_completions(
     stop_sequences: Sequence[str] = (),
     seed: int = 0,
     progress: bool = True,
+    speculative: bool = False,
+    speculative_stats: SpeculativeStats | None = None,
 ) -> list[list[str]]:
     """Return `n_samples` completions per prompt (list per prompt, in order).
 
     Greedy decoding when temperature == 0 (one generation, replicated n times, since it is deterministic);
     otherwise sampling with temperature/top_p from a seeded generator state. Prompts are left-padded so
-    that every sequence in a batch continues right after its own last prompt token.
+    that every sequence in a batch continues right after its own last prompt token. `speculative` decodes
+    greedily with the MTP heads drafting (same tokens, fewer forwards; WMTP models only) and adds its
+    counters to `speculative_stats` when given.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples: expected >= 1, got {n_samples}")
     greedy = temperature == 0
+    if speculative and not greedy:
+        raise ValueError(f"--speculative: decodes greedily; expected --temperature 0, got {temperature}")
+    if speculative and getattr(model.config, "n_future_tokens", None) is None:
+        raise ValueError(
+            f"--speculative: needs a WMTP model with MTP heads; got model_type {model.config.model_type!r}"
+        )
     copies = 1 if greedy else n_samples
     jobs = [i for i in range(len(prompts)) for _ in range(copies)]
     tokenizer.padding_side = "left"
@@ -93,6 +138,8 @@ def generate_completions(
     }
     if not greedy:
         gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    if speculative:
+        gen_kwargs.update(mtp_speculative=True, return_dict_in_generate=True)
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     outputs: list[list[str]] = [[] for _ in prompts]
@@ -104,6 +151,10 @@ def generate_completions(
         if stop_sequences:
             stopping.append(StopOnStrings(tokenizer, enc["input_ids"].shape[1], stop_sequences))
         out = model.generate(**enc, **gen_kwargs, stopping_criteria=stopping)
+        if speculative:
+            if speculative_stats is not None:
+                speculative_stats.add(out)
+            out = out.sequences
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
             outputs[i].append(truncate_at_stops(text, stop_sequences))

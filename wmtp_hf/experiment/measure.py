@@ -119,18 +119,27 @@ def pass_at_k(
 COMPARED_STAGES = ("baseline", "critic", "verifiable", "rho1")  # the reference only serves rho1
 
 
-def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
-    """Every held-out measurement of `stage`'s final model; `out_dir` receives pass@k's results."""
+def load_final(final_dir: Path) -> tuple[Any, Any]:
+    """`(model in eval mode, tokenizer)` of a run's final folder; a LoRA adapter is merged into its base."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..train.components import load_merged_adapter
+
+    tokenizer = AutoTokenizer.from_pretrained(final_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if (final_dir / "adapter_config.json").is_file():
+        return load_merged_adapter(str(final_dir)).eval(), tokenizer
+    return AutoModelForCausalLM.from_pretrained(final_dir).eval(), tokenizer
+
+
+def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
+    """Every held-out measurement of `stage`'s final model; `out_dir` receives pass@k's results."""
     from ..train.components import held_out_split, tokenized_rows
 
     options: EvaluationOptions = plan.evaluation
     config = stage.config
-    tokenizer = AutoTokenizer.from_pretrained(stage.final_dir)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(stage.final_dir).eval()
+    model, tokenizer = load_final(stage.final_dir)
     split = options.split or held_out_split(config)
     if split is None:
         return {"skipped": f"dataset '{config.dataset}' has no held-out split; set evaluation.split"}

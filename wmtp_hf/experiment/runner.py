@@ -79,9 +79,14 @@ def mlflow_stage_run(enabled: bool, run: StagePlan, reused: bool) -> Iterator[No
         yield
 
 
+def has_final_model(final_dir: Path) -> bool:
+    """A full model or a LoRA adapter (`use_peft`) was saved there."""
+    return is_model_dir(final_dir) or (final_dir / "adapter_model.safetensors").is_file()
+
+
 def stage_is_reusable(plan: StagePlan) -> dict[str, Any] | None:
     record = read_json(plan.output_dir / STAGE_RECORD)
-    if record and record.get("fingerprint") == plan.fingerprint and is_model_dir(plan.final_dir):
+    if record and record.get("fingerprint") == plan.fingerprint and has_final_model(plan.final_dir):
         return record
     return None
 

@@ -14,9 +14,10 @@ WEIGHTED_RUNS = ("verifiable", "rho1")
 
 def inspect_run(plan: Any, name: str) -> Inspection | None:
     """Inspect `plan.evaluation.inspect_examples` held-out rows (alternating correct / incorrect) of a run."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from ..train.components import held_out_split, load_rows
+    from .measure import load_final
 
     run = plan.run(name)
     n = plan.evaluation.inspect_examples
@@ -26,8 +27,7 @@ def inspect_run(plan: Any, name: str) -> Inspection | None:
     split = plan.evaluation.split or held_out_split(config)
     if split is None:
         return None
-    tokenizer = AutoTokenizer.from_pretrained(run.final_dir)
-    model = AutoModelForCausalLM.from_pretrained(run.final_dir).eval()
+    model, tokenizer = load_final(run.final_dir)
     rows = select_rows(tokenized_stream(load_rows(config, split), tokenizer, config.max_length), n=n)
     if not rows:
         return None

@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataError, WmtpDataCollator
-from .components import build_train_dataset
+from .components import build_train_dataset, first_line
 from .config import (
     ConfigError,
     WmtpTrainingConfig,
@@ -163,16 +163,23 @@ def run(
                 "data": data_report, "output_dir": config.output_dir}  # fmt: skip
     if any(r == "mlflow" for r in config.report_to):
         configure_mlflow()
-    trainer = trainer_cls(
-        model=model,
-        args=config,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=WmtpDataCollator(tokenizer),
-        processing_class=tokenizer,
-        callbacks=[ResolvedConfigCallback(config_to_dict(config), data_report), *(callbacks or [])],
-        **trainer_kwargs,
-    )
+    try:  # with push_to_hub, the Trainer creates the Hub repo here, before any step
+        trainer = trainer_cls(
+            model=model,
+            args=config,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=WmtpDataCollator(tokenizer),
+            processing_class=tokenizer,
+            callbacks=[ResolvedConfigCallback(config_to_dict(config), data_report), *(callbacks or [])],
+            **trainer_kwargs,
+        )
+    except Exception as err:
+        if config.push_to_hub and is_hub_failure(err):
+            raise ConfigError(
+                f"push_to_hub: cannot create the Hub repo '{config.hub_model_id}' ({first_line(err)})"
+            ) from None
+        raise
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     elapsed = time.perf_counter() - start
@@ -183,7 +190,15 @@ def run(
     final_dir = Path(config.output_dir) / FINAL_DIR
     trainer.final_folder = write_final_folder(trainer, config, stage, tokenizer, n_heads, final_loss)
     if config.push_to_hub:
-        trainer.push_to_hub(commit_message=f"wmtp_hf: stage {stage}, {trainer.state.global_step} steps")
+        try:
+            trainer.push_to_hub(commit_message=f"wmtp_hf: stage {stage}, {trainer.state.global_step} steps")
+        except Exception as err:
+            if not is_hub_failure(err):
+                raise
+            raise ConfigError(
+                f"push_to_hub: the upload to '{config.hub_model_id}' failed ({first_line(err)}); the final "
+                f"model is saved in {final_dir}, publish it with python -m wmtp_hf.publish"
+            ) from None
     tokens = trainer.state.num_input_tokens_seen or 0
     return {
         "stage": stage,
@@ -199,6 +214,14 @@ def run(
         "pushed_to": config.hub_model_id if config.push_to_hub else None,
         "dropped_examples": data_report["dropped"],
     }
+
+
+def is_hub_failure(err: BaseException) -> bool:
+    """A network or Hub error (no connection, offline mode, HTTP error), not a bug of ours."""
+    hub_modules = ("huggingface_hub", "httpx", "httpx2", "requests", "urllib3")
+    return isinstance(err, OSError) or any(
+        c.__module__.split(".")[0] in hub_modules for c in type(err).__mro__
+    )
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -14,16 +14,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ..data import SOURCES, DataError, load_source, tokenize_dataset
 from ..data.sampling import stage_indices
+from ..messages import first_line
 from ..micro import build_micro, build_micro_tokenizer, is_model_dir
 from ..modeling_wmtp import WmtpForMultiTokenPrediction
 from .config import ConfigError, WmtpTrainingConfig
 
 logger = logging.getLogger(__name__)
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def looks_like_hub_id(name: str) -> bool:
@@ -86,7 +82,7 @@ def load_tokenizer(path: str) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ConfigError(
-            f"model_name_or_path '{path}': cannot load its tokenizer ({_first_line(err)})"
+            f"model_name_or_path '{path}': cannot load its tokenizer ({first_line(err)})"
         ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -101,7 +97,7 @@ def load_merged_adapter(path: str, **kwargs: Any) -> PreTrainedModel:
         return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
     except (OSError, ValueError) as err:
         raise ConfigError(
-            f"model_name_or_path '{path}': cannot load the adapter on its base model ({_first_line(err)})"
+            f"model_name_or_path '{path}': cannot load the adapter on its base model ({first_line(err)})"
         ) from None
 
 
@@ -121,7 +117,7 @@ def load_model(config: WmtpTrainingConfig, path: str, tokenizer: Any, **model_kw
             model_type = AutoConfig.from_pretrained(path).model_type
         except (OSError, ValueError) as err:
             raise ConfigError(
-                f"model_name_or_path '{path}': cannot load its config ({_first_line(err)})"
+                f"model_name_or_path '{path}': cannot load its config ({first_line(err)})"
             ) from None
     if model_type == "wmtp":
         model = source if adapter else AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
 
 from ...fileio import atomic_directory
 from ...micro import build_micro
-from ..components import _first_line, build_preset, resolve_model_path
+from ..components import build_preset, first_line, resolve_model_path
 from ..config import ConfigError, WmtpTrainingConfig, _help
 from ..outputs import FinalFolderPush
 from ..trainer import BATCH_EXTRAS, StageHooks
@@ -75,7 +75,7 @@ class ReferenceTrainer(StageHooks, FinalFolderPush, Trainer):
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as err:
             raise ConfigError(
-                f"model_name_or_path '{path}': cannot load a causal LM ({_first_line(err)})"
+                f"model_name_or_path '{path}': cannot load a causal LM ({first_line(err)})"
             ) from None
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             raise ConfigError(

