@@ -103,7 +103,9 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
         run = report["runs"][name]
         assert run["steps"] == 2
         assert set(run["heldout"]["pass_at_k"]) == {"pass@1"} and run["heldout"]["n_problems"] == 3
-        assert (out / "evaluation" / name / "pass_at_k" / "summary.json").is_file()
+        summary = json.loads((out / "evaluation" / name / "pass_at_k" / "summary.json").read_text())
+        assert 1.0 <= run["heldout"]["tokens_per_forward"] <= 2.0  # self-speculative, n_future = 2
+        assert run["heldout"]["tokens_per_forward"] == summary["speculative"]["tokens_per_forward"]
     # Every model is measured the same way; the numbers equal a one-row-at-a-time computation.
     assert report["runs"]["baseline"]["heldout"]["ce_per_head"] == pytest.approx(
         naive_heldout_ce(out / "baseline" / "final", 10), rel=1e-4

@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+from no_wmtp_hf import BLOCK_WMTP_HF
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction, WmtpModel
@@ -138,14 +139,8 @@ def test_trust_remote_code_without_wmtp_hf(tmp_path):
     model.save_pretrained(tmp_path / "ckpt")
     with torch.no_grad():
         expected = model(TOKENS, return_all_heads=True)
-    script = textwrap.dedent(
+    script = BLOCK_WMTP_HF + textwrap.dedent(
         f"""
-        import importlib.abc, json, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "wmtp_hf" or name.startswith("wmtp_hf."):
-                    raise ImportError("wmtp_hf is blocked in this test")
-        sys.meta_path.insert(0, Block())
         import torch
         from transformers import AutoModel, AutoModelForCausalLM
         try:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hub_fixtures import FakeHub, use_hub_cache, write_hub_snapshot
 from huggingface_hub import ModelCard
+from no_wmtp_hf import BLOCK_WMTP_HF
 from test_reference_losses import write_tiny_llama
 from test_train_stages import MARKER, stage_args
 from train_fixtures import train_args, write_marker_dataset, write_mbpp_fixture, write_tiny_model
@@ -104,14 +105,8 @@ def test_pushed_model_loads_from_the_hub_cache_without_wmtp_hf(pushed, tmp_path,
     with torch.no_grad():
         expected = local(TOKENS, return_all_heads=True)
         hidden = local.model(TOKENS).last_hidden_state
-    script = textwrap.dedent(
+    script = BLOCK_WMTP_HF + textwrap.dedent(
         f"""
-        import importlib.abc, json, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "wmtp_hf" or name.startswith("wmtp_hf."):
-                    raise ImportError("wmtp_hf is blocked in this test")
-        sys.meta_path.insert(0, Block())
         import torch
         from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
         tokens = torch.tensor({TOKENS.tolist()})

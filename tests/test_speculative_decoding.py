@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 import torch
+from no_wmtp_hf import BLOCK_WMTP_HF
 from train_fixtures import write_tiny_model
 from transformers import LlamaConfig, LlamaForCausalLM, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
@@ -247,14 +248,8 @@ def test_speculative_decoding_through_trust_remote_code_without_wmtp_hf(tmp_path
         tmp_path / "cycle"
     )
     inputs = dict(trained[1](PROMPTS, return_tensors="pt", padding=True))
-    script = textwrap.dedent(
+    script = BLOCK_WMTP_HF + textwrap.dedent(
         f"""
-        import importlib.abc, json, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "wmtp_hf" or name.startswith("wmtp_hf."):
-                    raise ImportError("wmtp_hf is blocked in this test")
-        sys.meta_path.insert(0, Block())
         import torch
         from transformers import AutoModelForCausalLM
         result = {{}}

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> dict:
     """Load problems, get completions (generate or read), score them, write outputs; return the summary."""
     from wmtp_hf.evaluation.problems import DEFAULT_SPLITS, load_problems
     from wmtp_hf.evaluation.runner import log_to_mlflow, score_samples, write_outputs
-    from wmtp_hf.evaluation.samples import Sample, read_samples
+    from wmtp_hf.evaluation.samples import read_samples
     from wmtp_hf.evaluation.sandbox import resolve_isolation
 
     ks = _parse_ks(args.k)
@@ -82,30 +82,15 @@ def run(args: argparse.Namespace) -> dict:
         known.update({alias: p.task_id for p in problems for alias in p.aliases})
         samples = read_samples(args.samples, known)
     else:
-        from wmtp_hf.evaluation.generation import SpeculativeStats, generate_completions, load_model
+        from wmtp_hf.evaluation.generation import SpeculativeStats, load_model, sample_problems
 
         model, tokenizer = load_model(args.model, device=args.device)
         speculative_stats = SpeculativeStats() if args.speculative else None
-        samples = []
-        for stops in sorted({p.stop_sequences for p in problems}):
-            group = [p for p in problems if p.stop_sequences == stops]
-            completions = generate_completions(
-                model,
-                tokenizer,
-                [p.prompt for p in group],
-                n_samples=args.n_samples,
-                temperature=args.temperature,
-                top_p=args.top_p,
-                max_new_tokens=args.max_new_tokens,
-                batch_size=args.batch_size,
-                stop_sequences=stops,
-                seed=args.seed,
-                speculative=args.speculative,
-                speculative_stats=speculative_stats,
-            )
-            samples += [
-                Sample(p.task_id, c) for p, texts in zip(group, completions, strict=True) for c in texts
-            ]
+        samples = sample_problems(
+            model, tokenizer, problems, n_samples=args.n_samples, temperature=args.temperature,
+            top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+            speculative=args.speculative, speculative_stats=speculative_stats,
+        )  # fmt: skip
     rows, summary = score_samples(
         problems, samples, ks=ks, timeout_s=args.timeout, workers=args.workers, isolation=isolation
     )

@@ -163,3 +163,18 @@ def generate_completions(
     if greedy:
         outputs = [texts * n_samples for texts in outputs]
     return outputs
+
+
+def sample_problems(model: Any, tokenizer: Any, problems: Sequence[Any], **options: Any) -> list[Any]:
+    """`Sample`s for every problem: `generate_completions` per group of problems sharing stop sequences
+    (`options` are its keyword arguments, e.g. n_samples, temperature, speculative)."""
+    from .samples import Sample
+
+    samples = []
+    for stops in sorted({p.stop_sequences for p in problems}):
+        group = [p for p in problems if p.stop_sequences == stops]
+        completions = generate_completions(
+            model, tokenizer, [p.prompt for p in group], stop_sequences=stops, **options
+        )
+        samples += [Sample(p.task_id, c) for p, texts in zip(group, completions, strict=True) for c in texts]
+    return samples

@@ -86,32 +86,30 @@ def pass_at_k(
     out_dir: Path,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Sample completions for the held-out problems and score them in the sandbox; writes OUT/summary.json."""
-    from ..evaluation.generation import generate_completions
+    """Sample completions for the held-out problems and score them in the sandbox; writes OUT/summary.json.
+
+    With `options.speculative` (greedy, WMTP model) the completions are decoded self-speculatively, one
+    prompt at a time so every row's drafts count; the output is token-for-token plain greedy's, and the
+    summary gains `speculative` (forwards, accepted drafts, `tokens_per_forward`).
+    """
+    from ..evaluation.generation import SpeculativeStats, sample_problems
     from ..evaluation.problems import DEFAULT_SPLITS, load_problems
     from ..evaluation.runner import score_samples, write_outputs
-    from ..evaluation.samples import Sample
 
     if dataset not in DEFAULT_SPLITS:
         return {"skipped": f"pass@k needs a named source, not the prepared folder '{dataset}'"}
     problems = load_problems(dataset, dataset_path, split)[: options.n_problems]
-    samples = []
-    for stops in sorted({p.stop_sequences for p in problems}):
-        group = [p for p in problems if p.stop_sequences == stops]
-        completions = generate_completions(
-            model,
-            tokenizer,
-            [p.prompt for p in group],
-            n_samples=options.n_samples,
-            temperature=options.temperature,
-            max_new_tokens=options.max_new_tokens,
-            batch_size=options.batch_size,
-            stop_sequences=stops,
-            seed=seed,
-        )
-        samples += [Sample(p.task_id, c) for p, texts in zip(group, completions, strict=True) for c in texts]
+    speculative = options.speculative and options.temperature == 0 and is_wmtp(model)
+    stats = SpeculativeStats() if speculative else None
+    samples = sample_problems(
+        model, tokenizer, problems, n_samples=options.n_samples, temperature=options.temperature,
+        max_new_tokens=options.max_new_tokens, batch_size=1 if speculative else options.batch_size, seed=seed,
+        speculative=speculative, speculative_stats=stats,
+    )  # fmt: skip
     rows, summary = score_samples(problems, samples, ks=options.k, timeout_s=options.timeout)
     summary = {"dataset": dataset, "split": split, **summary}
+    if stats is not None:
+        summary["speculative"] = stats.summary()
     write_outputs(out_dir, rows, summary)
     return summary
 
@@ -164,4 +162,6 @@ def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
         metrics["pass_at_k"] = {k: v for k, v in summary.items() if k.startswith("pass@")}
         metrics["n_problems"] = summary.get("n_problems")
         metrics["isolation"] = summary.get("isolation")
+        if "speculative" in summary:
+            metrics["tokens_per_forward"] = summary["speculative"]["tokens_per_forward"]
     return metrics

@@ -59,8 +59,9 @@ def _log_parent(out: Path, report: dict[str, Any]) -> None:
             metrics[f"{name}.heldout_ce_head_{k}"] = ce
         for k, v in (held.get("pass_at_k") or {}).items():
             metrics[f"{name}.{k.replace('@', '_at_')}"] = v
-        if held.get("auroc") is not None:
-            metrics[f"{name}.auroc"] = held["auroc"]
+        for key in ("auroc", "tokens_per_forward"):
+            if held.get(key) is not None:
+                metrics[f"{name}.{key}"] = held[key]
     mlflow.log_metrics(metrics)
     for name in ("report.md", "report.json", *(Path(p).name for p in report["plots"].values())):
         mlflow.log_artifact(str(out / name))

@@ -130,10 +130,14 @@ def log_summary(enabled: bool, summary: dict[str, Any]) -> None:
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
 
 
+MEASURE_VERSION = 2  # bump when the measurements change, so cached ones are recomputed
+
+
 def measurement_key(stage: StagePlan, record: dict[str, Any], plan: ExperimentPlan) -> str:
-    """Same stage config, same training run (its finish time) and same evaluation options."""
+    """Same stage config, same training run (its finish time), evaluation options and measurement code."""
     payload = json.dumps(
-        [stage.fingerprint, record.get("finished_at"), dataclasses.asdict(plan.evaluation)], sort_keys=True
+        [MEASURE_VERSION, stage.fingerprint, record.get("finished_at"), dataclasses.asdict(plan.evaluation)],
+        sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
 
