@@ -58,7 +58,7 @@ def plot_heldout_ce(metrics: dict[str, dict[str, Any]], path: Path) -> Path:
     plt = pyplot()
     runs = {name: m["ce_per_head"] for name, m in metrics.items() if m.get("ce_per_head")}
     n_heads = max((len(v) for v in runs.values()), default=0)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(runs), 1)
     for i, (name, ce) in enumerate(runs.items()):
         xs = [k + i * width for k in range(len(ce))]
@@ -66,7 +66,7 @@ def plot_heldout_ce(metrics: dict[str, dict[str, Any]], path: Path) -> Path:
     ax.set_xticks([k + 0.4 - width / 2 for k in range(n_heads)], [f"head {k}" for k in range(n_heads)])
     ax.set_ylabel("held-out CE (nats)")
     ax.set_title("Per-head held-out cross-entropy (correct solutions)")
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     values = [v for ce in runs.values() for v in ce]
     if values:
         ax.set_ylim(min(values) * 0.95, max(values) * 1.02)
