@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .messages import looks_like_hub_id
+
 STAGE_DESCRIPTIONS = {
     "baseline": "all heads, uniform multi-token-prediction loss",
     "critic": "value head regressed on solution correctness",
@@ -36,15 +38,7 @@ def template_text(name: str = TEMPLATE) -> str:
 
 def is_hub_id(name: str | None) -> bool:
     """Whether `name` is a Hub repository id rather than a local folder (only Hub ids go in `base_model`)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if not name or name.startswith((".", "/", "~")) or Path(name).exists():
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
+    return bool(name) and looks_like_hub_id(name) and not Path(name).exists()
 
 
 def pass_at_k_results(

@@ -14,25 +14,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ..data import SOURCES, DataError, load_source, tokenize_dataset
 from ..data.sampling import stage_indices
-from ..messages import first_line
+from ..messages import first_line, looks_like_hub_id
 from ..micro import build_micro, build_micro_tokenizer, is_model_dir
 from ..modeling_wmtp import WmtpForMultiTokenPrediction
 from .config import ConfigError, WmtpTrainingConfig
 
 logger = logging.getLogger(__name__)
-
-
-def looks_like_hub_id(name: str) -> bool:
-    """Whether `name` is syntactically a Hub repo id (`name` or `org/name`) rather than a path."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if name.startswith((".", "/", "~")) or "\\" in name:
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
 
 
 def check_model_location(option: str, name: str, made_by: str | None = None) -> None:
