@@ -32,7 +32,7 @@ def training_curves(plan: Any) -> dict[str, list[tuple[int, float]]]:
 
 def plot_training_loss(plan: Any, path: Path) -> Path:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     for name, points in training_curves(plan).items():
         if points:
             steps, losses = zip(*points, strict=True)
@@ -41,7 +41,7 @@ def plot_training_loss(plan: Any, path: Path) -> Path:
     ax.set_ylabel("training loss")
     ax.set_title("Training loss of every run")
     if ax.lines:
-        ax.legend()
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         ax.text(
             0.5, 0.5, "no logged loss (fewer steps than logging_steps)", ha="center", transform=ax.transAxes
