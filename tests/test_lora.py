@@ -19,9 +19,8 @@ from hub_fixtures import FakeHub, use_hub_cache, write_hub_snapshot
 from huggingface_hub import ModelCard
 from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
-from test_reference_losses import write_tiny_llama
 from test_train_stages import MARKER, stage_args
-from train_fixtures import log_losses, write_marker_dataset, write_tiny_model
+from train_fixtures import log_losses, write_llama, write_marker_dataset, write_tiny_model
 from transformers import AutoModelForCausalLM
 
 from wmtp_hf.data import WmtpDataCollator
@@ -54,7 +53,7 @@ def env(tmp_path_factory, tiny_tokenizer):
     data = write_marker_dataset(root / "marker", len(tiny_tokenizer), MARKER, n_problems=12,
                                 eos=tiny_tokenizer.eos_token_id)  # fmt: skip
     return {"root": root, "model": model, "data": data, "critic": write_critic_output(root / "critic", model, tiny_tokenizer),
-            "llama": write_tiny_llama(root / "llama", tiny_tokenizer, extra_vocab=0)}  # fmt: skip
+            "llama": write_llama(root / "llama", tiny_tokenizer, seed=0)}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

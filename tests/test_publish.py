@@ -14,9 +14,8 @@ import torch
 from hub_fixtures import FakeHub, use_hub_cache, write_hub_snapshot
 from huggingface_hub import ModelCard
 from no_wmtp_hf import BLOCK_WMTP_HF
-from test_reference_losses import write_tiny_llama
 from test_train_stages import MARKER, stage_args
-from train_fixtures import train_args, write_marker_dataset, write_mbpp_fixture, write_tiny_model
+from train_fixtures import train_args, write_llama, write_marker_dataset, write_mbpp_fixture, write_tiny_model
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from wmtp_hf import WmtpForMultiTokenPrediction
@@ -223,7 +222,7 @@ def test_publish_bad_input_is_one_line_and_uploads_nothing(pushed, tmp_path, mon
 def test_llama_by_hub_id_converts_and_serves_as_rho1_reference(tmp_path, tiny_tokenizer, monkeypatch):
     from wmtp_hf.train.stages import rho1
 
-    llama_dir = write_tiny_llama(tmp_path / "llama", tiny_tokenizer, extra_vocab=0)
+    llama_dir = write_llama(tmp_path / "llama", tiny_tokenizer, seed=0)
     write_hub_snapshot(tmp_path / "hub", "org/tiny-llama", llama_dir)
     use_hub_cache(monkeypatch, tmp_path / "hub")
     llama = LlamaForCausalLM.from_pretrained(llama_dir).eval()

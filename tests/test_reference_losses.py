@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from hub_fixtures import use_hub_cache, write_hub_snapshot
-from train_fixtures import write_tiny_model
+from train_fixtures import write_llama, write_tiny_model
 
 from wmtp_hf import reference
 from wmtp_hf.data import DataError, WmtpDataCollator
@@ -34,22 +34,6 @@ from wmtp_hf.reference import (
 )
 from wmtp_hf.tokenizer import train_code_tokenizer
 from wmtp_hf.weighting import reference_token_losses
-
-
-def write_tiny_llama(folder: Path, tokenizer, seed: int = 0, extra_vocab: int = 4) -> Path:
-    """A 2-layer LlamaForCausalLM (hidden 32) whose embedding is padded `extra_vocab` rows past the tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer) + extra_vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def write_mbpp(path: Path, task_ids: list[int]) -> Path:
@@ -84,7 +68,7 @@ def env(tmp_path_factory, tiny_tokenizer):
         mp.setenv("WMTP_HF_CACHE", str(root / "cache"))
         tok_dir = root / "tok"
         tiny_tokenizer.save_pretrained(tok_dir)
-        ref_dir = write_tiny_llama(root / "ref", tiny_tokenizer)
+        ref_dir = write_llama(root / "ref", tiny_tokenizer, seed=0, extra_vocab=4)
         data = write_mbpp(root / "mbpp.jsonl", [*range(601, 608), *range(511, 516)])
         prepared = root / "prepared"
         prepare("mbpp", prepared, path=str(data), splits=["train", "validation"], tokenizer=str(tok_dir))
@@ -221,7 +205,7 @@ def test_tokenizer_mismatch_names_both(env, tmp_path, tiny_tokenizer, capsys):
     other = train_code_tokenizer(
         ["SELECT * FROM users WHERE id = 1;\n", "<html><body></body></html>\n"] * 20, 300
     )
-    other_ref = write_tiny_llama(tmp_path / "other_ref", other)
+    other_ref = write_llama(tmp_path / "other_ref", other, seed=0, extra_vocab=4)
     with pytest.raises(DataError) as err:
         check_same_tokenizer(tiny_tokenizer, other, "policy-dir", "ref-dir")
     msg = str(err.value)
@@ -267,7 +251,7 @@ def test_check_cached_fingerprint(env, tmp_path, tiny_tokenizer):
     check_cached_fingerprint(
         info, str(shutil.copytree(env["ref"], tmp_path / "same"))
     )  # same content elsewhere
-    other = write_tiny_llama(tmp_path / "other", tiny_tokenizer, seed=1)
+    other = write_llama(tmp_path / "other", tiny_tokenizer, seed=1, extra_vocab=4)
     with pytest.raises(DataError) as err:
         check_cached_fingerprint(data, str(other), tiny_tokenizer)
     msg = str(err.value)

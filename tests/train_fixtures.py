@@ -10,13 +10,19 @@ import torch
 from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction
 
 
-def write_llama(folder: Path, tokenizer, seed: int = 1) -> Path:
-    """A 2-block LLaMA (hidden 32) sharing `tokenizer`: a reference model for rho1 tests."""
+def write_llama(folder: Path, tokenizer, seed: int = 1, extra_vocab: int = 0) -> Path:
+    """A 2-block LLaMA (hidden 32) sharing `tokenizer`, its embedding padded `extra_vocab` rows past it:
+    a reference model for rho1 and reference-loss tests."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    config = LlamaConfig(
+        vocab_size=len(tokenizer) + extra_vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
     torch.manual_seed(seed)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(folder)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -7,11 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..data.io import atomic_write_json
 from ..fileio import atomic_write_text
 from .plan import ExperimentPlan
 from .plots import plot_heldout_ce, plot_training_loss
 from .report import build_report, render_markdown
-from .runner import MARKER, check_output_dir, measure_stages, mlflow_parent_run, train_stages, write_json
+from .runner import MARKER, check_output_dir, measure_stages, mlflow_parent_run, train_stages
 
 
 def _uses_mlflow(plan: ExperimentPlan) -> bool:
@@ -35,7 +36,7 @@ def run_experiment(plan: ExperimentPlan, say: Callable[[str], None] = print) -> 
     """Run the plan; returns the report (also written to `report.json` / `report.md`)."""
     check_output_dir(plan.output_dir)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(plan.output_dir / MARKER, {"config": plan.source, "plan": plan.raw})
+    atomic_write_json(plan.output_dir / MARKER, {"config": plan.source, "plan": plan.raw})
     mlflow_on = _uses_mlflow(plan)
     with mlflow_parent_run(mlflow_on, f"experiment:{plan.output_dir.name}") as parent:
         records = train_stages(plan, say, mlflow_on)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_text
+from ..data.io import atomic_write_json
 from ..micro import is_model_dir
 from ..train.config import ConfigError
 from .plan import ExperimentPlan, StagePlan
@@ -26,10 +26,6 @@ from .plan import ExperimentPlan, StagePlan
 MARKER = "experiment.json"
 STAGE_RECORD = "experiment_stage.json"
 MEASURE_RECORD = "measurements.json"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -116,7 +112,7 @@ def train_stages(
                 summary = run_stage(stage.stage, stage.config)
             record = {"name": stage.name, "stage": stage.stage, "fingerprint": stage.fingerprint,
                       "summary": summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
-            write_json(stage.output_dir / STAGE_RECORD, record)
+            atomic_write_json(stage.output_dir / STAGE_RECORD, record)
             record = {**record, "reused": False}
         records[stage.name] = record
     return records
@@ -159,6 +155,6 @@ def measure_stages(
             continue
         say(f"measure {stage.name}: held-out CE, value AUROC, pass@k")
         metrics = measure_final_model(plan, stage, folder)
-        write_json(folder / MEASURE_RECORD, {"key": key, "metrics": metrics})
+        atomic_write_json(folder / MEASURE_RECORD, {"key": key, "metrics": metrics})
         results[stage.name] = metrics
     return results

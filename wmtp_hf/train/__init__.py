@@ -1,37 +1,8 @@
 """Training: stage configs, `Trainer` subclasses and the `python -m wmtp_hf.train` CLI (SPEC §4, §5)."""
 
+from . import stages
 from .config import ConfigError, WmtpTrainingConfig, build_config
-from .stages import (
-    STAGE_CONFIGS,
-    STAGE_TRAINERS,
-    BaselineConfig,
-    BaselineTrainer,
-    CriticConfig,
-    CriticTrainer,
-    ReferenceConfig,
-    ReferenceTrainer,
-    Rho1Config,
-    Rho1Trainer,
-    VerifiableConfig,
-    VerifiableTrainer,
-)
+from .stages import *  # noqa: F403  - every stage config and trainer, and the registries
 from .trainer import WeightedMTPTrainer
 
-__all__ = [
-    "STAGE_CONFIGS",
-    "STAGE_TRAINERS",
-    "BaselineConfig",
-    "BaselineTrainer",
-    "ConfigError",
-    "CriticConfig",
-    "CriticTrainer",
-    "ReferenceConfig",
-    "ReferenceTrainer",
-    "Rho1Config",
-    "Rho1Trainer",
-    "VerifiableConfig",
-    "VerifiableTrainer",
-    "WeightedMTPTrainer",
-    "WmtpTrainingConfig",
-    "build_config",
-]
+__all__ = [*stages.__all__, "ConfigError", "WeightedMTPTrainer", "WmtpTrainingConfig", "build_config"]
