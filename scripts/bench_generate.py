@@ -51,6 +51,7 @@ def humaneval_batches(
     from wmtp_hf.data import format_prompt
     from wmtp_hf.data.sources import load_problem_rows
     from wmtp_hf.evaluation.generation import COMPLETION_STOPS, INSTRUCTION_STOPS
+    from wmtp_hf.loading import ensure_pad_token
 
     rows = list(load_problem_rows("humaneval", split="test"))[:n_problems]
     if prompt_format == "raw":
@@ -58,8 +59,7 @@ def humaneval_batches(
     else:
         prompts, stops = [format_prompt(r) for r in rows], INSTRUCTION_STOPS
     tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     batches = []
     for start in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)

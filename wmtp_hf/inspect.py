@@ -70,46 +70,21 @@ def check_output(output: Path, overwrite: bool) -> None:
 
 
 def load_policy(path: str, device: Any) -> Any:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """The WMTP model at `path` (its own dtype) in eval mode on `device`."""
+    from .loading import load_causal_lm, move_to_device, read_model_type
 
-    try:
-        model_type = AutoConfig.from_pretrained(path).model_type
-    except (OSError, ValueError) as err:
-        raise InspectError(f"--model '{path}': cannot load its config ({first_line(err)})") from None
+    model_type = read_model_type(path, label=f"--model '{path}'", error=InspectError)
     if model_type != "wmtp":
         raise InspectError(f"--model '{path}': expected a WMTP model (model_type wmtp), got '{model_type}'")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-    return move(model, device).eval()
-
-
-def move(model: Any, device: Any) -> Any:
-    """`model.to(device)`, a one-line error when the device cannot take it (e.g. cuda on a CPU-only build)."""
-    try:
-        return model.to(device)
-    except (RuntimeError, AssertionError) as err:
-        raise InspectError(f"--device {device}: cannot move the model there ({first_line(err)})") from None
-
-
-def parse_device(name: str | None) -> Any:
-    """`--device`, or the accelerator when there is one."""
-    import torch
-
-    from wmtp_hf.reference import default_device
-
-    if name is None:
-        return default_device()
-    try:
-        return torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise InspectError(f"--device: not a torch device '{name}' ({first_line(err)})") from None
+    model = load_causal_lm(path, label=f"--model '{path}'", error=InspectError, dtype="auto")
+    return move_to_device(model, device, error=InspectError).eval()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Check the input, compute the inspection, write OUTPUT; returns a summary."""
-    from transformers import AutoTokenizer
-
     from wmtp_hf.evaluation.problems import DEFAULT_SPLITS
     from wmtp_hf.inspection import inspect_examples, select_rows, tokenized_stream, write_outputs
+    from wmtp_hf.loading import load_tokenizer, move_to_device, parse_device
     from wmtp_hf.reference import check_same_tokenizer, load_reference_model, load_reference_tokenizer
     from wmtp_hf.train.components import check_model_location, held_out_split, load_rows
     from wmtp_hf.train.config import build_config
@@ -124,12 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_model_location("--model", args.model)
     if args.reference:
         check_model_location("--reference", args.reference)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-    except (OSError, ValueError) as err:
-        raise InspectError(f"--model '{args.model}': cannot load its tokenizer ({first_line(err)})") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(args.model, label=f"--model '{args.model}'", error=InspectError)
 
     options = {"dataset": args.dataset, "dataset_path": args.dataset_path, "report_to": "none"}
     data = build_config("baseline", None, {k: v for k, v in options.items() if v is not None})
@@ -144,7 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"--dataset {args.dataset}: split '{split}' has no row within --max-length {args.max_length}"
         )
 
-    device = parse_device(args.device)
+    device = parse_device(args.device, error=InspectError)
     reference = None
     if args.reference:
         check_same_tokenizer(tokenizer, load_reference_tokenizer(args.reference), args.model, args.reference,
@@ -152,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load_policy(args.model, device)
     if args.reference:
         reference, _ = load_reference_model(args.reference)
-        reference = move(reference, device)
+        reference = move_to_device(reference, device, what="the reference", error=InspectError)
     cached = "ref_token_losses" in rows[0] and reference is None
     labels = {"model": args.model, "reference": args.reference or ("cached ref_token_losses" if cached else ""),
               "dataset": args.dataset, "split": split}  # fmt: skip

@@ -31,6 +31,8 @@ from .data.collator import WmtpDataCollator
 from .data.io import atomic_write_json, cache_root, file_sha256
 from .data.schema import DataError
 from .fileio import atomic_directory
+from .loading import default_device, load_causal_lm, load_tokenizer, move_to_device, parse_device
+from .loading import pad_token_id as padding_id
 from .messages import first_line
 from .weighting import reference_token_losses
 
@@ -209,16 +211,11 @@ def _hub_revision(name_or_path: str, fingerprint: Mapping[str, Any] | None) -> s
 
 
 def load_reference_tokenizer(name_or_path: str, revision: str | None = None) -> Any:
-    """The reference's tokenizer (`AutoTokenizer`); a load failure is a one-line DataError."""
-    from transformers import AutoTokenizer
-
-    kwargs = {"revision": revision} if revision else {}
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-    except Exception as err:
-        raise DataError(
-            f"reference '{name_or_path}': could not load its tokenizer ({first_line(err)})"
-        ) from err
+    """The reference's tokenizer (`AutoTokenizer`, as saved: no pad token added); a load failure is a
+    one-line DataError."""
+    return load_tokenizer(
+        name_or_path, label=f"reference '{name_or_path}'", revision=revision, pad=False, error=DataError
+    )
 
 
 def load_reference_model(
@@ -232,55 +229,23 @@ def load_reference_model(
     `dtype` None loads the checkpoint's own dtype (`"auto"`). `revision` pins a Hub commit. Load failures
     are one-line DataErrors naming the reference.
     """
-    from transformers import AutoModelForCausalLM
-
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if revision:
         kwargs["revision"] = revision
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    except Exception as err:
-        raise DataError(
-            f"reference '{name_or_path}': could not load a causal LM ({first_line(err)})"
-        ) from err
+    model = load_causal_lm(name_or_path, label=f"reference '{name_or_path}'", error=DataError, **kwargs)
     model.eval()
     model.requires_grad_(False)
     return model, load_reference_tokenizer(name_or_path, revision=revision)
 
 
-def default_device() -> torch.device:
-    """The accelerator when there is one (CUDA, then MPS), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def _parse_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return default_device()
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise DataError(f"--device: not a torch device '{device}' ({first_line(err)})") from None
+    return default_device() if device is None else parse_device(device, error=DataError)
 
 
 def _place(model: Any, device: torch.device) -> None:
-    try:
-        model.to(device)
-    except (RuntimeError, AssertionError) as err:  # e.g. cuda asked for on a CPU-only build
-        raise DataError(f"--device {device}: could not move the reference there ({first_line(err)})") from err
-
-
-def _pad_token_id(tokenizer: Any) -> int:
-    """Any in-vocabulary id works: padding sits right of every real token and is masked."""
-    for value in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if value is not None:
-            return int(value)
-    return 0
+    move_to_device(model, device, what="the reference", error=DataError)
 
 
 # ---------------------------------------------------------------------------------------- the loss column
@@ -547,7 +512,7 @@ def add_reference_losses(
             policy_label="dataset tokenizer",
             reference_label="reference",
         )
-    pad_token_id = _pad_token_id(data_tokenizer if data_tokenizer is not None else ref_tokenizer)
+    pad_token_id = padding_id(data_tokenizer if data_tokenizer is not None else ref_tokenizer)
 
     try:
         previous = read_reference_cache(dataset_dir)
@@ -650,7 +615,7 @@ def precompute_reference_losses(
             _with_reference_column(
                 dataset,
                 model,
-                _pad_token_id(tokenizer),
+                padding_id(tokenizer),
                 batch_size,
                 Path(scratch) / "losses.arrow",
                 key,

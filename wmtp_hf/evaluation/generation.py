@@ -10,6 +10,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..loading import ensure_pad_token, load_for_inference
+
 # HumanEval-style completions continue a function body: stop where the next top-level statement starts.
 COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 # Alpaca-style responses end at EOS (handled by generate) or at the next "### " section header.
@@ -79,15 +81,9 @@ class SpeculativeStats:
 
 
 def load_model(model_dir: str, device: str | None = None, dtype: str = "auto") -> tuple[Any, Any]:
-    """Load a causal LM + tokenizer from `model_dir` (a WMTP or any transformers checkpoint), in eval mode."""
-    import transformers
-
-    import wmtp_hf  # noqa: F401  - registers the `wmtp` model type with the Auto classes
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
+    """Load a causal LM + tokenizer from `model_dir` (a WMTP or any transformers checkpoint, a Hub id or a
+    LoRA adapter folder), in eval mode on `device` (default: the accelerator if any)."""
+    return load_for_inference(model_dir, device=device, dtype=dtype, label=f"--model '{model_dir}'")
 
 
 @torch.inference_mode()
@@ -127,8 +123,7 @@ def generate_completions(
     copies = 1 if greedy else n_samples
     jobs = [i for i in range(len(prompts)) for _ in range(copies)]
     tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     gen_kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "use_cache": True,

@@ -15,7 +15,9 @@ import datasets
 import torch
 
 from ..data import WmtpDataCollator
+from ..loading import load_for_inference
 from ..losses import mtp_target_mask
+from ..train.config import ConfigError
 from ..weighting import binary_auroc, reference_token_losses, value_positions
 from .plan import EvaluationOptions
 
@@ -119,16 +121,9 @@ COMPARED_STAGES = ("baseline", "critic", "verifiable", "rho1")  # the reference 
 
 def load_final(final_dir: Path) -> tuple[Any, Any]:
     """`(model in eval mode, tokenizer)` of a run's final folder; a LoRA adapter is merged into its base."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..train.components import load_merged_adapter
-
-    tokenizer = AutoTokenizer.from_pretrained(final_dir)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if (final_dir / "adapter_config.json").is_file():
-        return load_merged_adapter(str(final_dir)).eval(), tokenizer
-    return AutoModelForCausalLM.from_pretrained(final_dir).eval(), tokenizer
+    return load_for_inference(
+        final_dir, device="cpu", dtype=None, label=f"model_name_or_path '{final_dir}'", error=ConfigError
+    )
 
 
 def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:

@@ -14,9 +14,9 @@ WEIGHTED_RUNS = ("verifiable", "rho1")
 
 def inspect_run(plan: Any, name: str) -> Inspection | None:
     """Inspect `plan.evaluation.inspect_examples` held-out rows (alternating correct / incorrect) of a run."""
-    from transformers import AutoModelForCausalLM
-
+    from ..loading import load_causal_lm
     from ..train.components import held_out_split, load_rows
+    from ..train.config import ConfigError
     from .measure import load_final
 
     run = plan.run(name)
@@ -33,7 +33,8 @@ def inspect_run(plan: Any, name: str) -> Inspection | None:
         return None
     reference = None
     if run.stage == "rho1":
-        reference = AutoModelForCausalLM.from_pretrained(config.reference_model).eval()
+        label = f"reference_model '{config.reference_model}'"
+        reference = load_causal_lm(config.reference_model, label=label, error=ConfigError).eval()
     labels = {"model": name, "dataset": str(config.dataset), "split": split}
     if reference is not None:
         labels["reference"] = str(config.reference_model)

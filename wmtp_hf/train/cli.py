@@ -22,7 +22,8 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataError, WmtpDataCollator
-from .components import build_train_dataset, first_line
+from ..messages import first_line
+from .components import build_train_dataset
 from .config import (
     ConfigError,
     WmtpTrainingConfig,

@@ -10,11 +10,12 @@ from typing import Any
 
 import datasets
 import numpy as np
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from .. import loading
 from ..data import SOURCES, DataError, load_source, tokenize_dataset
 from ..data.sampling import stage_indices
-from ..messages import first_line, looks_like_hub_id
+from ..messages import looks_like_hub_id
 from ..micro import build_micro, build_micro_tokenizer, is_model_dir
 from ..modeling_wmtp import WmtpForMultiTokenPrediction
 from .config import ConfigError, WmtpTrainingConfig
@@ -65,27 +66,12 @@ def build_preset(
 
 def load_tokenizer(path: str) -> Any:
     """The tokenizer of the model at `path` (a pad token is added as EOS when missing)."""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"model_name_or_path '{path}': cannot load its tokenizer ({first_line(err)})"
-        ) from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return loading.load_tokenizer(path, label=f"model_name_or_path '{path}'", error=ConfigError)
 
 
 def load_merged_adapter(path: str, **kwargs: Any) -> PreTrainedModel:
     """A LoRA adapter folder (e.g. a `use_peft` run's final folder) loaded on its base and merged."""
-    from peft import AutoPeftModelForCausalLM
-
-    try:
-        return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"model_name_or_path '{path}': cannot load the adapter on its base model ({first_line(err)})"
-        ) from None
+    return loading.load_merged_adapter(path, label=f"model_name_or_path '{path}'", error=ConfigError, **kwargs)
 
 
 def load_model(config: WmtpTrainingConfig, path: str, tokenizer: Any, **model_kwargs: Any) -> PreTrainedModel:
@@ -95,17 +81,12 @@ def load_model(config: WmtpTrainingConfig, path: str, tokenizer: Any, **model_kw
     kwargs = dict(model_kwargs)
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
-    adapter = (Path(path) / "adapter_config.json").is_file()
+    adapter = loading.is_adapter(path)
     source = load_merged_adapter(path, **kwargs) if adapter else path
     if adapter:
         model_type = source.config.model_type
     else:
-        try:
-            model_type = AutoConfig.from_pretrained(path).model_type
-        except (OSError, ValueError) as err:
-            raise ConfigError(
-                f"model_name_or_path '{path}': cannot load its config ({first_line(err)})"
-            ) from None
+        model_type = loading.read_model_type(path, label=f"model_name_or_path '{path}'", error=ConfigError)
     if model_type == "wmtp":
         model = source if adapter else AutoModelForCausalLM.from_pretrained(path, **kwargs)
     elif model_type == "llama":

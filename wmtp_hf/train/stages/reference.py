@@ -17,8 +17,9 @@ from typing import Any
 from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
 
 from ...fileio import atomic_directory
+from ...messages import first_line
 from ...micro import build_micro
-from ..components import build_preset, first_line, resolve_model_path
+from ..components import build_preset, resolve_model_path
 from ..config import ConfigError, WmtpTrainingConfig, _help
 from ..outputs import FinalFolderPush
 from ..trainer import BATCH_EXTRAS, StageHooks
