@@ -1,4 +1,4 @@
-"""Measuring helpers shared by `bench_model.py` and `bench_train.py`.
+"""Measuring helpers shared by `bench_model.py`, `bench_train.py` and `bench_stages.py`.
 
 - Memory of a training step (`StepMemoryProbe`): on CUDA `max_memory_allocated` around the step minus
   `memory_allocated` before it; on CPU, which has no allocator peak counter, the max of two exact
@@ -9,6 +9,8 @@
   reports its setup/memory result, then answers `step` commands one step at a time, so the driver can
   step the variants round-robin and background load hits every variant alike.
 - Analytic matmul FLOPs of a training step (`matmul_flops`) and run metadata (`environment`).
+
+Reporting (tables, the JSON file, `--tiny`) is in `bench_report.py`, which imports no torch.
 """
 
 from __future__ import annotations
@@ -30,11 +32,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from bench_report import MB  # noqa: E402  - scripts/ is on sys.path (each bench puts it there)
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
-
-MB = 2**20
-
 
 # --------------------------------------------------------------------------------------------------
 # Memory measurement
@@ -361,11 +361,13 @@ def wait_for_command(stream: IO[str] = sys.stdin) -> bool:
 
 
 def worker_argv(args: argparse.Namespace, exclude: Sequence[str]) -> list[str]:
-    """`args` back as command-line options (`--name value`), skipping `exclude` and None values."""
+    """`args` back as command-line options (`--name value`, a true flag as `--name`), skipping `exclude`,
+    None and false flags."""
     argv: list[str] = []
     for name, value in vars(args).items():
-        if value is not None and name not in exclude:
-            argv += [f"--{name.replace('_', '-')}", str(value)]
+        if value is None or value is False or name in exclude:
+            continue
+        argv += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return argv
 
 
@@ -449,3 +451,4 @@ def environment(device: str) -> dict[str, Any]:
             "transformers": transformers.__version__,
         },
     }
+

@@ -24,6 +24,9 @@ import torch
 from wmtp_hf.convert_meta import config_from_params, key_map
 from wmtp_hf.modeling_wmtp import WmtpForMultiTokenPrediction
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_report import add_tiny_option, apply_tiny, print_table, write_report  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,7 +60,8 @@ def main() -> int:
     parser.add_argument("--n-future", type=int, default=4)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--output", default="bench_results/bench_convert.json")
-    args = parser.parse_args()
+    add_tiny_option(parser)
+    args = apply_tiny(parser.parse_args(), dim=64, layers=3, heads=4, vocab=256, n_future=2)
     params = {"dim": args.dim, "n_layers": args.layers, "n_heads": args.heads, "vocab_size": args.vocab,
               "multiple_of": 256, "norm_eps": 1e-5, "n_future_tokens": args.n_future}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,15 +91,12 @@ def main() -> int:
         "peak_mapped_file_gb": peak_file * 1024 / 1e9,
         "seconds": elapsed,
     }
-    print(
-        f"{'checkpoint GB':>14} {'output GB':>10} {'peak private GB':>16} {'peak mapped GB':>15} {'seconds':>8}"
-    )
-    print(
-        f"{result['checkpoint_gb']:14.2f} {result['output_gb']:10.2f} {result['peak_private_gb']:16.2f} "
-        f"{result['peak_mapped_file_gb']:15.2f} {elapsed:8.1f}"
-    )
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    print_table(
+        ["checkpoint GB:>14", " output GB:>11", " peak private GB:>17", " peak mapped GB:>16", " seconds:>9"],
+        [[f"{result['checkpoint_gb']:.2f}", f"{result['output_gb']:.2f}", f"{result['peak_private_gb']:.2f}",
+          f"{result['peak_mapped_file_gb']:.2f}", f"{elapsed:.1f}"]],
+    )  # fmt: skip
+    write_report(args.output, result)
     return 0
 
 

@@ -18,6 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_report import add_tiny_option, apply_tiny, print_table, write_report  # noqa: E402
+
 CHUNK = 100_000
 
 
@@ -123,7 +126,8 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=200_000)
     parser.add_argument("--workdir", help="where the synthetic dataset goes (default: a temp folder)")
     parser.add_argument("--output", default="bench_data.json", help="JSON results file")
-    args = parser.parse_args()
+    add_tiny_option(parser)
+    args = apply_tiny(parser.parse_args(), rows=2_000, samples=100)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         path = Path(tmp) / "data.arrow"
         results = {"build": measure("build", path, args.rows)}
@@ -131,10 +135,14 @@ def main() -> int:
         for task in ("open", "critic", "curriculum"):
             results[task] = measure(task, path, args.samples)
     print(f"rows={args.rows:,}  samples={args.samples:,}  file={results['build']['file_mb']:.0f} MB")
-    print(f"{'step':<12}{'time (s)':>10}{'peak RSS (MB)':>16}{'anon at end':>13}{'file at end':>13}")
-    for task, r in results.items():
-        anon, file = r.get("rssanon_mb", float("nan")), r.get("rssfile_mb", float("nan"))
-        print(f"{task:<12}{r['seconds']:>10.2f}{r['peak_rss_mb']:>16.0f}{anon:>13.0f}{file:>13.0f}")
+    print_table(
+        ["step:<12", "time (s):>10", "peak RSS (MB):>16", "anon at end:>13", "file at end:>13"],
+        [
+            [task, f"{r['seconds']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r.get('rssanon_mb', float('nan')):.0f}",
+             f"{r.get('rssfile_mb', float('nan')):.0f}"]
+            for task, r in results.items()
+        ],
+    )  # fmt: skip
     worst = max(results[t]["peak_rss_mb"] for t in ("critic", "curriculum"))
     summary = {
         "rows": args.rows,
@@ -143,8 +151,8 @@ def main() -> int:
         "target_mb": 1024,
         "within_target": worst < 1024,
     }
-    Path(args.output).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"peak RSS while sampling: {worst:.0f} MB (target < 1024 MB) -> {'OK' if worst < 1024 else 'OVER'}")
+    write_report(args.output, summary)
     return 0
 
 

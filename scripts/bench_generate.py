@@ -27,7 +27,6 @@ writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import environment, sync  # noqa: E402
+from bench_report import add_tiny_option, apply_tiny, print_table, write_report  # noqa: E402
 
 HEADS_AGREE_CYCLE = list(range(3, 103))  # 100 distinct tokens; the model walks this cycle
 
@@ -160,24 +160,21 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output", default="bench_results/bench_generate.json")
-    args = parser.parse_args()
+    add_tiny_option(parser)
+    args = apply_tiny(parser.parse_args(), problems=2, max_new_tokens=8, batch_sizes="1,2", rounds=1)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    import transformers
-
-    import wmtp_hf  # noqa: F401  - registers the wmtp model type
     from wmtp_hf.cycle_model import build_cycle_model
+    from wmtp_hf.loading import load_for_inference
 
     torch.manual_seed(0)
     results: list[dict] = []
     skipped: list[str] = []
     model_dir = Path(args.model)
     if (model_dir / "config.json").exists():
-        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        model = model.to(args.device).eval()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        model, tokenizer = load_for_inference(model_dir, device=args.device, dtype="float32")
         n_future = model.config.n_future_tokens
         for batch_size in batch_sizes:
             print(f"[bench_generate] {model_dir} on HumanEval, batch {batch_size} ...", flush=True)
@@ -203,21 +200,15 @@ def main() -> None:
         f"\n{args.problems} prompts per case, max {args.max_new_tokens} new tokens, {args.rounds} rounds, "
         f"device {args.device}, {torch.get_num_threads()} torch threads"
     )
-    header = (
-        f"{'model':<36}{'n':>3}{'batch':>6}{'new tok':>9}{'fwd':>7}{'tok/fwd':>9}{'accept':>8}"
-        f"{'plain s':>9}{'spec s':>9}{'speed-up':>10}{'(min-max)':>13}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        name = "heads-agree" if r["prompts"] == "cycle" else Path(r["model"]).name
-        name = f"{name} ({r['prompts']})"
-        spread = f"{r['speedup_min']:.2f}-{r['speedup_max']:.2f}"
-        print(
-            f"{name:<36}{r['n_future_tokens']:>3}{r['batch_size']:>6}{r['new_tokens']:>9}{r['forwards']:>7}"
-            f"{r['tokens_per_forward']:>9.2f}{r['draft_acceptance']:>8.2f}{r['plain_s_median']:>9.2f}"
-            f"{r['speculative_s_median']:>9.2f}{r['speedup_median']:>9.2f}x{spread:>13}"
-        )
+    columns = ["model:<36", "n:>3", "batch:>6", "new tok:>9", "fwd:>7", "tok/fwd:>9", "accept:>8", "plain s:>9",
+               "spec s:>9", "speed-up:>10", "(min-max):>13"]  # fmt: skip
+    print_table(columns, [
+        [f"{'heads-agree' if r['prompts'] == 'cycle' else Path(r['model']).name} ({r['prompts']})",
+         r["n_future_tokens"], r["batch_size"], r["new_tokens"], r["forwards"], f"{r['tokens_per_forward']:.2f}",
+         f"{r['draft_acceptance']:.2f}", f"{r['plain_s_median']:.2f}", f"{r['speculative_s_median']:.2f}",
+         f"{r['speedup_median']:.2f}x", f"{r['speedup_min']:.2f}-{r['speedup_max']:.2f}"]
+        for r in results
+    ])  # fmt: skip
     print("outputs identical token for token in every case (asserted)")
     for line in skipped:
         print(f"skipped: {line}")
@@ -229,9 +220,7 @@ def main() -> None:
         "notes": "tokens_per_forward = generated positions / forward passes (plain greedy: 1.0); "
         "speedup = median over rounds of plain wall seconds / speculative wall seconds",
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(args.output, report)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402
-    MB,
     StepMemoryProbe,
     StepTimer,
     environment,
@@ -82,6 +81,16 @@ from bench_common import (  # noqa: E402
     sync,
     wait_for_command,
     worker_argv,
+)
+from bench_report import (  # noqa: E402
+    MB,
+    add_tiny_option,
+    apply_tiny,
+    print_memory_detail,
+    print_round_times,
+    print_table,
+    run_config,
+    write_report,
 )
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -275,7 +284,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--output", type=Path, default=Path("bench_results/bench_model.json"))
     p.add_argument("--worker", choices=list(VARIANTS), default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    add_tiny_option(p)
+    args = apply_tiny(p.parse_args(argv), hidden=32, layers=5, heads=2, vocab=128, seq=16, batch=1, steps=1,
+                      warmup=1, loss_chunk_size=64)  # fmt: skip
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -338,40 +349,24 @@ def summarise(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> d
     return targets
 
 
-def print_table(
+def print_results(
     args: argparse.Namespace, results: dict[str, dict[str, Any]], targets: dict[str, Any]
 ) -> None:
-    header = (
-        f"{'variant':<36}{'step ms':>10}{'tokens/s':>10}{'work MB':>10}{'total MB':>10}"
-        f"{'RSS d MB':>10}{'time x':>8}{'mem x':>8}{'FLOPs x':>9}"
-    )
     print(
         f"\ndevice={args.device} dtype={args.dtype} hidden={args.hidden} blocks={args.layers} "
         f"heads={args.heads} vocab={args.vocab} seq={args.seq} batch={args.batch} steps={args.steps}"
     )
-    print(header)
-    print("-" * len(header))
-    for r in results.values():
-        rss = "-" if r["rss_delta_bytes"] is None else f"{r['rss_delta_bytes'] / MB:.0f}"
-        print(
-            f"{r['label']:<36}{r['step_time_median_s'] * 1e3:>10.0f}{r['tokens_per_s']:>10.0f}"
-            f"{r['peak_working_bytes'] / MB:>10.1f}{r['peak_total_bytes'] / MB:>10.1f}{rss:>10}"
-            f"{r['time_ratio_vs_n1']:>8.2f}{r['working_memory_ratio_vs_n1']:>8.2f}{r['flops_ratio_vs_n1']:>9.2f}"
-        )
-    print(
-        "\nworking memory detail (MB): phase peaks [live tensors or CUDA]; CPU: live-tensor vs allocator peak"
-    )
-    for r in results.values():
-        phases = ", ".join(f"{k} {v / MB:.1f}" for k, v in r["phase_peak_working_bytes"].items())
-        detail = ""
-        if r.get("live_tensor_peak_bytes") is not None:
-            alloc = r.get("allocator_peak_bytes")
-            alloc_mb = "n/a" if alloc is None else f"{alloc / MB:.1f}"
-            detail = f"; live tensors {r['live_tensor_peak_bytes'] / MB:.1f}, allocator {alloc_mb}"
-        print(f"  {r['variant']:<10} {phases}{detail}")
-    print("\nstep times (s) per round:")
-    for r in results.values():
-        print(f"  {r['variant']:<10} " + " ".join(f"{s['wall_s']:.2f}" for s in r["steps"]))
+    columns = ["variant:<36", "step ms:>10", "tokens/s:>10", "work MB:>10", "total MB:>10", "RSS d MB:>10",
+               "time x:>8", "mem x:>8", "FLOPs x:>9"]  # fmt: skip
+    print_table(columns, [
+        [r["label"], f"{r['step_time_median_s'] * 1e3:.0f}", f"{r['tokens_per_s']:.0f}",
+         f"{r['peak_working_bytes'] / MB:.1f}", f"{r['peak_total_bytes'] / MB:.1f}",
+         "-" if r["rss_delta_bytes"] is None else f"{r['rss_delta_bytes'] / MB:.0f}",
+         f"{r['time_ratio_vs_n1']:.2f}", f"{r['working_memory_ratio_vs_n1']:.2f}", f"{r['flops_ratio_vs_n1']:.2f}"]
+        for r in results.values()
+    ])  # fmt: skip
+    print_memory_detail(results, 10, loss=False)
+    print_round_times(results, 10, "step times (s) per round:", scale=1)
     print("\ntargets (SPEC §6):")
     if "n4_memory" in targets:
         t = targets["n4_memory"]
@@ -402,17 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = run_all(args)
     targets = summarise(args, results)
-    print_table(args, results, targets)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if "worker" not in k}
-    report = {
-        "config": config,
-        **environment(args.device),
-        "results": results,
-        "targets": targets,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.output}")
+    print_results(args, results, targets)
+    config = run_config(args, exclude=("worker",))
+    print()
+    write_report(args.output, {"config": config, **environment(args.device), "results": results, "targets": targets})
     return 0
 
 

@@ -91,7 +91,6 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402
-    MB,
     StepMemoryProbe,
     StepTimer,
     environment,
@@ -101,6 +100,16 @@ from bench_common import (  # noqa: E402
     run_interleaved,
     wait_for_command,
     worker_argv,
+)
+from bench_report import (  # noqa: E402
+    MB,
+    add_tiny_option,
+    apply_tiny,
+    print_memory_detail,
+    print_round_times,
+    print_table,
+    run_config,
+    write_report,
 )
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -207,7 +216,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 def unembedding_rows(labels: torch.Tensor, n_heads: int) -> int:
     """Rows the chunked cross-entropy of `n_heads` heads unembeds (targets of heads 0..n-1)."""
-    from wmtp_hf.modeling_wmtp import mtp_target_mask
+    from wmtp_hf.losses import mtp_target_mask
 
     return int(mtp_target_mask(labels, n_heads).sum())
 
@@ -426,7 +435,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=Path("bench_results/bench_stages.json"))
     p.add_argument("--worker", choices=list(VARIANTS), default=None, help=argparse.SUPPRESS)
     p.add_argument("--paths", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    add_tiny_option(p)
+    args = apply_tiny(p.parse_args(argv), hidden_size=64, batch=2, batches=1, rounds=1, steps=1, warmup=1,
+                      memory_steps=1, max_length=256, lora_r=2)  # fmt: skip
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -511,7 +522,7 @@ def print_lora_table(args: argparse.Namespace, results: dict[str, dict[str, Any]
     )
 
 
-def print_table(args: argparse.Namespace, prep: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
+def print_results(args: argparse.Namespace, prep: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
     base = results["baseline"]
     seqs = [b["seq"] for b in base["batches"]]
     tokens = [b["tokens"] for b in base["batches"]]
@@ -522,22 +533,17 @@ def print_table(args: argparse.Namespace, prep: dict[str, Any], results: dict[st
         f"warmup={args.warmup} memory_steps={args.memory_steps} rounds={args.rounds} x steps={args.steps} "
         f"threads={base['threads']}"
     )
-    header = (
-        f"{'variant':<13}{'trainer':<34}{'train P':>9}{'step ms':>9}{'peak MB':>9}{'work MB':>9}"
-        f"{'time/base':>10}{'min/base':>9}{'mem/base':>9}{'bound':>8}  result"
-    )
-    print(header)
-    print("-" * len(header))
-    for name, r in results.items():
-        bound = "-" if r["spec_bound"] is None else f"<={r['spec_bound']:.2f}"
-        verdict = "-" if r["passed"] is None else ("PASS" if r["passed"] else "FAIL")
-        print(
-            f"{name:<13}{r['label']:<34}{count(r['trainable_parameters']):>9}"
-            f"{r['step_time_median_s'] * 1e3:>9.1f}{r['peak_total_bytes'] / MB:>9.1f}"
-            f"{r['peak_working_bytes'] / MB:>9.1f}{r['time_ratio_vs_baseline']:>10.3f}"
-            f"{r['time_ratio_vs_baseline_of_minima']:>9.3f}{r['total_memory_ratio_vs_baseline']:>9.2f}"
-            f"{bound:>8}  {verdict}"
-        )
+    columns = ["variant:<13", "trainer:<34", "train P:>9", "step ms:>9", "peak MB:>9", "work MB:>9",
+               "time/base:>10", "min/base:>9", "mem/base:>9", "bound:>8", "  result:<8"]  # fmt: skip
+    print_table(columns, [
+        [name, r["label"], count(r["trainable_parameters"]), f"{r['step_time_median_s'] * 1e3:.1f}",
+         f"{r['peak_total_bytes'] / MB:.1f}", f"{r['peak_working_bytes'] / MB:.1f}",
+         f"{r['time_ratio_vs_baseline']:.3f}", f"{r['time_ratio_vs_baseline_of_minima']:.3f}",
+         f"{r['total_memory_ratio_vs_baseline']:.2f}",
+         "-" if r["spec_bound"] is None else f"<={r['spec_bound']:.2f}",
+         "  " + ("-" if r["passed"] is None else ("PASS" if r["passed"] else "FAIL"))]
+        for name, r in results.items()
+    ])  # fmt: skip
     print(
         "\nstep ms = median over rounds of the round's median step; time/base = median per-round ratio vs "
         "baseline (same batches, same load;\nchecked against the bound); min/base = fastest step vs the "
@@ -557,18 +563,8 @@ def print_table(args: argparse.Namespace, prep: dict[str, Any], results: dict[st
             "  (over the distinct batches; N_pos = padded positions, N_*_rows = unembedded target rows)"
         )
     print_lora_table(args, results)
-    print("\nworking memory detail (MB): phase peaks; CPU: live-tensor vs allocator peak; first-step loss")
-    for name, r in results.items():
-        phases = ", ".join(f"{k} {v / MB:.1f}" for k, v in r["phase_peak_working_bytes"].items())
-        detail = ""
-        if r.get("live_tensor_peak_bytes") is not None:
-            alloc = r.get("allocator_peak_bytes")
-            alloc_mb = "n/a" if alloc is None else f"{alloc / MB:.1f}"
-            detail = f"; live tensors {r['live_tensor_peak_bytes'] / MB:.1f}, allocator {alloc_mb}"
-        print(f"  {name:<12} {phases}{detail}; loss {r['first_loss']:.4f}")
-    print("\nround step times (ms, median of each round):")
-    for name, r in results.items():
-        print(f"  {name:<12} " + " ".join(f"{s['wall_s'] * 1e3:.0f}" for s in r["steps"]))
+    print_memory_detail(results, 12)
+    print_round_times(results, 12, "round step times (ms, median of each round):")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -586,24 +582,17 @@ def main(argv: list[str] | None = None) -> int:
         results = run_interleaved(__file__, args.variants, argv_, args.rounds, tag="bench_stages")
         args.paths = None
     summarise(results)
-    print_table(args, prep, results)
+    print_results(args, prep, results)
     wall = time.perf_counter() - start
     print(f"\ntotal wall time {wall:.0f} s")
-    config = {
-        k: (str(v) if isinstance(v, Path) else v)
-        for k, v in vars(args).items()
-        if k not in ("worker", "paths")
-    }
     report = {
-        "config": config,
+        "config": run_config(args, exclude=("worker", "paths")),
         **environment(args.device),
         "rows": {"lengths": prep["lengths"], "correct": prep["correct"]},
         "wall_time_s": wall,
         "results": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.output}")
+    write_report(args.output, report)
     return 0
 
 

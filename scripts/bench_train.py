@@ -59,7 +59,6 @@ from transformers import Trainer, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402
-    MB,
     StepMemoryProbe,
     StepTimer,
     environment,
@@ -70,6 +69,16 @@ from bench_common import (  # noqa: E402
     run_interleaved,
     wait_for_command,
     worker_argv,
+)
+from bench_report import (  # noqa: E402
+    MB,
+    add_tiny_option,
+    apply_tiny,
+    print_memory_detail,
+    print_round_times,
+    print_table,
+    run_config,
+    write_report,
 )
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -114,7 +123,7 @@ class BatchStats:
         model.register_forward_pre_hook(self, with_kwargs=True)
 
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        from wmtp_hf.modeling_wmtp import mtp_target_mask
+        from wmtp_hf.losses import mtp_target_mask
 
         ids, mask, labels = kwargs["input_ids"], kwargs.get("attention_mask"), kwargs["labels"]
         batch, seq = ids.shape
@@ -235,7 +244,8 @@ def run_worker(args: argparse.Namespace) -> None:
     from wmtp_hf.data import WmtpDataCollator
     from wmtp_hf.train.components import build_train_dataset, load_tokenizer
     from wmtp_hf.train.config import build_config
-    from wmtp_hf.train.trainer import BATCH_EXTRAS, BaselineTrainer
+    from wmtp_hf.train.stages import BaselineTrainer
+    from wmtp_hf.train.trainer import BATCH_EXTRAS
 
     proto = protocol_stream()
     run_dir = tempfile.mkdtemp(prefix=f"bench_train.{args.worker}.")  # save_strategy no: stays empty
@@ -258,7 +268,7 @@ def run_worker(args: argparse.Namespace) -> None:
         },
     )
     tokenizer = load_tokenizer(config.model_name_or_path)
-    dataset, data_report = build_train_dataset(config, tokenizer, "baseline")
+    dataset, data_report = build_train_dataset(config, tokenizer, BaselineTrainer.sample_order)
     model = build_variant(args.worker, config, tokenizer)
     stats = BatchStats(model, spec["n_future"])
     info = {
@@ -311,7 +321,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-dir", default=None, help="micro model folder (default: built in a temp dir)")
     p.add_argument("--output", type=Path, default=Path("bench_results/bench_train.json"))
     p.add_argument("--worker", choices=list(VARIANTS), default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    add_tiny_option(p)
+    args = apply_tiny(p.parse_args(argv), steps=1, warmup=1, memory_steps=1, batch=2, max_length=256)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -343,7 +354,7 @@ def summarise(results: dict[str, dict[str, Any]]) -> None:
             r[f"working_memory_ratio_vs_{base_name}"] = r["peak_working_bytes"] / base["peak_working_bytes"]
 
 
-def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
+def print_results(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
     """The side-by-side table, memory detail and per-round step times."""
     first = next(iter(results.values()))
     widths = [s["seq"] for s in first["steps"]]
@@ -353,38 +364,25 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) ->
         f"padded width per step {min(widths)}-{max(widths)} (median {statistics.median(widths):.0f}), "
         f"{first['tokens'] / len(first['steps']):.0f} non-padding tokens/step"
     )
-    header = (
-        f"{'variant':<30}{'params':>9}{'tokens/s':>10}{'step ms':>9}{'peak MB':>9}{'work MB':>9}"
-        f"{'RSS d MB':>9}{'speed/L':>9}{'time/L':>8}{'time/n1':>8}{'mem/L':>7}{'mem/n1':>7}{'FLOPs/L':>8}"
-        f"{'GFLOP/s':>8}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in results.values():
-        rss = "-" if r["rss_delta_bytes"] is None else f"{r['rss_delta_bytes'] / MB:.0f}"
-        print(
-            f"{r['label']:<30}{r['num_parameters'] / 1e6:>8.2f}M{r['tokens_per_s']:>10.0f}"
-            f"{r['step_time_median_s'] * 1e3:>9.0f}{r['peak_total_bytes'] / MB:>9.1f}"
-            f"{r['peak_working_bytes'] / MB:>9.1f}{rss:>9}{r['tokens_per_s_ratio_vs_llama']:>9.2f}"
-            f"{r['time_ratio_vs_llama']:>8.2f}{r['time_ratio_vs_n1']:>8.2f}{r['total_memory_ratio_vs_llama']:>7.2f}"
-            f"{r['total_memory_ratio_vs_n1']:>7.2f}{r['flops_ratio_vs_llama']:>8.2f}{r['flops_per_s'] / 1e9:>8.2f}"
-        )
+    columns = ["variant:<30", "params:>9", "tokens/s:>10", "step ms:>9", "peak MB:>9", "work MB:>9",
+               "RSS d MB:>9", "speed/L:>9", "time/L:>8", "time/n1:>8", "mem/L:>7", "mem/n1:>7", "FLOPs/L:>8",
+               "GFLOP/s:>8"]  # fmt: skip
+    print_table(columns, [
+        [r["label"], f"{r['num_parameters'] / 1e6:.2f}M", f"{r['tokens_per_s']:.0f}",
+         f"{r['step_time_median_s'] * 1e3:.0f}", f"{r['peak_total_bytes'] / MB:.1f}",
+         f"{r['peak_working_bytes'] / MB:.1f}",
+         "-" if r["rss_delta_bytes"] is None else f"{r['rss_delta_bytes'] / MB:.0f}",
+         f"{r['tokens_per_s_ratio_vs_llama']:.2f}", f"{r['time_ratio_vs_llama']:.2f}",
+         f"{r['time_ratio_vs_n1']:.2f}", f"{r['total_memory_ratio_vs_llama']:.2f}",
+         f"{r['total_memory_ratio_vs_n1']:.2f}", f"{r['flops_ratio_vs_llama']:.2f}", f"{r['flops_per_s'] / 1e9:.2f}"]
+        for r in results.values()
+    ])  # fmt: skip
     print(
         "\nspeed/L = tokens/s ratio vs LLaMA; time/L, time/n1 = median per-round step-time ratio (same batch); "
         "mem = peak total ratio;\nFLOPs/L = analytic matmul FLOPs ratio vs LLaMA (median per round)"
     )
-    print("\nworking memory detail (MB): phase peaks; CPU: live-tensor vs allocator peak; first-step loss")
-    for r in results.values():
-        phases = ", ".join(f"{k} {v / MB:.1f}" for k, v in r["phase_peak_working_bytes"].items())
-        detail = ""
-        if r.get("live_tensor_peak_bytes") is not None:
-            alloc = r.get("allocator_peak_bytes")
-            alloc_mb = "n/a" if alloc is None else f"{alloc / MB:.1f}"
-            detail = f"; live tensors {r['live_tensor_peak_bytes'] / MB:.1f}, allocator {alloc_mb}"
-        print(f"  {r['variant']:<6} {phases}{detail}; loss {r['first_loss']:.4f}")
-    print("\nstep times (ms) per round:")
-    for r in results.values():
-        print(f"  {r['variant']:<6} " + " ".join(f"{s['wall_s'] * 1e3:.0f}" for s in r["steps"]))
+    print_memory_detail(results, 6)
+    print_round_times(results, 6, "step times (ms) per round:")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,12 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         argv_ = worker_argv(args, exclude=("worker", "variants", "output"))
         results = run_interleaved(__file__, args.variants, argv_, args.steps, tag="bench_train")
     summarise(results)
-    print_table(args, results)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"}
-    report = {"config": config, **environment(args.device), "results": results}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.output}")
+    print_results(args, results)
+    print()
+    write_report(args.output, {"config": run_config(args), **environment(args.device), "results": results})
     return 0
 
 
