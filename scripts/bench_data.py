@@ -4,7 +4,7 @@
 
 Each measurement runs in a fresh child process (so one step's memory does not pollute the next); peak
 RSS is the child's `ru_maxrss`, which includes the interpreter and library imports ("open" row = that
-baseline plus memory-mapping the dataset). Target (SPEC §3.4): picking 200K of 3.7M rows < 1 GB.
+baseline plus memory-mapping the dataset). Target (docs/design.md §3.4): picking 200K of 3.7M rows < 1 GB.
 """
 
 from __future__ import annotations

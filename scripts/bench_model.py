@@ -1,6 +1,6 @@
 """Benchmark a WMTP training step: step time and peak memory, n_future 1 vs 4 vs a naive all-logits loss.
 
-SPEC §6 targets, checked here (never in a timed test):
+docs/design.md §6 targets, checked here (never in a timed test):
 
 - the n=4 step's peak *working* memory is at most 1.15x the n=1 step's, and far below a naive
   implementation that materialises the `[B, T, n, V]` logits;
@@ -308,7 +308,7 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def summarise(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Ratios vs n=1 and pass/fail of each SPEC §6 target."""
+    """Ratios vs n=1 and pass/fail of each docs/design.md §6 target."""
     base = results["n1"]
     for r in results.values():
         paired = [a["wall_s"] / b["wall_s"] for a, b in zip(r["steps"], base["steps"], strict=True)]
@@ -367,7 +367,7 @@ def print_results(
     ])  # fmt: skip
     print_memory_detail(results, 10, loss=False)
     print_round_times(results, 10, "step times (s) per round:", scale=1)
-    print("\ntargets (SPEC §6):")
+    print("\ntargets (docs/design.md §6):")
     if "n4_memory" in targets:
         t = targets["n4_memory"]
         print(

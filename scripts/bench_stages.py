@@ -6,7 +6,7 @@ logging off, eval_strategy no):
 
 - `baseline`: `BaselineTrainer` (uniform MTP loss, every head), the reference of every ratio;
 - `critic`: `CriticTrainer`; `CriticTrainer.load_model` adds the (seeded) value head and freezes all
-  else, the loss runs the trunk only (`value_only=True`). SPEC §6 target: time <= 0.50 x baseline;
+  else, the loss runs the trunk only (`value_only=True`). docs/design.md §6 target: time <= 0.50 x baseline;
 - `verifiable`: `VerifiableTrainer` on a critic output: the driver saves `CriticTrainer.load_model` of the
   same model (value head added, `value_head_stage: critic`) and the worker loads it through
   `VerifiableTrainer.load_model`, so every parameter trains (MTP loss on the correct rows weighted by TD
@@ -27,7 +27,7 @@ logging off, eval_strategy no):
 - `baseline_lora`, `verifiable_lora`: the same stage with `use_peft: true` (the model wrapped by
   `wmtp_hf.train.lora.wrap_with_lora` as `cli.run` does: LoRA rank `--lora-r` on every attention and MLP
   projection of trunk and heads; verifiable also trains its value head fully). Compared with their full
-  stage (`lora/full`): trainable parameters, peak memory (held + working) and step time. No SPEC bound;
+  stage (`lora/full`): trainable parameters, peak memory (held + working) and step time. No design bound;
   only `--variants baseline baseline_lora verifiable verifiable_lora` runs just these.
 
 Data: the offline default (`load_source("offline", split="train")`, `tokenize_dataset` with the micro
@@ -456,7 +456,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def summarise(results: dict[str, dict[str, Any]]) -> None:
-    """Ratios vs baseline (median of per-round ratios), the SPEC bound and pass/fail of each variant."""
+    """Ratios vs baseline (median of per-round ratios), the docs/design.md §6 bound and pass/fail of each variant."""
     base = results["baseline"]
     for name, r in results.items():
         r["time_ratio_vs_baseline"] = paired_ratio(r["steps"], base["steps"], lambda s: s["wall_s"])

@@ -1,6 +1,6 @@
 """An independent re-statement of Meta's multi-token-prediction LLaMA forward (complex RoPE), for tests.
 
-Written from the architecture description (SPEC §2.1), operating directly on a Meta-format state dict,
+Written from the architecture description (docs/design.md §2.1), operating directly on a Meta-format state dict,
 so the HF model is checked against something that shares none of its code.
 """
 

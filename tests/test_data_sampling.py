@@ -19,7 +19,7 @@ from wmtp_hf.data.sampling import (
     stage_indices,
 )
 
-# progress phase bounds and expected (low, medium, high) shares, straight from SPEC §3.4
+# progress phase bounds and expected (low, medium, high) shares, straight from docs/design.md §3.4
 PHASES = [((0.0, 0.3), (0.7, 0.3, 0.0)), ((0.3, 0.7), (0.3, 0.6, 0.1)), ((0.7, 1.0), (0.1, 0.5, 0.4))]
 
 

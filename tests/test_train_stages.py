@@ -140,7 +140,7 @@ def test_default_start_folders_name_the_command_that_makes_them(tmp_path, monkey
 
 
 def naive_verifiable_loss(model, batch, n_heads, value_coef=0.5, beta=0.9, w_min=0.1, w_max=5.0):
-    """Per-token Python loop over SPEC §4.3 with gamma 1, td advantages, no normalisation, policy = correct."""
+    """Per-token Python loop over docs/design.md §4.3 with gamma 1, td advantages, no normalisation, policy = correct."""
     out = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")})
     values, labels = out.value.detach(), batch["labels"]
     B, T = labels.shape

@@ -1,4 +1,4 @@
-"""Conversion between a LLaMA causal LM and a WMTP model (SPEC §2.1): trunk + head 0 is exactly a LLaMA.
+"""Conversion between a LLaMA causal LM and a WMTP model (docs/design.md §2.1): trunk + head 0 is exactly a LLaMA.
 
 `WmtpForMultiTokenPrediction.from_llama` / `.to_llama` call these. Imports only `torch`, `transformers`
 and the sibling configuration file (shipped with `modeling_wmtp.py` by `save_pretrained`).

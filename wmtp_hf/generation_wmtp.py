@@ -1,4 +1,4 @@
-"""Self-speculative greedy decoding with the MTP heads (SPEC §7; Gloeckle et al. 2024, §3.2).
+"""Self-speculative greedy decoding with the MTP heads (docs/design.md §7; Gloeckle et al. 2024, §3.2).
 
 `WmtpForMultiTokenPrediction.generate(..., mtp_speculative=True)` runs `mtp_speculative_greedy` as a
 `custom_generate` loop. Imports only `torch` and `transformers` (a sibling of `modeling_wmtp.py`, shipped

@@ -1,7 +1,7 @@
 """`python -m wmtp_hf.inspect`: every response token of a few examples with its CE per head and weights.
 
-With a value head: value, TD error and the verifiable stage's weight (SPEC §4.3, the stage's default options);
-with `--reference`: Rho-1's excess loss and kept/dropped per head (SPEC §4.4, top k_percent over the N examples
+With a value head: value, TD error and the verifiable stage's weight (docs/design.md §4.3, the stage's default options);
+with `--reference`: Rho-1's excess loss and kept/dropped per head (docs/design.md §4.4, top k_percent over the N examples
 as one batch). Writes OUT/tokens.html (self-contained), OUT/tokens.png and OUT/tokens.json.
 """
 

@@ -1,4 +1,4 @@
-"""Loss math of WMTP (SPEC §4): the chunked per-token cross-entropy the model computes, and the plain
+"""Loss math of WMTP (docs/design.md §4): the chunked per-token cross-entropy the model computes, and the plain
 functions over per-token losses `[B, T, n]` that the training stages weight and sum.
 
 Imports only `torch`: `modeling_wmtp.py` imports it relatively, so `save_pretrained` ships it and
@@ -164,7 +164,7 @@ def weighted_mtp_loss(
     head_weights: torch.Tensor | None = None,
     num_items: torch.Tensor | int | None = None,
 ) -> torch.Tensor:
-    """SPEC §4.1: `L = sum_k alpha_k * sum_t w_k(t) m_k(t) CE_k(t) / N_k`.
+    """docs/design.md §4.1: `L = sum_k alpha_k * sum_t w_k(t) m_k(t) CE_k(t) / N_k`.
 
     Args:
         token_losses: `[B, T, n]` per-token CE (0 where there is no target).

@@ -1,6 +1,6 @@
 """The model card (README.md) of a trained checkpoint: Hub metadata plus a body from `model_cards/`.
 
-The metadata is built with `huggingface_hub`'s `ModelCardData` / `EvalResult` (SPEC §8): library_name,
+The metadata is built with `huggingface_hub`'s `ModelCardData` / `EvalResult` (docs/design.md §8): library_name,
 pipeline_tag, tags, base_model, training datasets, pass@k results as `model-index`, and a `wmtp` entry with
 the training stage and resolved config. The card can be re-rendered from that entry alone, which is how
 `python -m wmtp_hf.publish` merges new evaluation results into a card written at training time.

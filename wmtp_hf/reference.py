@@ -1,4 +1,4 @@
-"""Reference models for the Rho-1 stage (SPEC §4.4): loading, fingerprints, and cached per-token losses.
+"""Reference models for the Rho-1 stage (docs/design.md §4.4): loading, fingerprints, and cached per-token losses.
 
 Rho-1 weights tokens by the excess loss `CE_policy − CE_ref`, where `CE_ref(j) = -log p_ref(x_j | x_<j)`
 comes from a frozen reference causal LM. The reference losses depend only on the tokens and the

@@ -1,6 +1,6 @@
-"""Token-weighting math of the weighted stages (SPEC §4.2–4.4), as plain functions over tensors.
+"""Token-weighting math of the weighted stages (docs/design.md §4.2–4.4), as plain functions over tensors.
 
-Conventions (SPEC §4): `labels` are `[B, T]` token ids with -100 where a token is not a response token
+Conventions (docs/design.md §4): `labels` are `[B, T]` token ids with -100 where a token is not a response token
 (prompt, padding). A *value position* t is one whose next token `x_{t+1}` is a response token; `V_t` is
 the value after reading `x_t`. Per-token quantities (TD errors, advantages, weights, reference losses) are
 indexed by the token's own position j (`[B, T]`); `losses.target_weights_per_head` maps them to heads.
@@ -179,7 +179,7 @@ def _masked_reverse_discounted_cumsum(
 
 
 # --------------------------------------------------------------------------------------------------------
-# Returns, TD errors, GAE (SPEC §4.2, §4.3)
+# Returns, TD errors, GAE (docs/design.md §4.2, §4.3)
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -482,7 +482,7 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
 
 
 # --------------------------------------------------------------------------------------------------------
-# Rho-1 (SPEC §4.4)
+# Rho-1 (docs/design.md §4.4)
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -538,7 +538,7 @@ def rho1_weights(
 
 
 # --------------------------------------------------------------------------------------------------------
-# Pairwise critic loss (SPEC §4.2)
+# Pairwise critic loss (docs/design.md §4.2)
 # --------------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Data pipeline (SPEC §3): sources in one row schema, the offline default, formatting, collation, sampling."""
+"""Data pipeline (docs/design.md §3): sources in one row schema, the offline default, formatting, collation, sampling."""
 
 from .collator import IGNORE_INDEX, WmtpDataCollator
 from .formatting import DEFAULT_MAX_LENGTH, encode_example, format_prompt, labels_for, tokenize_dataset

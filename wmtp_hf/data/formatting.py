@@ -1,4 +1,4 @@
-"""SPEC §3.3 prompt template and tokenization: prompt tokens are masked, response = output + EOS."""
+"""docs/design.md §3.3 prompt template and tokenization: prompt tokens are masked, response = output + EOS."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The offline default (SPEC §3.2): HumanEval canonical solutions + test-verified failing mutants.
+"""The offline default (docs/design.md §3.2): HumanEval canonical solutions + test-verified failing mutants.
 
 Built once per (HumanEval file, builder code, seed) and cached under
 `$WMTP_HF_CACHE/offline/<fingerprint>/` (default `~/.cache/wmtp_hf`); later calls memory-map the cache.

@@ -1,4 +1,4 @@
-"""Per-stage example selection (SPEC §3.4) from metadata columns only, deterministic and resumable.
+"""Per-stage example selection (docs/design.md §3.4) from metadata columns only, deterministic and resumable.
 
 Every function returns the full index order for `n_samples` positions as a pure function of the seed
 and the metadata, so position `s` of a resumed run is the same row as in the original run. Only the

@@ -1,4 +1,4 @@
-"""Evaluation: sandboxed execution of generated code and unbiased pass@k (SPEC §7)."""
+"""Evaluation: sandboxed execution of generated code and unbiased pass@k (docs/design.md §7)."""
 
 from .harness import ExecutionResult, check_solutions, parse_tests
 from .pass_at_k import pass_at_k, summarize_pass_at_k

@@ -1,4 +1,4 @@
-"""`python -m wmtp_hf.experiment`: run every stage on one model and data set, measure, report (SPEC §9)."""
+"""`python -m wmtp_hf.experiment`: run every stage on one model and data set, measure, report (docs/design.md §9)."""
 
 from .plan import EvaluationOptions, ExperimentPlan, StagePlan, build_plan
 from .run import run_experiment

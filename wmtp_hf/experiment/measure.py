@@ -1,4 +1,4 @@
-"""Held-out measurements of one final model, the same for every stage (SPEC §9).
+"""Held-out measurements of one final model, the same for every stage (docs/design.md §9).
 
 - per-head cross-entropy, teacher-forced on the held-out *correct* solutions (a plain causal LM, such as
   the reference, has head 0 only);

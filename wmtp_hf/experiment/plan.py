@@ -1,4 +1,4 @@
-"""The experiment's configuration (SPEC §9) and the resolved stage configs it implies.
+"""The experiment's configuration (docs/design.md §9) and the resolved stage configs it implies.
 
 `configs/experiment.yaml`:
 

@@ -1,8 +1,8 @@
 """What the inspection shows, per response token: CE per head, value / TD error / weight, excess / kept.
 
 `inspect_examples` runs the model (and a reference) on a few tokenized rows and applies the weighted stages'
-own functions to them as one batch: `td_token_weights` of the verifiable stage (SPEC §4.3) when the model has
-a value head, `rho1_weights` / `excess_losses` (SPEC §4.4) when there is a reference. The result is plain data
+own functions to them as one batch: `td_token_weights` of the verifiable stage (docs/design.md §4.3) when the model has
+a value head, `rho1_weights` / `excess_losses` (docs/design.md §4.4) when there is a reference. The result is plain data
 (`Inspection`) that `html_page`, `plot` and `json` turn into files.
 """
 

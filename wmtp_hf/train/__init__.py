@@ -1,4 +1,4 @@
-"""Training: stage configs, `Trainer` subclasses and the `python -m wmtp_hf.train` CLI (SPEC §4, §5)."""
+"""Training: stage configs, `Trainer` subclasses and the `python -m wmtp_hf.train` CLI (docs/design.md §4, §5)."""
 
 from . import stages
 from .config import ConfigError, WmtpTrainingConfig, build_config

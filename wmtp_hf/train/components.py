@@ -138,7 +138,7 @@ def held_out_split(config: WmtpTrainingConfig) -> str | None:
 
 
 def sample_order(config: WmtpTrainingConfig, dataset: datasets.Dataset) -> np.ndarray:
-    """The stage's row order (SPEC §3.4) for `config.n_samples` positions."""
+    """The stage's row order (docs/design.md §3.4) for `config.n_samples` positions."""
     return stage_indices(config.stage, dataset, n_samples=config.n_samples, seed=config.seed)
 
 

@@ -1,4 +1,4 @@
-"""PEFT LoRA for every stage (SPEC §5): which layers get adapters, the wrapped model, the merged copy.
+"""PEFT LoRA for every stage (docs/design.md §5): which layers get adapters, the wrapped model, the merged copy.
 
 Adapters go on the linear layers named in `lora_target_modules` inside the blocks the stage trains (its
 `lora_scope`: every block, or the critic's unfrozen trunk blocks), listed by full module name so the value

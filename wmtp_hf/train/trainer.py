@@ -1,4 +1,4 @@
-"""`WeightedMTPTrainer`: the weighted MTP loss of SPEC §4.1 on top of `transformers.Trainer`.
+"""`WeightedMTPTrainer`: the weighted MTP loss of docs/design.md §4.1 on top of `transformers.Trainer`.
 
 A stage subclasses it and overrides `token_weights` (which targets count and how much), and, if it trains
 more than the heads, `auxiliary_loss` (e.g. the value loss) or `stage_loss` (the whole loss, e.g. the
@@ -69,7 +69,7 @@ class StageHooks:
 
     @classmethod
     def sample_order(cls, config: Any, dataset: Any) -> Any:
-        """Row order of the training data (SPEC §3.4)."""
+        """Row order of the training data (docs/design.md §3.4)."""
         return components.sample_order(config, dataset)
 
     @classmethod

@@ -1,4 +1,4 @@
-"""`baseline`: every head trained with the uniform MTP loss on correct solutions (SPEC §4.1, w = 1)."""
+"""`baseline`: every head trained with the uniform MTP loss on correct solutions (docs/design.md §4.1, w = 1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`critic`: train the value head on is_correct (SPEC §4.2); the trunk stays frozen by default.
+"""`critic`: train the value head on is_correct (docs/design.md §4.2); the trunk stays frozen by default.
 
 The forward runs the trunk only (`value_only=True`: no head block, no unembedding, no LM loss). Targets
 are Monte-Carlo returns `G_t = gamma^L_t R` or lambda-returns over the critic's own detached values;

@@ -1,4 +1,4 @@
-"""`reference`: next-token fine-tuning of any causal LM on correct solutions (SPEC §4.5).
+"""`reference`: next-token fine-tuning of any causal LM on correct solutions (docs/design.md §4.5).
 
 Rho-1's reference model. Plain `Trainer` semantics and the model's own causal-LM loss (transformers
 normalises it over the accumulation window through `num_items_in_batch`); the output folder loads with

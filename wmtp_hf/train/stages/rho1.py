@@ -1,4 +1,4 @@
-"""`rho1`: per head, train only the top `k_percent` tokens by excess loss over a reference LM (SPEC §4.4).
+"""`rho1`: per head, train only the top `k_percent` tokens by excess loss over a reference LM (docs/design.md §4.4).
 
 Excess of head k at t: `CE_k(t) - CE_ref(t+1+k)`. Selection is per micro-batch and per process; the loss
 is normalised by the kept counts of the whole accumulation window (all processes), which depend only on

@@ -1,4 +1,4 @@
-"""`verifiable`: MTP loss weighted by the critic's TD errors (SPEC §4.3), the critic still learning.
+"""`verifiable`: MTP loss weighted by the critic's TD errors (docs/design.md §4.3), the critic still learning.
 
 From the detached values `V_j` of the model's own value head: `delta_j = gamma V_j - V_{j-1}` (last response
 token: `R - V_{T-1}`), advantage `A = delta` or GAE, optional normalisation, and weight
