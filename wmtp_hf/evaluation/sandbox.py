@@ -209,11 +209,14 @@ def run_sandboxed(
             stdin_path = private / "stdin"
             stdin_path.write_text(stdin)
         nonce = secrets.token_hex(16)
+        if mode == "function":  # read by the tests' process only: the candidate's never sees tests or nonce
+            fd = os.open(private / "tests.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"tests": tests, "nonce": nonce}, f)
         job = {
             "mode": mode,
             "program": program,
-            "tests": tests,
-            "nonce": nonce,
+            "setup": (tests or {}).get("setup", "") if mode == "function" else "",
             "private_name": private.name,
             "workdir": str(private / "work"),
             "stdin_path": str(stdin_path) if stdin_path else None,
