@@ -173,8 +173,7 @@ def test_processes_files_and_capabilities_seen_inside(namespaces):
     assert first.exitcode == 0 and lines[0] == "2 1 [1, 2]", first
     assert lines[1] == "0000000000000000"  # no capabilities at all
     assert (
-        lines[2]
-        == "['fd', 'full', 'null', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'urandom', 'zero'] "
+        lines[2] == "['fd', 'full', 'null', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'urandom', 'zero'] "
         f"{_expected_root()} /tmp/work"
     )
     assert lines[3] == f"[{tmp[5:]!r}, 'work'] [{shm[9:]!r}]"
@@ -284,7 +283,11 @@ def test_unprivileged_user_namespaces():
         seen = json.loads(proc.stdout)
         if seen["reason"]:
             pytest.skip(f"unprivileged user namespaces unavailable here: {seen['reason']}")
-        assert seen["error"] == "" and seen["stdout"].split() == ["2", "65534", "2"]  # ENOENT: not in its root
+        assert seen["error"] == "" and seen["stdout"].split() == [
+            "2",
+            "65534",
+            "2",
+        ]  # ENOENT: not in its root
         assert canary.read_text() == "precious"
     finally:
         shutil.rmtree(folder)
@@ -313,7 +316,12 @@ def test_worker_mount_namespace_is_read_only(namespaces, use_mount_setattr):
                 "etc": os.listdir("/etc"),
             }
             python = os.path.join(sys.prefix, "pwned.txt")
-            writes = (("canary", canary), ("new", folder / "new.txt"), ("sys", "/sys/kernel/x"), ("python", python))
+            writes = (
+                ("canary", canary),
+                ("new", folder / "new.txt"),
+                ("sys", "/sys/kernel/x"),
+                ("python", python),
+            )
             for name, path in writes:
                 try:
                     with open(path, "w") as f:
@@ -341,7 +349,9 @@ def test_worker_mount_namespace_is_read_only(namespaces, use_mount_setattr):
             "urandom",
             "zero",
         ]
-        assert seen["run"] == [] and seen["canary"] == seen["new"] == 2  # ENOENT: the project is not in the root
+        assert (
+            seen["run"] == [] and seen["canary"] == seen["new"] == 2
+        )  # ENOENT: the project is not in the root
         assert seen["root"] == _expected_root() and seen["etc"] == ["ld.so.cache"]
         assert seen["python"] == 30  # the Python installation is there, read-only (EROFS)
         assert seen["sys"] in (2, 13, 30)  # never written

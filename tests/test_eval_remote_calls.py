@@ -170,7 +170,9 @@ def _in_one_process(code: str, asserts: list[str]) -> bool:
     """The reference: candidate and asserts in one namespace of one fresh interpreter (what an in-process
     harness does); True when every assert passed."""
     script = code + "".join(line + "\n" for line in asserts)
-    return subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, timeout=30).returncode == 0
+    return (
+        subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, timeout=30).returncode == 0
+    )
 
 
 def test_the_cheats_a_candidate_could_try_still_fail():
@@ -225,7 +227,9 @@ def test_mbpp_objects_of_the_candidates_classes_stay_in_its_process():
     pair = "class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a, b\ndef span(ps):\n    return sum(p.b - p.a for p in ps)\n"
     assert _asserts(pair, ["assert span([Pair(1, 3), Pair(5, 6)]) == 3"]).passed  # MBPP 601
     node = "class Node:\n    def __init__(self, v):\n        self.v, self.next = v, None\ndef length(n):\n    return 0 if n is None else 1 + length(n.next)\n"
-    setup = "root = Node(1)\nroot.next = Node(2)\n"  # MBPP 367, 927: setup code builds the candidate's objects
+    setup = (
+        "root = Node(1)\nroot.next = Node(2)\n"  # MBPP 367, 927: setup code builds the candidate's objects
+    )
     assert _asserts(node, ["assert length(root) == 2"], setup).passed
     assert not _asserts(node, ["assert length(root) == 3"], setup).passed
     judged = _asserts(node, ["assert Node(1) == Node(1)"])  # an object of the candidate's has no value here

@@ -132,7 +132,8 @@ def test_guarded_fork_bomb_fails(isolation, no_process_left_behind):
 def test_bounded_fork_bomb_that_bypasses_the_guard_is_killed(isolation, no_process_left_behind):
     marker = f"{uuid.uuid4().int % 10**6 + 1000}.25"
     code = (
-        UNGUARD_CTYPES + "libc = ctypes.CDLL(None)\nfor _ in range(5):\n    libc.fork()\n"  # 32 processes
+        UNGUARD_CTYPES
+        + "libc = ctypes.CDLL(None)\nfor _ in range(5):\n    libc.fork()\n"  # 32 processes
         + exec_sleep(marker)
         + GOOD
     )

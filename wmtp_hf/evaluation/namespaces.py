@@ -145,7 +145,9 @@ def root_paths() -> list[str]:
             continue
         for hidden in ("/tmp", "/dev", "/proc"):
             if path == hidden or path.startswith(hidden + "/"):
-                raise OSError(errno.EINVAL, f"the Python installation under {hidden} cannot be shown to programs")
+                raise OSError(
+                    errno.EINVAL, f"the Python installation under {hidden} cannot be shown to programs"
+                )
         kept.append(path)
     return kept
 

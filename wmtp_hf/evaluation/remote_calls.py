@@ -233,7 +233,9 @@ def serve_candidate(namespace: dict, requests: int, replies: int) -> None:
             try:
                 reply = ["ok", encode(result, objects)]
             except (NonBuiltinValue, RecursionError) as exc:
-                if isinstance(fn, type):  # an instance of one of its classes: stays here, the tests get a number
+                if isinstance(
+                    fn, type
+                ):  # an instance of one of its classes: stays here, the tests get a number
                     objects[id(result)] = result
                     reply = ["ok", ["h", id(result)]]
                 else:

@@ -35,14 +35,31 @@ GRACE_S = 10.0  # extra time a server gets to clean up before the parent kills i
 OWNER_ENV = "WMTP_SANDBOX_PARENT"
 ISOLATION_MODES = ("auto", "namespaces", "guard")
 PROBE_PROGRAM = "import os\nprint(os.getpid())\n"  # PID 2: the program under its supervisor, PID 1
+ISOLATION_GAPS = {  # what each mode does not protect (summary.json's "isolation_gaps"; docs/sandbox.md)
+    "namespaces": (
+        "the program can read the Python installation and the system library folders (read-only)",
+        "CPU is bounded per program by the timeout, not shared fairly between programs",
+    ),
+    "guard": (
+        "files: the program can read and write every file the evaluating user can (as root: every file), "
+        "including its own run's tests and nonce, and secrets such as tokens and keys",
+        "network: the program can connect to anything the host can reach",
+        "processes: the program can signal and trace the evaluating user's processes (as root: all), "
+        "including its own tests' process",
+        "process count: RLIMIT_NPROC does not bind root, so as root a fork storm is bounded only by the timeout",
+        "/tmp and /dev/shm are the host's: a program can leave files for the next one",
+    ),
+}
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
     """Per-program limits. Memory is address space (RLIMIT_AS); output files are capped by RLIMIT_FSIZE.
-    `max_processes` is RLIMIT_NPROC, which the kernel does not enforce for root. Under namespaces the
-    private /tmp and /dev/shm are each capped at `file_size_mb` in total."""
+    `max_processes` is RLIMIT_NPROC: under namespaces each program runs as a uid of its own (or, in a user
+    namespace, the one mapped uid), so it bounds that program's processes; under the guard it binds only
+    when the evaluating user is not root. Under namespaces the private /tmp and /dev/shm are each capped at
+    `file_size_mb` in total."""
 
     timeout_s: float = 10.0
     memory_mb: int = 2048

@@ -284,7 +284,9 @@ def _close_fds_except(keep: tuple[int, ...]) -> None:
     os.closerange(low, 65536)
 
 
-def _spawn(job: dict, files: dict[str, int], cwd: str, keep: tuple[int, ...], ns, ids, dumpable: bool, run) -> int:
+def _spawn(
+    job: dict, files: dict[str, int], cwd: str, keep: tuple[int, ...], ns, ids, dumpable: bool, run
+) -> int:
     """Fork one sandboxed process: own session, the job's stdin/stdout/stderr, only the `keep` descriptors,
     limits, then (namespaces) the uid/gid `ids` and no capabilities; it calls `run()` and never returns."""
     pid = os.fork()
@@ -336,7 +338,9 @@ def _supervise(job: dict, files: dict[str, int], ns, ids: dict) -> None:
         for fd in (requests_r, requests_w, replies_r, replies_w):
             os.close(fd)
     else:
-        program = judge = _spawn(job, files, workdir, (), ns, ids["program"], True, lambda: _run_script_mode(job))
+        program = judge = _spawn(
+            job, files, workdir, (), ns, ids["program"], True, lambda: _run_script_mode(job)
+        )
     for name in ("report", "stdout", "stderr", "stdin", "tests"):
         if name in files:
             os.close(files[name])
