@@ -297,8 +297,9 @@ def test_unprivileged_user_namespaces():
     "use_mount_setattr", [True, False], ids=["mount_setattr", "remount each (Linux < 5.12)"]
 )
 def test_worker_mount_namespace_is_read_only(namespaces, use_mount_setattr):
-    """The worker's file system, built in a forked child: every mount read-only (with mount_setattr, and with
-    the remount-each fallback for older kernels), a minimal /dev, an empty /run."""
+    """The worker's file system, built in a forked child: a root holding only the Python installation (the
+    project is not there), every mount read-only (with mount_setattr, and with the remount-each fallback for
+    older kernels), a minimal /dev, no /run."""
     from wmtp_hf.evaluation import namespaces as ns
 
     folder = Path(tempfile.mkdtemp(prefix=".canary-", dir=Path(__file__).resolve().parent))

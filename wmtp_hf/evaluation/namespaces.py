@@ -1,15 +1,17 @@
-"""Linux namespaces for the sandbox: no network, a read-only file system, a private PID space, no privileges.
+"""Linux namespaces for the sandbox: no network, a root that holds only Python, a private PID space, no privileges.
 
 Standard library only: `sandbox_server.py` loads this file by path (it runs as `python -I`).
 
 Once per server (worker), `enter_worker_namespaces`: a network namespace with only a down loopback, and a
-mount namespace where every mount is read-only, nosuid and nodev, /dev holds only null, zero, full, random
-and urandom, and /run is empty (no daemon sockets); when the process lacks CAP_SYS_ADMIN, all of it inside a
-new user namespace mapping its own uid and gid. Per program, a supervisor that is PID 1 of a new PID
-namespace (forked by the server after `next_child_in_new_pid_namespace`, or, where the server cannot switch
-back to its own PID namespace, forked by a job process after `enter_job_namespaces(pid=True)`) enters new
-mount and IPC namespaces (copies of the worker's) and calls `build_job_filesystem` (a private tmpfs /tmp and
-/dev/shm, a /proc of the new PID namespace); the program itself calls `drop_privileges` last.
+mount namespace whose root (a tmpfs, switched to with pivot_root) holds only `root_paths()` — the Python
+installation, the system library folders and the dynamic linker's cache — bound read-only, nosuid and nodev,
+a /dev with only null, zero, full, random and urandom, and empty /tmp and /proc; when the process lacks
+CAP_SYS_ADMIN, all of it inside a new user namespace mapping its own uid and gid. Per program, a supervisor
+that is PID 1 of a new PID namespace (forked by the server after `next_child_in_new_pid_namespace`, or, where
+the server cannot switch back to its own PID namespace, forked by a job process after
+`enter_job_namespaces(pid=True)`) enters new mount and IPC namespaces (copies of the worker's) and calls
+`build_job_filesystem` (a private tmpfs /tmp and /dev/shm, a /proc of the new PID namespace); each process of
+the program calls `drop_privileges` last (an unprivileged uid/gid of its own, no capabilities).
 
 Why the worker's namespaces may be shared by the programs it runs one after another: a program without
 capabilities cannot change them (no mounts, no network configuration), and the only state it can create

@@ -1,14 +1,16 @@
 """Run one untrusted program in a sandboxed process (parent side of `sandbox_server.py`).
 
 A pool of warm `python -I sandbox_server.py` servers per isolation mode (one per concurrently running call,
-each in its own session) forks a fresh supervisor + program process per job, so a program costs a few forks,
+each in its own session) forks fresh supervisor + program processes per job, so a program costs a few forks,
 not an interpreter start-up. Per job the parent makes a private temporary directory holding `work/` (the
-program's cwd under the guard), `stdin`, and the files the server writes back: `stdout`, `stderr`, `report`
-(the harness's nonce) and `status.json` (exit code / signal / timed out). The directory is removed afterwards.
+program's cwd under the guard), `stdin`, `tests.json` (function mode: the tests and the nonce, read only by
+the tests' process) and the files the server writes back: `stdout`, `stderr`, `report` (the tests' verdict
+and nonce) and `status.json` (exit code / signal / timed out). The directory is removed afterwards.
 
-Isolation: "namespaces" (Linux mount, PID, IPC and network namespaces, no capabilities; see namespaces.py)
-or "guard" (process containment and disabled functions only); "auto" picks namespaces when a probe program
-runs under them (checked once per process) and the guard otherwise.
+Isolation: "namespaces" (Linux namespaces, a root holding only Python, an unprivileged uid, no capabilities;
+see namespaces.py) or "guard" (process containment and disabled functions only; ISOLATION_GAPS says what it
+does not protect); "auto" picks namespaces when a probe program runs under them (checked once per process)
+and the guard otherwise. docs/sandbox.md describes both.
 """
 
 from __future__ import annotations

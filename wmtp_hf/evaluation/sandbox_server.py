@@ -1,29 +1,33 @@
-"""Sandbox server: runs untrusted programs, one fresh forked process per program, leaving no process behind.
+"""Sandbox server: runs untrusted programs, in fresh forked processes, leaving no process behind.
 
 Started by `sandbox.py` as `python -I sandbox_server.py guard|namespaces TEMP_DIR` (stdlib only;
-`namespaces.py` and `builtin_results.py` from this folder are loaded by path). It pre-imports everything once
+`namespaces.py` and `remote_calls.py` from this folder are loaded by path). It pre-imports everything once
 ("zygote") and then serves jobs, one JSON line each on stdin. Per job it forks a *supervisor*, which makes
 itself a child subreaper (prctl PR_SET_CHILD_SUBREAPER) so that every descendant of the program — including
 double-forked processes that escaped into a new session — is re-parented to it instead of to init. The
-supervisor forks the program, waits for it up to the wall-clock deadline, then kills the program's process
-group and every remaining descendant, reaping until it has no children left, and writes `status.json`.
-The server replies "done" only after the supervisor (and anything re-parented to the server) is gone.
+supervisor forks the program, waits for it up to the wall-clock deadline, then kills every process group and
+remaining descendant, reaping until it has no children left, and writes `status.json`. The server replies
+"done" only after the supervisor (and anything re-parented to the server) is gone.
 
-The program child: new session/process group, temporary working directory, rlimits (address space, file
-size, processes, CPU, no core dumps) and a reliability guard that disables destructive os/shutil/subprocess functions. In "function" mode it runs the candidate and
-then the tests, and only if every test ran without raising it writes the per-run nonce to the report file (with
-`os.write` captured before the candidate ran, and the tests executed with a private copy of the builtins).
-In "script" mode (stdin/stdout problems) it runs the program as `__main__`; the parent compares stdout.
-For HumanEval the function under test is wrapped so that it only ever returns built-in values.
+Each sandboxed process: new session, the job's stdin/stdout/stderr and nothing else of the server's
+descriptors, rlimits (address space, file size, processes, CPU, no core dumps). "function" mode (HumanEval,
+MBPP) forks two: the *candidate's process* (the reliability guard, which disables destructive
+os/shutil/subprocess functions, then the program and MBPP's setup code, then `remote_calls.serve_candidate`)
+and the *tests' process* (never runs the candidate's code: it reads the tests and the nonce from its own file,
+calls the candidate through `remote_calls` proxies over two pipes, and writes the nonce to the report only
+after every test passed). "script" mode (stdin/stdout problems) runs the program as `__main__`; the parent
+compares stdout.
 
 Isolation "namespaces" (see namespaces.py): at start-up the server enters its worker namespaces (no network,
-a read-only file system with a minimal /dev). Per job, the supervisor is PID 1 of a new PID namespace (the
-server makes it for its next child and switches back; where it cannot, the job process makes it and forks
-the supervisor into it), so the program cannot signal it, and when it exits the kernel kills whatever is
-left there. The supervisor enters new mount and IPC namespaces, mounts a private /tmp, /dev/shm and /proc,
-and forks the program, which drops every capability. The job's files are opened through a descriptor of the
-temporary folder taken before any namespace change. Isolation "guard": the job process is the supervisor.
-A namespace that cannot be set up is reported as `setup_error` in status.json; the program does not run.
+a root holding only the Python installation, read-only). Per job, the supervisor is PID 1 of a new PID
+namespace (the server makes it for its next child and switches back; where it cannot, the job process makes
+it and forks the supervisor into it), so the program cannot signal it, and when it exits the kernel kills
+whatever is left there. The supervisor enters new mount and IPC namespaces, mounts a private /tmp, /dev/shm and
+/proc, and forks the program's processes, which take uids of their own (UID_BASE + 2 * server pid for the
+program, + 1 for its tests; unless in a user namespace) and drop every capability. The job's files are
+opened through a descriptor of the temporary folder taken before any namespace change. Isolation "guard": the
+job process is the supervisor. A namespace that cannot be set up is reported as `setup_error` in
+status.json; the program does not run.
 """
 
 from __future__ import annotations
