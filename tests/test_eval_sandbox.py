@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sandbox_fixtures import UNGUARD_CTYPES, isolation, no_process_left_behind, processes_with
+from sandbox_fixtures import UNGUARD_CTYPES, exec_sleep, isolation, no_process_left_behind, processes_with
 
 from wmtp_hf.evaluation import ExecutionResult, check_solutions
 from wmtp_hf.evaluation.harness import normalize_output
@@ -132,25 +132,30 @@ def test_guarded_fork_bomb_fails(isolation, no_process_left_behind):
 def test_bounded_fork_bomb_that_bypasses_the_guard_is_killed(isolation, no_process_left_behind):
     marker = f"{uuid.uuid4().int % 10**6 + 1000}.25"
     code = (
-        UNGUARD_CTYPES + "libc = ctypes.CDLL(None)\nfor _ in range(5):\n    libc.fork()\n"  # 32 processes
-        f"libc.execv(b'/bin/sleep', (ctypes.c_char_p * 3)(b'sleep', b'{marker}', None))\n" + GOOD
+        UNGUARD_CTYPES
+        + "libc = ctypes.CDLL(None)\nfor _ in range(5):\n    libc.fork()\n"  # 32 processes
+        + exec_sleep(marker)
+        + GOOD
     )
     r = _run(code, timeout_s=2.0, isolation=isolation)
-    assert not r.passed and r.status == "timeout"
+    assert not r.passed and r.status in ("timeout", "error"), r  # error: the candidate's process is gone
     assert processes_with(marker) == []
 
 
 def test_orphaned_background_processes_are_killed_and_judged_failed(isolation, no_process_left_behind):
     marker = f"{uuid.uuid4().int % 10**6 + 1000}.5"
     popen_escape = (
-        "import importlib, subprocess\nimportlib.reload(subprocess)\n"
-        f"subprocess.Popen(['sleep', '{marker}'], start_new_session=True)\n" + GOOD
+        "import importlib, subprocess, sys\nimportlib.reload(subprocess)\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep({marker})'], start_new_session=True)\n"
+        + GOOD
     )
     double_fork = (
         UNGUARD_CTYPES + "libc = ctypes.CDLL(None)\n"
         "if libc.fork() == 0:\n    libc.setsid()\n    if libc.fork() == 0:\n"
-        f"        libc.execv(b'/bin/sleep', (ctypes.c_char_p * 3)(b'sleep', b'{marker}', None))\n"
-        "    libc._exit(0)\n" + GOOD
+        + "        "
+        + exec_sleep(marker)
+        + "    libc._exit(0)\n"
+        + GOOD
     )
     for code in (popen_escape, double_fork):
         r = _run(code, timeout_s=5.0, isolation=isolation)

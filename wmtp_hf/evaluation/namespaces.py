@@ -1,15 +1,17 @@
-"""Linux namespaces for the sandbox: no network, a read-only file system, a private PID space, no privileges.
+"""Linux namespaces for the sandbox: no network, a root that holds only Python, a private PID space, no privileges.
 
 Standard library only: `sandbox_server.py` loads this file by path (it runs as `python -I`).
 
 Once per server (worker), `enter_worker_namespaces`: a network namespace with only a down loopback, and a
-mount namespace where every mount is read-only, nosuid and nodev, /dev holds only null, zero, full, random
-and urandom, and /run is empty (no daemon sockets); when the process lacks CAP_SYS_ADMIN, all of it inside a
-new user namespace mapping its own uid and gid. Per program, a supervisor that is PID 1 of a new PID
-namespace (forked by the server after `next_child_in_new_pid_namespace`, or, where the server cannot switch
-back to its own PID namespace, forked by a job process after `enter_job_namespaces(pid=True)`) enters new
-mount and IPC namespaces (copies of the worker's) and calls `build_job_filesystem` (a private tmpfs /tmp and
-/dev/shm, a /proc of the new PID namespace); the program itself calls `drop_privileges` last.
+mount namespace whose root (a tmpfs, switched to with pivot_root) holds only `root_paths()` — the Python
+installation, the system library folders and the dynamic linker's cache — bound read-only, nosuid and nodev,
+a /dev with only null, zero, full, random and urandom, and empty /tmp and /proc; when the process lacks
+CAP_SYS_ADMIN, all of it inside a new user namespace mapping its own uid and gid. Per program, a supervisor
+that is PID 1 of a new PID namespace (forked by the server after `next_child_in_new_pid_namespace`, or, where
+the server cannot switch back to its own PID namespace, forked by a job process after
+`enter_job_namespaces(pid=True)`) enters new mount and IPC namespaces (copies of the worker's) and calls
+`build_job_filesystem` (a private tmpfs /tmp and /dev/shm, a /proc of the new PID namespace); each process of
+the program calls `drop_privileges` last (an unprivileged uid/gid of its own, no capabilities).
 
 Why the worker's namespaces may be shared by the programs it runs one after another: a program without
 capabilities cannot change them (no mounts, no network configuration), and the only state it can create
@@ -24,6 +26,7 @@ import ctypes
 import errno
 import os
 import re
+import sys
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
@@ -32,7 +35,9 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
+MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x2000, 0x4000, 0x40000
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}  # else: MS_MOVE + chroot
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 0x400, 0x800, 0x200000, 0x1000000
 
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
@@ -52,11 +57,17 @@ DEV_LINKS = {
     "stderr": "/proc/self/fd/2",
 }
 WORKDIR = "/tmp/work"  # the program's working directory, inside its private /tmp
+NEW_ROOT = "/tmp"  # where the worker builds its root before switching to it (the host's /tmp is then gone)
+SYSTEM_PATHS = ("/lib", "/lib32", "/lib64", "/libx32", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32")
+SYSTEM_PATHS += ("/etc/ld.so.cache",)
+PR_SET_DUMPABLE = 4
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.chroot.argtypes = [ctypes.c_char_p]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 
@@ -106,11 +117,12 @@ def _write(path: str, text: str) -> None:
         raise OSError(exc.errno, f"write {path}: {os.strerror(exc.errno or 0)}") from None
 
 
-def _enter_user_and(flags: int, what: str) -> None:
-    """unshare(flags); where that is not permitted, unshare(CLONE_NEWUSER | flags) mapping our own ids."""
+def _enter_user_and(flags: int, what: str) -> bool:
+    """unshare(flags); where that is not permitted, unshare(CLONE_NEWUSER | flags) mapping our own ids.
+    Returns whether a user namespace was made."""
     try:
         unshare(flags, what)
-        return
+        return False
     except OSError as exc:
         if exc.errno != errno.EPERM:
             raise
@@ -119,17 +131,78 @@ def _enter_user_and(flags: int, what: str) -> None:
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", f"{uid} {uid} 1")
     _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    return True
 
 
-def enter_worker_namespaces(*, use_mount_setattr: bool = True) -> None:
-    """Move this process into a new network namespace (lo only, down) and a read-only mount namespace with a
-    minimal /dev and an empty /run (see the module docstring)."""
-    _enter_user_and(CLONE_NEWNET | CLONE_NEWNS, "network + mount namespaces")
+def root_paths() -> list[str]:
+    """What the program's root holds of the host, read-only: the Python installation (its prefixes), the
+    system library folders its shared libraries and extension modules load from, and the dynamic linker's
+    cache. Nested paths are left out (their parent's bind carries them)."""
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+    wanted = sorted({os.path.normpath(p) for p in prefixes} | {p for p in SYSTEM_PATHS if os.path.lexists(p)})
+    kept: list[str] = []
+    for path in wanted:
+        if path == "/" or any(path.startswith(parent.rstrip("/") + "/") for parent in kept):
+            continue
+        for hidden in ("/tmp", "/dev", "/proc"):
+            if path == hidden or path.startswith(hidden + "/"):
+                raise OSError(
+                    errno.EINVAL, f"the Python installation under {hidden} cannot be shown to programs"
+                )
+        kept.append(path)
+    return kept
+
+
+def enter_worker_namespaces(*, use_mount_setattr: bool = True) -> bool:
+    """Move this process into a new network namespace (lo only, down) and a mount namespace whose root holds
+    only `root_paths()` (read-only), a minimal /dev and empty /proc and /tmp (see the module docstring).
+    Returns whether a user namespace was made (then programs keep this process's uid)."""
+    paths = root_paths()
+    userns = _enter_user_and(CLONE_NEWNET | CLONE_NEWNS, "network + mount namespaces")
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here propagates to other namespaces
-    make_tree_readonly("/", use_mount_setattr=use_mount_setattr)
-    _build_dev()
-    if os.path.isdir("/run") and not os.path.islink("/run"):
-        mount("tmpfs", "/run", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=4k")
+    # opened in this namespace (a bind's source must be a mount of it), before /tmp is covered
+    sources = {path: os.open(path, os.O_PATH | os.O_NOFOLLOW) for path in paths}
+    host_proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    try:
+        mount("tmpfs", NEW_ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096")
+        for path, fd in sources.items():
+            target = NEW_ROOT + path
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.islink(path):
+                os.symlink(os.readlink(path), target)
+                continue
+            if os.path.isdir(path):
+                os.mkdir(target)
+            else:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+            mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+        for name in ("dev", "proc", "tmp"):
+            os.mkdir(f"{NEW_ROOT}/{name}", 0o755)
+        os.chmod(f"{NEW_ROOT}/tmp", 0o1777)
+        make_tree_readonly(NEW_ROOT, use_mount_setattr=use_mount_setattr)
+        _build_dev(NEW_ROOT + "/dev")
+        # the host's /proc, for the server (which stays in the host's PID namespace) and because a fresh proc
+        # may be mounted in a user namespace only where a full one is visible; each job covers it with its own
+        mount(f"/proc/self/fd/{host_proc}", NEW_ROOT + "/proc", None, MS_BIND | MS_REC)
+    finally:
+        for fd in (*sources.values(), host_proc):
+            os.close(fd)
+    _switch_root(NEW_ROOT)
+    return userns
+
+
+def _switch_root(new_root: str) -> None:
+    """Make `new_root` this mount namespace's root and detach the old one (pivot_root(".", ".")), or where
+    pivot_root is unavailable, move it onto / and chroot into it."""
+    os.chdir(new_root)
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is not None and _libc.syscall(number, b".", b".") == 0:
+        _check(_libc.umount2(b".", MNT_DETACH), "umount old root")
+    else:
+        mount(".", "/", None, MS_MOVE)
+        _check(_libc.chroot(b"."), "chroot")
+    os.chdir("/")
 
 
 def enter_job_namespaces(*, pid: bool) -> None:
@@ -217,33 +290,35 @@ def make_tree_readonly(root: str = "/", *, use_mount_setattr: bool = True) -> No
     _remount_each_readonly(root)
 
 
-def _build_dev() -> None:
+def _build_dev(dev: str) -> None:
     """A read-only /dev with null, zero, full, random, urandom (bound from the host), the usual links and an
     empty shm folder (each program mounts its own /dev/shm there), and nothing else: no disks, no terminals."""
     sources = {name: os.open(f"/dev/{name}", os.O_PATH) for name in DEVICES}
     try:
-        mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64")
+        mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64")
         for name, fd in sources.items():
-            os.close(os.open(f"/dev/{name}", os.O_WRONLY | os.O_CREAT, 0o666))
-            mount(f"/proc/self/fd/{fd}", f"/dev/{name}", None, MS_BIND)
+            os.close(os.open(f"{dev}/{name}", os.O_WRONLY | os.O_CREAT, 0o666))
+            mount(f"/proc/self/fd/{fd}", f"{dev}/{name}", None, MS_BIND)
             # the bind copied the read-only tree's nodev: clear it on these five nodes only
-            mount(None, f"/dev/{name}", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+            mount(None, f"{dev}/{name}", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
     finally:
         for fd in sources.values():
             os.close(fd)
     for name, target in DEV_LINKS.items():
-        os.symlink(target, f"/dev/{name}")
-    os.mkdir("/dev/shm")
-    mount(None, "/dev", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+        os.symlink(target, f"{dev}/{name}")
+    os.mkdir(f"{dev}/shm")
+    mount(None, dev, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
 
 
-def build_job_filesystem(tmp_bytes: int) -> str:
+def build_job_filesystem(tmp_bytes: int, owner: tuple[int, int] | None = None) -> str:
     """In a copy of the worker's mount namespace, as PID 1 of a new PID namespace: a private tmpfs /tmp and
     /dev/shm (each at most `tmp_bytes`) and a /proc showing only this PID namespace. Returns the program's
-    working directory."""
+    working directory (owned by `owner`, the program's uid and gid, when given)."""
     size = f"size={max(tmp_bytes, 1 << 20)},nr_inodes=4096"
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}")
     os.mkdir(WORKDIR, 0o700)
+    if owner is not None:
+        os.chown(WORKDIR, *owner)
     mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,{size}")
     mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if os.readlink("/proc/self") != str(os.getpid()):  # the supervisor reads /proc to find what to kill
@@ -251,11 +326,18 @@ def build_job_filesystem(tmp_bytes: int) -> str:
     return WORKDIR
 
 
-def drop_privileges() -> None:
-    """Drop every capability and set no_new_privs, with securebits locked so that uid 0 regains nothing:
-    neither this process nor anything it executes can mount, change namespaces' settings, raise limits or
-    gain privileges through set-uid or file-capability programs."""
+def drop_privileges(ids: tuple[int, int] | None = None, *, dumpable: bool = True) -> None:
+    """Become `ids` (uid, gid; None: keep them, as in a user namespace that maps only one id), drop every
+    capability and set no_new_privs, with securebits locked so that uid 0 regains nothing: neither this
+    process nor anything it executes can mount, change namespaces' settings, raise limits, signal or trace
+    other users' processes, or gain privileges through set-uid or file-capability programs. `dumpable`
+    False: processes of the same uid cannot trace this one or read its memory (the tests' process)."""
     _check(_libc.prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN, 0, 0, 0), "prctl(PR_SET_SECUREBITS)")
+    if ids is not None:  # SECBIT_NO_SETUID_FIXUP keeps the capabilities needed until capset below
+        os.setgroups([])
+        os.setresgid(ids[1], ids[1], ids[1])
+        os.setresuid(ids[0], ids[0], ids[0])
     header, data = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
     _check(_libc.capset(ctypes.byref(header), data), "capset")  # clears the ambient set too
+    _check(_libc.prctl(PR_SET_DUMPABLE, int(dumpable), 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")

@@ -14,7 +14,7 @@ from .harness import check_solutions
 from .pass_at_k import summarize_pass_at_k
 from .problems import Problem
 from .samples import Sample
-from .sandbox import resolve_isolation
+from .sandbox import ISOLATION_GAPS, resolve_isolation
 
 
 def score_samples(
@@ -31,7 +31,8 @@ def score_samples(
 
     pass@k is averaged over the problems that have samples; a k is reported only if every such problem has
     at least k samples (otherwise it is listed under "skipped_k"). The summary's "isolation" is the mode the
-    programs ran under ("namespaces" or "guard"; `isolation` "auto" picks).
+    programs ran under ("namespaces" or "guard"; `isolation` "auto" picks), and "isolation_gaps" what that
+    mode does not protect.
     """
     isolation = resolve_isolation(isolation)
     by_id = {p.task_id: p for p in problems}
@@ -73,6 +74,7 @@ def score_samples(
         "status_counts": dict(sorted(Counter(r["status"] for r in rows).items())),
         "timeout_s": timeout_s,
         "isolation": isolation,
+        "isolation_gaps": list(ISOLATION_GAPS[isolation]),
     }
     return rows, summary
 

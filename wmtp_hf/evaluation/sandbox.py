@@ -1,14 +1,16 @@
 """Run one untrusted program in a sandboxed process (parent side of `sandbox_server.py`).
 
 A pool of warm `python -I sandbox_server.py` servers per isolation mode (one per concurrently running call,
-each in its own session) forks a fresh supervisor + program process per job, so a program costs a few forks,
+each in its own session) forks fresh supervisor + program processes per job, so a program costs a few forks,
 not an interpreter start-up. Per job the parent makes a private temporary directory holding `work/` (the
-program's cwd under the guard), `stdin`, and the files the server writes back: `stdout`, `stderr`, `report`
-(the harness's nonce) and `status.json` (exit code / signal / timed out). The directory is removed afterwards.
+program's cwd under the guard), `stdin`, `tests.json` (function mode: the tests and the nonce, read only by
+the tests' process) and the files the server writes back: `stdout`, `stderr`, `report` (the tests' verdict
+and nonce) and `status.json` (exit code / signal / timed out). The directory is removed afterwards.
 
-Isolation: "namespaces" (Linux mount, PID, IPC and network namespaces, no capabilities; see namespaces.py)
-or "guard" (process containment and disabled functions only); "auto" picks namespaces when a probe program
-runs under them (checked once per process) and the guard otherwise.
+Isolation: "namespaces" (Linux namespaces, a root holding only Python, an unprivileged uid, no capabilities;
+see namespaces.py) or "guard" (process containment and disabled functions only; ISOLATION_GAPS says what it
+does not protect); "auto" picks namespaces when a probe program runs under them (checked once per process)
+and the guard otherwise. docs/sandbox.md describes both.
 """
 
 from __future__ import annotations
@@ -35,14 +37,31 @@ GRACE_S = 10.0  # extra time a server gets to clean up before the parent kills i
 OWNER_ENV = "WMTP_SANDBOX_PARENT"
 ISOLATION_MODES = ("auto", "namespaces", "guard")
 PROBE_PROGRAM = "import os\nprint(os.getpid())\n"  # PID 2: the program under its supervisor, PID 1
+ISOLATION_GAPS = {  # what each mode does not protect (summary.json's "isolation_gaps"; docs/sandbox.md)
+    "namespaces": (
+        "the program can read the Python installation and the system library folders (read-only)",
+        "CPU is bounded per program by the timeout, not shared fairly between programs",
+    ),
+    "guard": (
+        "files: the program can read and write every file the evaluating user can (as root: every file), "
+        "including its own run's tests and nonce, and secrets such as tokens and keys",
+        "network: the program can connect to anything the host can reach",
+        "processes: the program can signal and trace the evaluating user's processes (as root: all), "
+        "including its own tests' process",
+        "process count: RLIMIT_NPROC does not bind root, so as root a fork storm is bounded only by the timeout",
+        "/tmp and /dev/shm are the host's: a program can leave files for the next one",
+    ),
+}
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
     """Per-program limits. Memory is address space (RLIMIT_AS); output files are capped by RLIMIT_FSIZE.
-    `max_processes` is RLIMIT_NPROC, which the kernel does not enforce for root. Under namespaces the
-    private /tmp and /dev/shm are each capped at `file_size_mb` in total."""
+    `max_processes` is RLIMIT_NPROC: under namespaces each program runs as a uid of its own (or, in a user
+    namespace, the one mapped uid), so it bounds that program's processes; under the guard it binds only
+    when the evaluating user is not root. Under namespaces the private /tmp and /dev/shm are each capped at
+    `file_size_mb` in total."""
 
     timeout_s: float = 10.0
     memory_mb: int = 2048
@@ -209,11 +228,14 @@ def run_sandboxed(
             stdin_path = private / "stdin"
             stdin_path.write_text(stdin)
         nonce = secrets.token_hex(16)
+        if mode == "function":  # read by the tests' process only: the candidate's never sees tests or nonce
+            fd = os.open(private / "tests.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"tests": tests, "nonce": nonce}, f)
         job = {
             "mode": mode,
             "program": program,
-            "tests": tests,
-            "nonce": nonce,
+            "setup": (tests or {}).get("setup", "") if mode == "function" else "",
             "private_name": private.name,
             "workdir": str(private / "work"),
             "stdin_path": str(stdin_path) if stdin_path else None,

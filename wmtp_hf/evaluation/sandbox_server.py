@@ -1,29 +1,33 @@
-"""Sandbox server: runs untrusted programs, one fresh forked process per program, leaving no process behind.
+"""Sandbox server: runs untrusted programs, in fresh forked processes, leaving no process behind.
 
 Started by `sandbox.py` as `python -I sandbox_server.py guard|namespaces TEMP_DIR` (stdlib only;
-`namespaces.py` and `builtin_results.py` from this folder are loaded by path). It pre-imports everything once
+`namespaces.py` and `remote_calls.py` from this folder are loaded by path). It pre-imports everything once
 ("zygote") and then serves jobs, one JSON line each on stdin. Per job it forks a *supervisor*, which makes
 itself a child subreaper (prctl PR_SET_CHILD_SUBREAPER) so that every descendant of the program — including
 double-forked processes that escaped into a new session — is re-parented to it instead of to init. The
-supervisor forks the program, waits for it up to the wall-clock deadline, then kills the program's process
-group and every remaining descendant, reaping until it has no children left, and writes `status.json`.
-The server replies "done" only after the supervisor (and anything re-parented to the server) is gone.
+supervisor forks the program, waits for it up to the wall-clock deadline, then kills every process group and
+remaining descendant, reaping until it has no children left, and writes `status.json`. The server replies
+"done" only after the supervisor (and anything re-parented to the server) is gone.
 
-The program child: new session/process group, temporary working directory, rlimits (address space, file
-size, processes, CPU, no core dumps) and a reliability guard that disables destructive os/shutil/subprocess functions. In "function" mode it runs the candidate and
-then the tests, and only if every test ran without raising it writes the per-run nonce to the report file (with
-`os.write` captured before the candidate ran, and the tests executed with a private copy of the builtins).
-In "script" mode (stdin/stdout problems) it runs the program as `__main__`; the parent compares stdout.
-For HumanEval the function under test is wrapped so that it only ever returns built-in values.
+Each sandboxed process: new session, the job's stdin/stdout/stderr and nothing else of the server's
+descriptors, rlimits (address space, file size, processes, CPU, no core dumps). "function" mode (HumanEval,
+MBPP) forks two: the *candidate's process* (the reliability guard, which disables destructive
+os/shutil/subprocess functions, then the program and MBPP's setup code, then `remote_calls.serve_candidate`)
+and the *tests' process* (never runs the candidate's code: it reads the tests and the nonce from its own file,
+calls the candidate through `remote_calls` proxies over two pipes, and writes the nonce to the report only
+after every test passed). "script" mode (stdin/stdout problems) runs the program as `__main__`; the parent
+compares stdout.
 
 Isolation "namespaces" (see namespaces.py): at start-up the server enters its worker namespaces (no network,
-a read-only file system with a minimal /dev). Per job, the supervisor is PID 1 of a new PID namespace (the
-server makes it for its next child and switches back; where it cannot, the job process makes it and forks
-the supervisor into it), so the program cannot signal it, and when it exits the kernel kills whatever is
-left there. The supervisor enters new mount and IPC namespaces, mounts a private /tmp, /dev/shm and /proc,
-and forks the program, which drops every capability. The job's files are opened through a descriptor of the
-temporary folder taken before any namespace change. Isolation "guard": the job process is the supervisor.
-A namespace that cannot be set up is reported as `setup_error` in status.json; the program does not run.
+a root holding only the Python installation, read-only). Per job, the supervisor is PID 1 of a new PID
+namespace (the server makes it for its next child and switches back; where it cannot, the job process makes
+it and forks the supervisor into it), so the program cannot signal it, and when it exits the kernel kills
+whatever is left there. The supervisor enters new mount and IPC namespaces, mounts a private /tmp, /dev/shm and
+/proc, and forks the program's processes, which take uids of their own (UID_BASE + 2 * server pid for the
+program, + 1 for its tests; unless in a user namespace) and drop every capability. The job's files are
+opened through a descriptor of the temporary folder taken before any namespace change. Isolation "guard": the
+job process is the supervisor. A namespace that cannot be set up is reported as `setup_error` in
+status.json; the program does not run.
 """
 
 from __future__ import annotations
@@ -159,46 +163,72 @@ def _load_sibling(name: str):
     return module
 
 
-RESULTS = _load_sibling("builtin_results")
+CALLS = _load_sibling("remote_calls")
+UID_BASE = 2_000_000_000  # programs run as UID_BASE + 2 * (server pid), their tests' process as that + 1
+PR_SET_DUMPABLE = 4
 
 
-def _run_function_mode(job: dict, report_fd: int) -> None:
-    """Candidate, then tests in the same namespace with pristine builtins; nonce only after all tests passed."""
-    write, nonce = os.write, (job.pop("nonce") + "\n").encode()
-    pristine = dict(builtins.__dict__)
-    builtin_results, rejection = RESULTS.make_result_guard()  # before the candidate can touch anything
-    tests = job["tests"]
+def _run_candidate(job: dict, requests: int, replies: int) -> None:
+    """The candidate's process (function mode): run the program (then MBPP's setup code, which builds objects
+    of the program's classes), then answer the tests' calls until they close the pipe."""
     namespace: dict = {"__name__": "__candidate__", "__builtins__": builtins}
     stage = "candidate"
     try:
         _guard()
         exec(compile(job["program"], "<candidate>", "exec"), namespace)
-        stage = "tests"
-        sys.settrace(None)
-        sys.setprofile(None)
-        namespace["__builtins__"] = dict(pristine)
-        if tests["kind"] == "humaneval":
-            exec(compile(tests["test"], "<tests>", "exec"), namespace)
-            candidate = eval(compile(tests["entry_point"], "<entry point>", "eval"), namespace)
-            namespace["check"](builtin_results(candidate))
-            if rejection():  # a rejected result the tests caught and ignored is still a failure
-                raise RESULTS.NonBuiltinResult(rejection())
-        else:
-            if tests.get("setup"):
-                exec(compile(tests["setup"], "<setup>", "exec"), namespace)
-            for i, line in enumerate(tests["asserts"]):
-                stage = f"assert {i}"
-                exec(compile(line, f"<assert {i}>", "exec"), namespace)
-    except BaseException as exc:  # noqa: BLE001 - every way out except the end is a failure
-        kind = "FAIL" if isinstance(exc, AssertionError) and stage != "candidate" else "ERROR"
-        msg = f"{kind} {stage}: {type(exc).__name__}: {str(exc)[:200]}".replace("\n", " ")
+        if job.get("setup"):
+            stage = "setup"
+            exec(compile(job["setup"], "<setup>", "exec"), namespace)
+    except BaseException as exc:  # noqa: BLE001 - the tests report it
         try:
-            write(report_fd, (msg + "\n").encode())
+            CALLS.report_failure(replies, stage, exc)
             traceback.print_exc(limit=5)
             sys.stderr.flush()
         finally:
             os._exit(1)
-    write(report_fd, nonce)
+    try:
+        CALLS.serve_candidate(namespace, requests, replies)
+    finally:
+        os._exit(0)
+
+
+def _run_tests(tests_fd: int, report_fd: int, requests: int, replies: int) -> None:
+    """The tests' process (function mode), which never runs a line of the candidate's code: it reads the tests
+    and the nonce from its own file, calls the candidate only through `remote_calls` proxies, and writes the
+    nonce to the report only after every test ran without raising."""
+    with os.fdopen(tests_fd, "rb") as f:
+        spec = json.loads(f.read())
+    nonce, tests = (spec["nonce"] + "\n").encode(), spec["tests"]
+    channel = CALLS.CandidateChannel(requests, replies)
+    stage = "candidate"
+    try:
+        namespace = CALLS.tests_namespace(channel, channel.start())
+        stage = "tests"
+        if tests["kind"] == "humaneval":
+            exec(compile(tests["test"], "<tests>", "exec"), namespace)
+            candidate = eval(compile(tests["entry_point"], "<entry point>", "eval"), namespace)
+            namespace["check"](candidate)
+        else:
+            for i, line in enumerate(tests["asserts"]):
+                stage = f"assert {i}"
+                exec(compile(line, f"<assert {i}>", "exec"), namespace)
+        if channel.fatal:  # a failed call the tests caught and ignored still fails the run
+            stage = "tests"
+            gone = channel.fatal[0].startswith("candidate:")
+            raise (CALLS.CandidateGone if gone else CALLS.NonBuiltinResult)(channel.fatal[0])
+    except BaseException as exc:  # noqa: BLE001 - every way out except the end is a failure
+        if isinstance(exc, CALLS.CandidateGone):
+            msg = f"ERROR {exc}"
+        else:
+            kind = "FAIL" if isinstance(exc, AssertionError) else "ERROR"
+            msg = f"{kind} {stage}: {type(exc).__name__}: {str(exc)[:200]}"
+        try:
+            os.write(report_fd, (msg.replace("\n", " ") + "\n").encode())
+            traceback.print_exc(limit=5)
+            sys.stderr.flush()
+        finally:
+            os._exit(1)
+    os.write(report_fd, nonce)
     os._exit(0)
 
 
@@ -232,7 +262,8 @@ def _run_script_mode(job: dict) -> None:
 
 def _open_job_files(job: dict, base_fd: int) -> dict[str, int]:
     """Open the job's files through `base_fd`, the temporary folder opened before any namespace change (in
-    the worker's read-only mount namespace only that descriptor still leads to a writable copy of it)."""
+    the worker's mount namespace only that descriptor still leads to the host's copy of it). `tests` (function
+    mode: the tests and the nonce) is opened here but read only by the tests' process."""
     private, create = job["private_name"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     files = {
         name: os.open(os.path.join(private, name), create, 0o600, dir_fd=base_fd)
@@ -240,6 +271,8 @@ def _open_job_files(job: dict, base_fd: int) -> dict[str, int]:
     }
     stdin = os.path.join(private, "stdin") if job["stdin_path"] else os.devnull
     files["stdin"] = os.open(stdin, os.O_RDONLY, dir_fd=base_fd)  # an absolute path ignores dir_fd
+    if job["mode"] == "function":
+        files["tests"] = os.open(os.path.join(private, "tests.json"), os.O_RDONLY, dir_fd=base_fd)
     return files
 
 
@@ -247,45 +280,79 @@ def _write_status(files: dict[str, int], status: dict) -> None:
     os.write(files["status.json"], json.dumps(status).encode())
 
 
-def _supervise(job: dict, files: dict[str, int], ns) -> None:
-    """Supervisor for one program: fork the program, wait, kill, write status. `ns`: the namespaces module
-    when isolating (this process is then PID 1 of a fresh PID namespace and builds the file system), else None."""
+def _close_fds_except(keep: tuple[int, ...]) -> None:
+    low = 3
+    for fd in sorted(set(keep)):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)
+
+
+def _spawn(
+    job: dict, files: dict[str, int], cwd: str, keep: tuple[int, ...], ns, ids, dumpable: bool, run
+) -> int:
+    """Fork one sandboxed process: own session, the job's stdin/stdout/stderr, only the `keep` descriptors,
+    limits, then (namespaces) the uid/gid `ids` and no capabilities; it calls `run()` and never returns."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        os.setsid()
+        for name, target in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
+            os.dup2(files[name], target)
+        _close_fds_except(keep)
+        os.chdir(cwd)
+        _set_limits(job)
+        if ns is not None:
+            ns.drop_privileges(ids, dumpable=dumpable)
+        elif not dumpable:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        run()
+    finally:
+        os._exit(1)
+
+
+def _supervise(job: dict, files: dict[str, int], ns, ids: dict) -> None:
+    """Supervisor for one program: fork it (function mode: the candidate's process and the tests' process,
+    joined by two pipes), wait, kill, write status. `ns`: the namespaces module when isolating (this process
+    is then PID 1 of a fresh PID namespace and builds the file system), else None. `ids`: uid/gid for
+    "program" and "tests" (None: keep this process's)."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     workdir = job["workdir"]
     if ns is not None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1 ignores signals it has no handler for
         try:
-            workdir = ns.build_job_filesystem(job["tmp_bytes"])
+            workdir = ns.build_job_filesystem(job["tmp_bytes"], ids["program"])
         except OSError as exc:
             _write_status(files, {"setup_error": str(exc)})
             return
-    report_fd = files["report"]
     start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # the program child
-        try:
-            os.setsid()
-            for name, target in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
-                os.dup2(files[name], target)
-            os.closerange(3, report_fd)  # the status file and everything else the server had open
-            os.closerange(report_fd + 1, 65536)
-            os.chdir(workdir)
-            _set_limits(job)
-            if ns is not None:
-                ns.drop_privileges()
-            if job["mode"] == "function":
-                _run_function_mode(job, report_fd)
-            else:
-                os.close(report_fd)
-                _run_script_mode(job)
-        finally:
-            os._exit(1)
-    for name in ("report", "stdout", "stderr", "stdin"):
-        os.close(files[name])
-    job.pop("nonce", None)
-    status, timed_out = _wait(pid, job["timeout"])
+    if job["mode"] == "function":
+        requests_r, requests_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        program = _spawn(
+            job, files, workdir, (requests_r, replies_w), ns, ids["program"], True,
+            lambda: _run_candidate(job, requests_r, replies_w),
+        )  # fmt: skip
+        job.pop("program")
+        judge = _spawn(
+            job, files, "/", (requests_w, replies_r, files["report"], files["tests"]), ns, ids["tests"], False,
+            lambda: _run_tests(files["tests"], files["report"], requests_w, replies_r),
+        )  # fmt: skip
+        for fd in (requests_r, requests_w, replies_r, replies_w):
+            os.close(fd)
+    else:
+        program = judge = _spawn(
+            job, files, workdir, (), ns, ids["program"], True, lambda: _run_script_mode(job)
+        )
+    for name in ("report", "stdout", "stderr", "stdin", "tests"):
+        if name in files:
+            os.close(files[name])
+    status, timed_out = _wait(judge, job["timeout"])
     elapsed = time.monotonic() - start
-    leftover = _kill_everything(pid) - (1 if timed_out else 0)
+    if program != judge and not timed_out:  # the candidate ends when the tests close its pipe
+        _wait(program, max(0.0, min(2.0, job["timeout"] - elapsed)))
+    leftover = _kill_everything(program) - (1 if timed_out else 0)
     result = {
         "timed_out": timed_out,
         "elapsed": elapsed,
@@ -301,14 +368,14 @@ def _supervise(job: dict, files: dict[str, int], ns) -> None:
     _write_status(files, result)
 
 
-def _run_job(job: dict, isolation: str, base_fd: int, ns, worker_error: str) -> int:
+def _run_job(job: dict, isolation: str, base_fd: int, ns, worker_error: str, ids: dict) -> int:
     """The forked job process: open the job's files, then supervise (guard; or namespaces when this process
     already is PID 1 of a fresh PID namespace), or enter the job's namespaces and wait for the supervisor
     forked into them. Returns the exit code."""
     files = _open_job_files(job, base_fd)
     os.close(base_fd)  # the only way back to a writable host folder: gone before anything untrusted runs
     if isolation == "guard":
-        _supervise(job, files, None)
+        _supervise(job, files, None, ids)
         return 0
     in_new_pid_namespace = os.getpid() == 1
     try:
@@ -319,13 +386,13 @@ def _run_job(job: dict, isolation: str, base_fd: int, ns, worker_error: str) -> 
         _write_status(files, {"setup_error": str(exc)})
         return 0
     if in_new_pid_namespace:
-        _supervise(job, files, ns)
+        _supervise(job, files, ns, ids)
         return 0
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
-            _supervise(job, files, ns)
+            _supervise(job, files, ns, ids)
         except BaseException:  # noqa: BLE001
             traceback.print_exc()
             code = 1
@@ -347,10 +414,13 @@ def main() -> None:
     isolation = sys.argv[1]
     base_fd = os.open(sys.argv[2], os.O_PATH | os.O_DIRECTORY)  # where the parent makes each job's folder
     ns, worker_error, own_pid_ns = None, "", None
+    ids: dict = {"program": None, "tests": None}
     if isolation == "namespaces":
         try:
             ns = _load_sibling("namespaces")
-            ns.enter_worker_namespaces()
+            if not ns.enter_worker_namespaces():  # no user namespace: programs get uids of their own
+                uid = UID_BASE + 2 * os.getpid()  # unique among live servers, so RLIMIT_NPROC is per program
+                ids = {"program": (uid, uid), "tests": (uid + 1, uid + 1)}
             own_pid_ns = ns.pid_namespace_switch()  # None: each job process makes the PID namespace
         except (OSError, AttributeError) as exc:  # AttributeError: a libc without unshare (not Linux)
             worker_error = str(exc) or type(exc).__name__  # every job reports it and does not run
@@ -375,7 +445,7 @@ def main() -> None:
                 os.close(replies)
                 if own_pid_ns is not None:
                     os.close(own_pid_ns)
-                code = _run_job(job, isolation, base_fd, ns, worker_error)
+                code = _run_job(job, isolation, base_fd, ns, worker_error, ids)
             except BaseException:  # noqa: BLE001
                 traceback.print_exc()
                 code = 1
