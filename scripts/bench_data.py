@@ -82,14 +82,14 @@ def child(task: str, path: str, samples: int) -> dict:
     import datasets
 
     from wmtp_hf.data import WmtpDataCollator
-    from wmtp_hf.data.sampling import select_for_stage
+    from wmtp_hf.data.sampling import order_indices
 
     imported = time.perf_counter()
     ds = datasets.Dataset.from_file(path)
     result = {"import_seconds": imported - started}
     if task != "open":
-        stage = {"critic": "critic", "curriculum": "verifiable"}[task]
-        picked = select_for_stage(ds, stage, n_samples=samples, seed=0)
+        order = {"critic": "balanced", "curriculum": "curriculum"}[task]  # the critic's, verifiable's order
+        picked = ds.select(order_indices(order, ds, n_samples=samples, seed=0))
         batch = WmtpDataCollator(pad_token_id=0)([picked[i] for i in range(32)])  # read a first batch
         assert batch["input_ids"].shape[0] == 32 and len(picked) == samples
     result["seconds"] = time.perf_counter() - imported

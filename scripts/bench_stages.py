@@ -167,8 +167,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from wmtp_hf.modeling_wmtp import WmtpForMultiTokenPrediction
     from wmtp_hf.reference import compute_reference_column, load_reference_model
     from wmtp_hf.train.components import load_tokenizer
-    from wmtp_hf.train.config import build_config
-    from wmtp_hf.train.stages import CriticTrainer
+    from wmtp_hf.train.stages import CriticTrainer, build_config
 
     if args.model_dir is None:
         print(f"[bench_stages] building the micro model (hidden {args.hidden_size}) ...", flush=True)
@@ -256,9 +255,8 @@ class StageStepper:
 
         from wmtp_hf.data import WmtpDataCollator
         from wmtp_hf.train.components import load_tokenizer
-        from wmtp_hf.train.config import build_config
         from wmtp_hf.train.lora import wrap_with_lora
-        from wmtp_hf.train.stages import STAGE_TRAINERS
+        from wmtp_hf.train.stages import STAGE_TRAINERS, build_config
 
         variant = args.worker
         stage = VARIANTS[variant]["stage"]

@@ -243,8 +243,7 @@ def run_worker(args: argparse.Namespace) -> None:
     """Train one variant for warm-up + memory + timed steps, reporting over the worker protocol."""
     from wmtp_hf.data import WmtpDataCollator
     from wmtp_hf.train.components import build_train_dataset, load_tokenizer
-    from wmtp_hf.train.config import build_config
-    from wmtp_hf.train.stages import BaselineTrainer
+    from wmtp_hf.train.stages import BaselineTrainer, build_config
     from wmtp_hf.train.trainer import BATCH_EXTRAS
 
     proto = protocol_stream()

@@ -10,14 +10,8 @@ import pytest
 import torch
 
 from wmtp_hf.data import DataError
-from wmtp_hf.data.sampling import (
-    StageSampler,
-    critic_indices,
-    curriculum_indices,
-    read_metadata,
-    select_for_stage,
-    stage_indices,
-)
+from wmtp_hf.data.sampling import critic_indices, curriculum_indices, read_metadata
+from wmtp_hf.train.sampling import StageSampler, select_for_stage, stage_indices
 
 # progress phase bounds and expected (low, medium, high) shares, straight from docs/design.md §3.4
 PHASES = [((0.0, 0.3), (0.7, 0.3, 0.0)), ((0.3, 0.7), (0.3, 0.6, 0.1)), ((0.7, 1.0), (0.1, 0.5, 0.4))]

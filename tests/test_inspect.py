@@ -22,7 +22,7 @@ from wmtp_hf.inspect import main as inspect_main
 from wmtp_hf.inspection import inspect_examples, render_html, render_png, write_outputs
 from wmtp_hf.losses import mtp_target_mask
 from wmtp_hf.train.cli import main as train_main
-from wmtp_hf.train.config import build_config
+from wmtp_hf.train.stages import build_config
 
 # Code that needs faithful whitespace and escaping.
 RESPONSES = [

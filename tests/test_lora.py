@@ -27,9 +27,9 @@ from wmtp_hf.data import WmtpDataCollator
 from wmtp_hf.publish import main as publish_main
 from wmtp_hf.train.cli import main
 from wmtp_hf.train.components import load_model, load_tokenizer
-from wmtp_hf.train.config import ConfigError, build_config
+from wmtp_hf.train.config import ConfigError
 from wmtp_hf.train.lora import wrap_with_lora
-from wmtp_hf.train.stages import STAGE_TRAINERS
+from wmtp_hf.train.stages import STAGE_TRAINERS, build_config
 
 PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 TOKENS = torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(1))

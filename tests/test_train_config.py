@@ -10,7 +10,8 @@ import pytest
 
 from wmtp_hf.micro import MICRO_CONFIG
 from wmtp_hf.train.cli import parse_overrides
-from wmtp_hf.train.config import ConfigError, build_config, config_to_dict
+from wmtp_hf.train.config import ConfigError, config_to_dict
+from wmtp_hf.train.stages import build_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,7 @@ from wmtp_hf.data import WmtpDataCollator
 from wmtp_hf.data.__main__ import main as data_main
 from wmtp_hf.losses import mtp_target_mask
 from wmtp_hf.train.cli import main
-from wmtp_hf.train.config import build_config
-from wmtp_hf.train.stages import Rho1Trainer
+from wmtp_hf.train.stages import Rho1Trainer, build_config
 from wmtp_hf.weighting import rho1_keep_counts
 
 REPO = Path(__file__).resolve().parents[1]

@@ -171,8 +171,7 @@ def naive_verifiable_loss(model, batch, n_heads, value_coef=0.5, beta=0.9, w_min
 
 
 def test_verifiable_loss_equals_a_naive_loop(tmp_path, setup):
-    from wmtp_hf.train.config import build_config
-    from wmtp_hf.train.stages import VerifiableTrainer
+    from wmtp_hf.train.stages import VerifiableTrainer, build_config
 
     model, data = setup
     critic = critic_output(tmp_path, model, data)
@@ -257,8 +256,7 @@ def test_resume_after_kill_is_exact(tmp_path, setup, stage):
 
 def test_critic_finds_the_planted_marker(tmp_path, tiny_tokenizer):
     """Incorrect responses carry a marker token at a random position; correct ones never do."""
-    from wmtp_hf.train.config import build_config
-    from wmtp_hf.train.stages import VerifiableTrainer
+    from wmtp_hf.train.stages import VerifiableTrainer, build_config
 
     model = write_tiny_model(tmp_path / "model", tiny_tokenizer)
     data = write_marker_dataset(tmp_path / "marker", len(tiny_tokenizer), MARKER, n_problems=300,

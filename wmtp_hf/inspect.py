@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from wmtp_hf.loading import load_tokenizer, move_to_device, parse_device
     from wmtp_hf.reference import check_same_tokenizer, load_reference_model, load_reference_tokenizer
     from wmtp_hf.train.components import check_model_location, held_out_split, load_rows
-    from wmtp_hf.train.config import build_config
+    from wmtp_hf.train.stages import build_config
 
     for name in ("n", "max_length", "batch_size"):
         if getattr(args, name) < 1:

@@ -1,4 +1,7 @@
-"""Per-stage example selection (docs/design.md §3.4) from metadata columns only, deterministic and resumable.
+"""Row orders for training (docs/design.md §3.4) from metadata columns only, deterministic and resumable.
+
+The orders are named by what they pick (`ORDERS`: correct, balanced, curriculum, plus same-problem
+pairs); each stage's trainer says which one it trains on (`wmtp_hf.train.stages`).
 
 Every function returns the full index order for `n_samples` positions as a pure function of the seed
 and the metadata, so position `s` of a resumed run is the same row as in the original run. Only the
@@ -9,7 +12,7 @@ rows is never touched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import datasets
@@ -20,7 +23,6 @@ from .schema import DataError
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("baseline", "critic", "verifiable", "rho1", "reference")
 BUCKETS: dict[str, tuple[int, int]] = {"low": (1, 3), "medium": (4, 7), "high": (8, 11)}
 # (end of phase as a fraction of training, bucket weights low/medium/high)
 CURRICULUM: tuple[tuple[float, tuple[float, float, float]], ...] = (
@@ -217,42 +219,29 @@ def pair_indices(
     return np.stack([picks[True], picks[False]], axis=1).reshape(-1).astype(np.int64)
 
 
-def stage_indices(
-    stage: str, dataset: datasets.Dataset, n_samples: int | None = None, seed: int = 0
-) -> np.ndarray:
-    """The row order a stage trains on. `n_samples` defaults to the dataset size (correct rows for
-    baseline/rho1)."""
-    if stage not in STAGES:
-        raise DataError(f"sampling: unknown stage '{stage}'; valid: {', '.join(STAGES)}")
+ORDERS: dict[str, Callable[..., np.ndarray]] = {
+    "correct": lambda is_correct, difficulty, n, seed: correct_only_indices(is_correct, n, seed),
+    "balanced": lambda is_correct, difficulty, n, seed: critic_indices(is_correct, n, seed),
+    "curriculum": lambda is_correct, difficulty, n, seed: curriculum_indices(is_correct, difficulty, n, seed),
+}
+
+
+def order_indices(order: str, dataset: datasets.Dataset, n_samples: int | None = None, seed: int = 0) -> np.ndarray:
+    """The row order `order` (a key of `ORDERS`) of `dataset`, `n_samples` positions (default: the
+    dataset size; for `correct`, one pass over the correct rows)."""
+    if order not in ORDERS:
+        raise DataError(f"sampling: unknown order '{order}'; valid: {', '.join(ORDERS)}")
     is_correct, difficulty = read_metadata(dataset)
-    if stage in ("baseline", "rho1", "reference"):
-        return correct_only_indices(is_correct, n_samples, seed)
-    n = len(is_correct) if n_samples is None else n_samples
-    if stage == "critic":
-        return critic_indices(is_correct, n, seed)
-    return curriculum_indices(is_correct, difficulty, n, seed)
+    n = n_samples if n_samples is not None or order == "correct" else len(is_correct)
+    return ORDERS[order](is_correct, difficulty, n, seed)
 
 
-def select_for_stage(
-    dataset: datasets.Dataset, stage: str, n_samples: int | None = None, seed: int = 0
-) -> datasets.Dataset:
-    """`dataset.select(stage_indices(...))`: a view in training order (no row text is copied). Train it
-    in order (`TrainingArguments(train_sampling_strategy="sequential")`) or use `StageSampler`."""
-    return dataset.select(stage_indices(stage, dataset, n_samples, seed))
-
-
-class StageSampler(torch.utils.data.Sampler[int]):
-    """A `Sampler` over a precomputed stage order; `start` skips already-consumed positions on resume."""
+class IndexSampler(torch.utils.data.Sampler[int]):
+    """A `Sampler` over a precomputed row order; `start` skips already-consumed positions on resume."""
 
     def __init__(self, indices: np.ndarray, start: int = 0):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.start = start
-
-    @classmethod
-    def for_stage(
-        cls, stage: str, dataset: datasets.Dataset, n_samples: int | None = None, seed: int = 0
-    ) -> StageSampler:
-        return cls(stage_indices(stage, dataset, n_samples, seed))
 
     def __iter__(self) -> Iterator[int]:
         for i in range(self.start, len(self.indices)):

@@ -13,14 +13,21 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from ..data import WmtpDataCollator
 from ..losses import mtp_target_mask
-from ..weighting import EmaNormalizer, excess_losses, reference_token_losses, rho1_weights
+from ..weighting import (
+    EmaNormalizer,
+    Rho1Weighting,
+    VerifiableWeighting,
+    excess_losses,
+    reference_token_losses,
+    rho1_weights,
+    td_token_weights,
+)
 
 VERIFIABLE_OPTIONS = (
     "advantage",
@@ -94,14 +101,6 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_finite(v) for v in obj]
     return obj
-
-
-def stage_options(stage: str, stage_config: Any, names: Sequence[str]) -> SimpleNamespace:
-    """The options `names` of `stage`: read from `stage_config` when it has them, else the stage's defaults."""
-    from ..train.stages import STAGE_CONFIGS
-
-    defaults = {f.name: f.default for f in dataclasses.fields(STAGE_CONFIGS[stage])}
-    return SimpleNamespace(**{n: getattr(stage_config, n, defaults[n]) for n in names})
 
 
 def token_texts(tokenizer: Any, ids: Sequence[int], start: int, window: int = 8) -> list[str]:
@@ -296,27 +295,25 @@ def _verifiable_view(
     device: torch.device,
 ) -> dict[str, Any]:
     """TD errors and weights by the stage's own `td_token_weights`; returns the options used."""
-    from ..train.stages.verifiable import td_token_weights
-
-    opts = stage_options("verifiable", stage_config, VERIFIABLE_OPTIONS)
+    opts = VerifiableWeighting.of(stage_config)
     if opts.normalize == "ema" and ema is None:
         notes.append(
             "normalize: ema, but the running statistics are not saved with the model: advantages are "
             "z-scored over the inspected examples instead"
         )
-        opts.normalize = "zscore"
+        opts = dataclasses.replace(opts, normalize="zscore")
     ema = copy.deepcopy(ema)  # normalising accumulates into the state: leave the caller's untouched
     # On the model's device: with several processes `zscore` all-reduces its moments (NCCL needs GPU tensors);
     # every process inspects the same rows, so the statistics stay these rows'.
     inputs = (t.to(device) for t in (numbers.values, labels, rewards))
     deltas, weights = td_token_weights(*inputs, opts, ema)
     numbers.deltas, numbers.weights = deltas.cpu(), weights.cpu()
-    return vars(opts)
+    return {name: getattr(opts, name) for name in VERIFIABLE_OPTIONS}
 
 
 def _rho1_view(numbers: BatchNumbers, stage_config: Any) -> dict[str, Any]:
     """Excess losses and the top-`k_percent` selection of every head over the whole batch."""
-    opts = stage_options("rho1", stage_config, RHO1_OPTIONS)
+    opts = Rho1Weighting.of(stage_config)
     numbers.kept = rho1_weights(numbers.token_losses, numbers.ref, numbers.target_mask, opts.k_percent) > 0
     numbers.excess = excess_losses(numbers.token_losses, numbers.ref)
-    return {**vars(opts), "selection": RHO1_SELECTION}
+    return {**{name: getattr(opts, name) for name in RHO1_OPTIONS}, "selection": RHO1_SELECTION}

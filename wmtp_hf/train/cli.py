@@ -24,17 +24,11 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..data import DataError, WmtpDataCollator
 from ..messages import first_line
 from .components import build_train_dataset
-from .config import (
-    ConfigError,
-    WmtpTrainingConfig,
-    build_config,
-    config_to_dict,
-    stage_options,
-)
+from .config import ConfigError, WmtpTrainingConfig, config_to_dict, stage_options
 from .lora import wrap_with_lora
 from .mlflow_setup import ResolvedConfigCallback, configure_mlflow
 from .outputs import FINAL_DIR, write_final_folder
-from .stages import STAGE_CONFIGS, STAGE_TRAINERS
+from .stages import STAGE_CONFIGS, STAGE_TRAINERS, build_config
 
 logger = logging.getLogger("wmtp_hf.train")
 

@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .. import loading
 from ..data import SOURCES, DataError, load_source, tokenize_dataset
-from ..data.sampling import stage_indices
 from ..messages import looks_like_hub_id
 from ..micro import build_micro, build_micro_tokenizer, is_model_dir
 from ..modeling_wmtp import WmtpForMultiTokenPrediction
@@ -137,11 +136,6 @@ def held_out_split(config: WmtpTrainingConfig) -> str | None:
     return HELD_OUT_SPLITS.get(config.dataset)
 
 
-def sample_order(config: WmtpTrainingConfig, dataset: datasets.Dataset) -> np.ndarray:
-    """The stage's row order (docs/design.md §3.4) for `config.n_samples` positions."""
-    return stage_indices(config.stage, dataset, n_samples=config.n_samples, seed=config.seed)
-
-
 def tokenized_rows(
     config: WmtpTrainingConfig, tokenizer: Any, split: str
 ) -> tuple[datasets.Dataset, Any, int]:
@@ -164,9 +158,10 @@ def tokenized_rows(
 def build_train_dataset(
     config: WmtpTrainingConfig,
     tokenizer: Any,
-    order_fn: Callable[[WmtpTrainingConfig, datasets.Dataset], np.ndarray] = sample_order,
+    order_fn: Callable[[WmtpTrainingConfig, datasets.Dataset], np.ndarray],
 ) -> tuple[datasets.Dataset, dict[str, Any]]:
-    """Tokenized rows in the stage's sampling order, plus a report of what was kept and dropped."""
+    """Tokenized rows in the stage's sampling order (`order_fn`, the trainer's `sample_order`), plus a
+    report of what was kept and dropped."""
     stage = config.stage
     try:
         tokenized, dropped, n_rows = tokenized_rows(config, tokenizer, config.dataset_split)

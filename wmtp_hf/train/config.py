@@ -20,7 +20,6 @@ import yaml
 from transformers import TrainingArguments
 from transformers.trainer_utils import HubStrategy, SchedulerType
 
-STAGES = ("baseline", "critic", "verifiable", "rho1", "reference")
 # The attention and MLP projections of every decoder block (trunk and heads; also LLaMA's names).
 LORA_DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -192,15 +191,6 @@ def _check_repo_id(option: str, repo_id: str | None) -> None:
         raise ConfigError(f"{option}: expected a Hub repository id ORG/NAME, got {repo_id!r}") from None
 
 
-def stage_config_class(stage: str) -> type[WmtpTrainingConfig]:
-    """The config dataclass of `stage` (from the stage registry)."""
-    from .stages import STAGE_CONFIGS
-
-    if stage not in STAGE_CONFIGS:
-        raise ConfigError(f"--stage: unknown stage '{stage}'; available: {', '.join(STAGE_CONFIGS)}")
-    return STAGE_CONFIGS[stage]
-
-
 def stage_options(cls: type[WmtpTrainingConfig]) -> list[str]:
     """Fields this project adds to `TrainingArguments` for the stage."""
     base = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -307,11 +297,12 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return {**read_yaml(path.parent / parent, (*seen, path)), **data}
 
 
-def build_config(
-    stage: str, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+def build_stage_config(
+    cls: type[WmtpTrainingConfig], config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> WmtpTrainingConfig:
-    """The stage's config from defaults, an optional YAML file and overrides, validated."""
-    cls = stage_config_class(stage)
+    """A stage config of class `cls` from its defaults, an optional YAML file and overrides, validated.
+    By stage name: `wmtp_hf.train.stages.build_config`."""
+    stage = cls.stage
     values: dict[str, Any] = {}
     if config_file is not None:
         values = read_yaml(Path(config_file))

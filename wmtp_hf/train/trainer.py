@@ -19,6 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..data.sampling import order_indices
 from ..losses import mtp_target_mask, resolve_head_weights, weighted_mtp_loss
 from . import components
 from .outputs import FinalFolderPush
@@ -47,6 +48,8 @@ class _StageStateCallback(TrainerCallback):
 class StageHooks:
     """How a stage gets its model and data; the CLI calls these before the trainer exists."""
 
+    sample_order_name: str = "correct"  # the stage's row order, a key of wmtp_hf.data.sampling.ORDERS
+
     @classmethod
     def resolve_model_path(cls, config: Any) -> str:
         """The model folder or Hub id to start from (where the micro preset goes when none is given)."""
@@ -69,8 +72,8 @@ class StageHooks:
 
     @classmethod
     def sample_order(cls, config: Any, dataset: Any) -> Any:
-        """Row order of the training data (docs/design.md §3.4)."""
-        return components.sample_order(config, dataset)
+        """Row order of the training data (docs/design.md §3.4): the order `sample_order_name`."""
+        return order_indices(cls.sample_order_name, dataset, n_samples=config.n_samples, seed=config.seed)
 
     @classmethod
     def build_eval_dataset(cls, config: Any, tokenizer: Any) -> Any:

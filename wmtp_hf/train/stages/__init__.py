@@ -1,8 +1,12 @@
-"""The stage registry: each stage's typed config and `Trainer` subclass, one file per stage."""
+"""The stage registry, the one place that names the stages: each stage's typed config and `Trainer`
+subclass (one file per stage; the trainer also owns the stage's sample order)."""
 
 from __future__ import annotations
 
-from ..config import WmtpTrainingConfig
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, WmtpTrainingConfig, build_stage_config
 from .baseline import BaselineConfig, BaselineTrainer
 from .critic import CriticConfig, CriticTrainer
 from .reference import ReferenceConfig, ReferenceTrainer
@@ -24,9 +28,29 @@ STAGE_TRAINERS: dict[str, type] = {
     "reference": ReferenceTrainer,
 }
 
+STAGES: tuple[str, ...] = tuple(STAGE_CONFIGS)
+
+
+def stage_config_class(stage: str) -> type[WmtpTrainingConfig]:
+    """The config dataclass of `stage`."""
+    if stage not in STAGE_CONFIGS:
+        raise ConfigError(f"--stage: unknown stage '{stage}'; available: {', '.join(STAGE_CONFIGS)}")
+    return STAGE_CONFIGS[stage]
+
+
+def build_config(
+    stage: str, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> WmtpTrainingConfig:
+    """The stage's config from defaults, an optional YAML file and overrides, validated."""
+    return build_stage_config(stage_config_class(stage), config_file, overrides)
+
+
 __all__ = [
+    "STAGES",
     "STAGE_CONFIGS",
     "STAGE_TRAINERS",
+    "build_config",
+    "stage_config_class",
     "BaselineConfig",
     "BaselineTrainer",
     "CriticConfig",

@@ -28,7 +28,7 @@ from ...weighting import (
     mc_returns,
     value_positions,
 )
-from ..components import held_out_split, load_model, sample_order, tokenized_rows
+from ..components import held_out_split, load_model, tokenized_rows
 from ..config import ConfigError, WmtpTrainingConfig, _help
 from ..trainer import WeightedMTPTrainer
 
@@ -110,6 +110,7 @@ class CriticTrainer(WeightedMTPTrainer):
     """Value-head regression (or pairwise ranking) on the frozen trunk; see the module docstring."""
 
     trains_value_head = True
+    sample_order_name = "balanced"  # correct/incorrect 50:50; critic_loss pairwise: same-problem pairs
 
     @classmethod
     def load_model(cls, config: CriticConfig, path: str, tokenizer: Any) -> Any:
@@ -140,7 +141,7 @@ class CriticTrainer(WeightedMTPTrainer):
     @classmethod
     def sample_order(cls, config: CriticConfig, dataset: datasets.Dataset) -> np.ndarray:
         if config.critic_loss != "pairwise":
-            return sample_order(config, dataset)
+            return super().sample_order(config, dataset)
         is_correct, _ = read_metadata(dataset)
         n_pairs = None if config.n_samples is None else max(1, config.n_samples // 2)
         return pair_indices(is_correct, read_problem_ids(dataset), n_pairs, seed=config.seed)

@@ -34,7 +34,7 @@ from ...reference import (
     load_reference_model,
     precompute_reference_losses,
 )
-from ...weighting import excess_losses, reference_token_losses, rho1_keep_counts, rho1_weights
+from ...weighting import Rho1Weighting, excess_losses, reference_token_losses, rho1_keep_counts, rho1_weights
 from ..components import check_model_location
 from ..config import ConfigError, WmtpTrainingConfig, _help
 from ..inspect_artifact import InspectionArtifactCallback
@@ -58,7 +58,7 @@ class Rho1Config(WmtpTrainingConfig):
         ),
     )
     k_percent: float = field(
-        default=0.6, metadata=_help("Fraction of each head's valid targets kept per batch.")
+        default=Rho1Weighting.k_percent, metadata=_help("Fraction of each head's valid targets kept per batch.")
     )
     precompute_reference: bool = field(
         default=False,
@@ -73,8 +73,10 @@ class Rho1Config(WmtpTrainingConfig):
     output_dir: str | None = field(default="runs/rho1", metadata=_help("Checkpoints and the final model."))
 
     def __post_init__(self) -> None:
-        if not 0 < self.k_percent <= 1:
-            raise ConfigError(f"k_percent: expected a number in (0, 1], got {self.k_percent}")
+        try:
+            Rho1Weighting.of(self)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.reference_batch_size < 1:
             raise ConfigError(
                 f"reference_batch_size: expected a positive integer, got {self.reference_batch_size}"
@@ -92,9 +94,10 @@ def micro_reference_key(seed: int) -> str:
     """Cache key of the micro reference: the reference stage's defaults and the code that builds its data."""
     from ...data.offline import fingerprint as offline_fingerprint
     from ...data.sources.humaneval import package_file
-    from ..config import build_config, config_to_dict
+    from ..config import build_stage_config, config_to_dict
+    from .reference import ReferenceConfig
 
-    options = config_to_dict(build_config("reference", None, {"seed": seed}))
+    options = config_to_dict(build_stage_config(ReferenceConfig, None, {"seed": seed}))
     for volatile in ("output_dir", "logging_dir", "report_to"):
         options.pop(volatile, None)
     root = Path(__file__).resolve().parents[2]

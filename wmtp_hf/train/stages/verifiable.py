@@ -21,13 +21,11 @@ from ...data.sampling import curriculum_indices, read_metadata
 from ...losses import target_weights_per_head, value_regression_loss
 from ...weighting import (
     EmaNormalizer,
+    VerifiableWeighting,
     explained_variance,
-    gae,
     mc_returns,
-    normalize_advantages,
     response_token_mask,
-    td_errors,
-    td_weights,
+    td_token_weights,
     tensor_stats,
     value_positions,
     weight_stats,
@@ -50,29 +48,29 @@ class VerifiableConfig(WmtpTrainingConfig):
     }
 
     advantage: str = field(
-        default="td", metadata=_help("td (A = delta) or gae (A = sum_l (gamma lam)^l delta).")
+        default=VerifiableWeighting.advantage, metadata=_help("td (A = delta) or gae (A = sum_l (gamma lam)^l delta).")
     )
-    gamma: float = field(default=1.0, metadata=_help("Discount of TD errors and returns."))
-    lam: float = field(default=0.95, metadata=_help("GAE lambda (advantage: gae)."))
+    gamma: float = field(default=VerifiableWeighting.gamma, metadata=_help("Discount of TD errors and returns."))
+    lam: float = field(default=VerifiableWeighting.lam, metadata=_help("GAE lambda (advantage: gae)."))
     normalize: str = field(
-        default="none",
+        default=VerifiableWeighting.normalize,
         metadata=_help(
             "Advantage normalisation: none, zscore (this micro-batch, all processes) or ema (running "
             "mean/std updated once per optimizer step, all-reduced, saved in checkpoints)."
         ),
     )
-    ema_momentum: float = field(default=0.1, metadata=_help("Momentum of the ema normalisation."))
+    ema_momentum: float = field(default=VerifiableWeighting.ema_momentum, metadata=_help("Momentum of the ema normalisation."))
     ema_warmup_steps: int = field(
-        default=10, metadata=_help("Steps over which the ema averages its first statistics.")
+        default=VerifiableWeighting.ema_warmup_steps, metadata=_help("Steps over which the ema averages its first statistics.")
     )
-    beta: float = field(default=0.9, metadata=_help("Temperature of w = exp(A / beta)."))
-    weight_min: float = field(default=0.1, metadata=_help("Lower clip of the token weights."))
-    weight_max: float = field(default=5.0, metadata=_help("Upper clip of the token weights."))
+    beta: float = field(default=VerifiableWeighting.beta, metadata=_help("Temperature of w = exp(A / beta)."))
+    weight_min: float = field(default=VerifiableWeighting.weight_min, metadata=_help("Lower clip of the token weights."))
+    weight_max: float = field(default=VerifiableWeighting.weight_max, metadata=_help("Upper clip of the token weights."))
     value_coef: float = field(
         default=0.5, metadata=_help("Weight of the value loss (the critic keeps learning).")
     )
     policy_on: str = field(
-        default="correct",
+        default=VerifiableWeighting.policy_on,
         metadata=_help(
             "Rows the MTP loss imitates: correct (default) or all (incorrect ones down-weighted)."
         ),
@@ -87,54 +85,13 @@ class VerifiableConfig(WmtpTrainingConfig):
     )
 
     def __post_init__(self) -> None:
-        choices = {
-            "advantage": ("td", "gae"),
-            "normalize": ("none", "zscore", "ema"),
-            "policy_on": ("correct", "all"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}"
-                )
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"gamma: expected a number in (0, 1], got {self.gamma}")
-        if not 0 <= self.lam <= 1:
-            raise ConfigError(f"lam: expected a number in [0, 1], got {self.lam}")
-        if self.beta <= 0:
-            raise ConfigError(f"beta: expected a positive number, got {self.beta}")
-        if not 0 <= self.weight_min <= self.weight_max:
-            raise ConfigError(
-                f"weight_min, weight_max: expected 0 <= weight_min <= weight_max, got {self.weight_min}, {self.weight_max}"
-            )
+        try:
+            VerifiableWeighting.of(self)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.value_coef < 0:
             raise ConfigError(f"value_coef: expected >= 0, got {self.value_coef}")
-        if not 0 < self.ema_momentum <= 1:
-            raise ConfigError(f"ema_momentum: expected a number in (0, 1], got {self.ema_momentum}")
         super().__post_init__()
-
-
-def td_token_weights(
-    values: torch.Tensor,
-    labels: torch.Tensor,
-    rewards: torch.Tensor,
-    options: Any,
-    ema: EmaNormalizer | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`([B, T] TD errors, [B, T] token weights)` of the verifiable stage, from the value head's `values`.
-
-    `options` carries the stage's `advantage`, `gamma`, `lam`, `normalize`, `beta`, `weight_min` and
-    `weight_max` (a `VerifiableConfig`, or any object with them); `ema` is the running normaliser of
-    `normalize: ema`. The stage's loss and `wmtp_hf.inspection` both call this, so the page shows the
-    weights training uses.
-    """
-    values = values.detach().float()
-    vmask, tmask = value_positions(labels), response_token_mask(labels)
-    deltas = td_errors(values, rewards, vmask, options.gamma)
-    adv = deltas if options.advantage == "td" else gae(deltas, tmask, options.gamma, options.lam)
-    adv = normalize_advantages(adv, tmask, options.normalize, ema)
-    weights = td_weights(adv, options.beta, options.weight_min, options.weight_max, tmask)
-    return deltas, weights
 
 
 def nonempty_stats(stats: dict[str, float], prefix: str) -> dict[str, float]:
@@ -146,6 +103,7 @@ class VerifiableTrainer(WeightedMTPTrainer):
     """TD-error weighted MTP loss plus the continuing value loss; see the module docstring."""
 
     trains_value_head = True
+    sample_order_name = "curriculum"  # by difficulty over training progress, correct/incorrect balanced
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
