@@ -59,7 +59,7 @@ def run_wmtp(
     from wmtp_hf.evaluation.problems import Problem
     from wmtp_hf.evaluation.runner import score_samples
     from wmtp_hf.evaluation.samples import Sample
-    from wmtp_hf.evaluation.sandbox import shutdown_servers
+    from wmtp_hf.execution.sandbox import shutdown_servers
 
     probs = [
         Problem(
@@ -126,7 +126,7 @@ def main() -> None:
     problems = dict(list(problems.items())[: args.problems])
     ks = sorted({1, min(2, args.samples_per_problem), args.samples_per_problem})
     samples = build_samples(problems, args.samples_per_problem)
-    from wmtp_hf.evaluation.sandbox import namespaces_unavailable_reason
+    from wmtp_hf.execution.sandbox import namespaces_unavailable_reason
 
     reason = namespaces_unavailable_reason()
     modes = ["guard"] if reason else ["namespaces", "guard"]

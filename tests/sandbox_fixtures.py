@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from wmtp_hf.evaluation.sandbox import OWNER_ENV, namespaces_unavailable_reason, shutdown_servers
+from wmtp_hf.execution.sandbox import OWNER_ENV, namespaces_unavailable_reason, shutdown_servers
 
 # Bypass the in-process guard (which disables os.fork, subprocess.Popen, ctypes, ...) the way a determined
 # program could, so that the OS-level containment is what is tested.

@@ -19,7 +19,7 @@ from sandbox_fixtures import UNGUARD_CTYPES, no_process_left_behind, require_nam
 from wmtp_hf.evaluation import check_solutions
 from wmtp_hf.evaluation.problems import Problem
 from wmtp_hf.evaluation.runner import score_samples, write_outputs
-from wmtp_hf.evaluation.sandbox import SandboxLimits, run_sandboxed
+from wmtp_hf.execution.sandbox import SandboxLimits, run_sandboxed
 
 __all__ = ["no_process_left_behind"]  # a fixture: imported to be used by name
 

@@ -24,11 +24,11 @@ from sandbox_fixtures import UNGUARD_CTYPES, require_namespaces
 
 from wmtp_hf import evaluate
 from wmtp_hf.evaluation import check_solutions
-from wmtp_hf.evaluation import sandbox as sandbox_module
 from wmtp_hf.evaluation.problems import Problem
 from wmtp_hf.evaluation.runner import score_samples
 from wmtp_hf.evaluation.samples import Sample
-from wmtp_hf.evaluation.sandbox import resolve_isolation, run_sandboxed
+from wmtp_hf.execution import sandbox as sandbox_module
+from wmtp_hf.execution.sandbox import resolve_isolation, run_sandboxed
 
 ASSERTS = json.dumps({"kind": "asserts", "setup": "", "asserts": ["assert add(1, 2) == 3"]})
 GOOD = "def add(a, b):\n    return a + b\n"
@@ -153,7 +153,7 @@ def test_killing_the_parent_or_this_process_fails(namespaces):
 def _expected_root() -> list[str]:
     """The top-level names of the program's root: the first component of each path it holds of the host
     (computed here from the same rule, independently of the sandbox), plus dev, proc and tmp."""
-    from wmtp_hf.evaluation import namespaces as ns
+    from wmtp_hf.execution import namespaces as ns
 
     return sorted({p.split("/")[1] for p in ns.root_paths()} | {"dev", "proc", "tmp"})
 
@@ -300,7 +300,7 @@ def test_worker_mount_namespace_is_read_only(namespaces, use_mount_setattr):
     """The worker's file system, built in a forked child: a root holding only the Python installation (the
     project is not there), every mount read-only (with mount_setattr, and with the remount-each fallback for
     older kernels), a minimal /dev, no /run."""
-    from wmtp_hf.evaluation import namespaces as ns
+    from wmtp_hf.execution import namespaces as ns
 
     folder = Path(tempfile.mkdtemp(prefix=".canary-", dir=Path(__file__).resolve().parent))
     canary = folder / "canary.txt"

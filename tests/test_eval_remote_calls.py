@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from wmtp_hf.evaluation import check_solutions
-from wmtp_hf.evaluation.remote_calls import NonBuiltinValue, ProtocolError, RemoteObject, decode, encode
+from wmtp_hf.execution.remote_calls import NonBuiltinValue, ProtocolError, RemoteObject, decode, encode
 
 
 class AlwaysEqual:

@@ -12,8 +12,8 @@ import pytest
 from sandbox_fixtures import UNGUARD_CTYPES, exec_sleep, isolation, no_process_left_behind, processes_with
 
 from wmtp_hf.evaluation import ExecutionResult, check_solutions
-from wmtp_hf.evaluation.harness import normalize_output
-from wmtp_hf.evaluation.sandbox import SandboxLimits, run_sandboxed
+from wmtp_hf.execution.harness import normalize_output
+from wmtp_hf.execution.sandbox import SandboxLimits, run_sandboxed
 
 __all__ = ["isolation", "no_process_left_behind"]  # fixtures: imported to be used by name
 

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> dict:
     from wmtp_hf.evaluation.problems import DEFAULT_SPLITS, load_problems
     from wmtp_hf.evaluation.runner import log_to_mlflow, score_samples, write_outputs
     from wmtp_hf.evaluation.samples import read_samples
-    from wmtp_hf.evaluation.sandbox import resolve_isolation
+    from wmtp_hf.execution.sandbox import resolve_isolation
 
     ks = _parse_ks(args.k)
     for name in ("n_samples", "max_new_tokens", "batch_size"):

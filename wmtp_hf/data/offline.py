@@ -63,7 +63,7 @@ def fingerprint(source_file: Path, seed: int) -> str:
 
 def build_rows(source_file: Path, seed: int, workers: int | None = None) -> tuple[list[dict[str, Any]], dict]:
     """All offline rows (both splits, with a `split` key) and build statistics. Runs every candidate."""
-    from ..evaluation import check_solutions
+    from ..execution import check_solutions
 
     records = [(f"{source_file}:{line}", rec) for line, rec in iter_jsonl(source_file)]
     canon = [humaneval.record_to_row(rec, loc, source="offline") for loc, rec in records]

@@ -1,8 +1,7 @@
-"""Evaluation: sandboxed execution of generated code and unbiased pass@k (docs/design.md §7)."""
+"""Evaluation (docs/design.md §7): generate completions, run them in the sandbox (`wmtp_hf.execution`), unbiased pass@k."""
 
-from .harness import ExecutionResult, check_solutions, parse_tests
+from ..execution import ExecutionResult, SandboxLimits, check_solutions, parse_tests
 from .pass_at_k import pass_at_k, summarize_pass_at_k
-from .sandbox import SandboxLimits
 
 __all__ = [
     "ExecutionResult",

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .harness import check_solutions
+from ..execution.harness import check_solutions
+from ..execution.sandbox import ISOLATION_GAPS, resolve_isolation
 from .pass_at_k import summarize_pass_at_k
 from .problems import Problem
 from .samples import Sample
-from .sandbox import ISOLATION_GAPS, resolve_isolation
 
 
 def score_samples(

@@ -162,7 +162,7 @@ def check_solutions(
     """Run every code against its tests (same index) in the sandbox with a pool of `workers` threads
     (default: CPU count), each driving one sandboxed process at a time. Results keep the input order.
     `isolation`: "auto" (namespaces where available, else the guard), "namespaces" (ValueError where
-    unavailable) or "guard"; see `wmtp_hf.evaluation.sandbox.resolve_isolation`."""
+    unavailable) or "guard"; see `wmtp_hf.execution.sandbox.resolve_isolation`."""
     if len(tests) != len(codes):
         raise ValueError(f"tests and codes: expected equal lengths, got {len(tests)} and {len(codes)}")
     specs = [parse_tests(t, f"tests[{i}]") for i, t in enumerate(tests)]
