@@ -39,7 +39,7 @@ Model: the micro preset (`wmtp_hf.micro.build_micro`: 8 blocks = 4 trunk + 4 hea
 2048, ~2.0M parameters); `--hidden-size 256` etc. scales it (head dim 32, SwiGLU width 8/3, same blocks).
 
 Measuring (helpers shared with `bench_train.py` / `bench_model.py` in `bench_common.py`). Each variant
-runs in its own fresh process (`bench_common.Worker`) that builds its trainer as `wmtp_hf.train.cli.run`
+runs in its own fresh process (`bench_common.Worker`) that builds its trainer as `wmtp_hf.train.run`
 does (model from the stage's `load_model`, `WmtpDataCollator(tokenizer)`, `processing_class=tokenizer`),
 calls `trainer.create_optimizer_and_scheduler`, and then runs steps itself. One step is what
 `Trainer`'s inner loop does per optimizer step on a prepared batch: `trainer._get_num_items_in_batch`

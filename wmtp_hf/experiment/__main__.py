@@ -11,7 +11,7 @@ import time
 from ..data import DataError
 from ..train.config import ConfigError
 from .plan import build_plan, read_experiment_file
-from .run import run_experiment
+from .study import run_experiment
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -2,7 +2,8 @@
 
 from . import stages
 from .config import ConfigError, WmtpTrainingConfig
+from .run_stage import run
 from .stages import *  # noqa: F403  - every stage config and trainer, and the registries
 from .trainer import WeightedMTPTrainer
 
-__all__ = [*stages.__all__, "ConfigError", "WeightedMTPTrainer", "WmtpTrainingConfig"]
+__all__ = [*stages.__all__, "ConfigError", "WeightedMTPTrainer", "WmtpTrainingConfig", "run"]

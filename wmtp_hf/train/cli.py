@@ -10,25 +10,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import os
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
-from ..data import DataError, WmtpDataCollator
-from ..messages import first_line
-from .components import build_train_dataset
-from .config import ConfigError, WmtpTrainingConfig, config_to_dict, stage_options
-from .lora import wrap_with_lora
-from .mlflow_setup import ResolvedConfigCallback, configure_mlflow
-from .outputs import FINAL_DIR, write_final_folder
-from .stages import STAGE_CONFIGS, STAGE_TRAINERS, build_config
+from ..data import DataError
+from .config import ConfigError, WmtpTrainingConfig, stage_options
+from .run_stage import run
+from .stages import STAGE_CONFIGS, build_config
 
 logger = logging.getLogger("wmtp_hf.train")
 
@@ -111,112 +102,6 @@ def resolve(argv: list[str] | None) -> tuple[argparse.Namespace, WmtpTrainingCon
              "max_steps": args.max_steps}  # fmt: skip
     overrides.update({k: v for k, v in named.items() if v is not None})
     return args, build_config(args.stage, args.config, overrides)
-
-
-def resume_checkpoint(config: WmtpTrainingConfig, resume: str | None) -> str | None:
-    if resume is None:
-        return None
-    if resume != "last":
-        if not Path(resume, "trainer_state.json").is_file():
-            raise ConfigError(f"--resume: '{resume}' is not a checkpoint folder (no trainer_state.json)")
-        return resume
-    last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
-    if last is None:
-        raise ConfigError(f"--resume: no checkpoint-* folder in '{config.output_dir}'")
-    return last
-
-
-def run(
-    stage: str,
-    config: WmtpTrainingConfig,
-    dry_run: bool = False,
-    resume: str | None = None,
-    callbacks: list[TrainerCallback] | None = None,
-) -> dict[str, Any]:
-    """Train one stage; returns a summary (steps, tokens/s, final loss, output folders)."""
-    checkpoint = resume_checkpoint(config, resume)
-    trainer_cls = STAGE_TRAINERS[stage]
-    model_path = trainer_cls.resolve_model_path(config)
-    tokenizer = trainer_cls.start_tokenizer(config, model_path)
-    # Data errors surface before a (possibly large) model is loaded.
-    train_dataset, data_report = build_train_dataset(config, tokenizer, trainer_cls.sample_order)
-    try:
-        eval_dataset = trainer_cls.build_eval_dataset(config, tokenizer)
-    except DataError as err:
-        raise ConfigError(f"dataset '{config.dataset}': {err}") from None
-    train_dataset, trainer_kwargs = trainer_cls.prepare_data(
-        config, tokenizer, train_dataset, dry_run=dry_run
-    )
-    trainer_cls.build_preset(config, model_path, tokenizer)  # only now that the data is known to be good
-    model = trainer_cls.load_model(config, model_path, tokenizer)
-    if config.use_peft:
-        model = wrap_with_lora(model, config, trainer_cls, model_path, tokenizer, dry_run=dry_run)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_heads = getattr(model.config, "n_future_tokens", 1)
-    if dry_run:
-        return {"dry_run": True, "parameters": n_params, "n_future_tokens": n_heads,
-                "data": data_report, "output_dir": config.output_dir}  # fmt: skip
-    if any(r == "mlflow" for r in config.report_to):
-        configure_mlflow()
-    try:  # with push_to_hub, the Trainer creates the Hub repo here, before any step
-        trainer = trainer_cls(
-            model=model,
-            args=config,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            data_collator=WmtpDataCollator(tokenizer),
-            processing_class=tokenizer,
-            callbacks=[ResolvedConfigCallback(config_to_dict(config), data_report), *(callbacks or [])],
-            **trainer_kwargs,
-        )
-    except Exception as err:
-        if config.push_to_hub and is_hub_failure(err):
-            raise ConfigError(
-                f"push_to_hub: cannot create the Hub repo '{config.hub_model_id}' ({first_line(err)})"
-            ) from None
-        raise
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    elapsed = time.perf_counter() - start
-    trainer.save_state()  # <output_dir>/trainer_state.json: the full log history
-    final_loss = next(
-        (h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), result.training_loss
-    )
-    final_dir = Path(config.output_dir) / FINAL_DIR
-    trainer.final_folder = write_final_folder(trainer, config, stage, tokenizer, n_heads, final_loss)
-    if config.push_to_hub:
-        try:
-            trainer.push_to_hub(commit_message=f"wmtp_hf: stage {stage}, {trainer.state.global_step} steps")
-        except Exception as err:
-            if not is_hub_failure(err):
-                raise
-            raise ConfigError(
-                f"push_to_hub: the upload to '{config.hub_model_id}' failed ({first_line(err)}); the final "
-                f"model is saved in {final_dir}, publish it with python -m wmtp_hf.publish"
-            ) from None
-    tokens = trainer.state.num_input_tokens_seen or 0
-    return {
-        "stage": stage,
-        "steps": trainer.state.global_step,
-        "train_runtime_s": round(elapsed, 1),
-        "tokens_per_second": round(tokens / elapsed, 1) if tokens else math.nan,
-        "final_loss": final_loss,
-        "parameters": n_params,
-        "output_dir": config.output_dir,
-        "final_model": str(final_dir),
-        "final_loader": "peft.AutoPeftModelForCausalLM" if config.use_peft else "AutoModelForCausalLM",
-        "merged_model": str(trainer.final_folder) if config.use_peft and config.merge_lora else None,
-        "pushed_to": config.hub_model_id if config.push_to_hub else None,
-        "dropped_examples": data_report["dropped"],
-    }
-
-
-def is_hub_failure(err: BaseException) -> bool:
-    """A network or Hub error (no connection, offline mode, HTTP error), not a bug of ours."""
-    hub_modules = ("huggingface_hub", "httpx", "httpx2", "requests", "urllib3")
-    return isinstance(err, OSError) or any(
-        c.__module__.split(".")[0] in hub_modules for c in type(err).__mro__
-    )
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from ..fileio import atomic_write_text
 from .plan import ExperimentPlan
 from .plots import plot_heldout_ce, plot_training_loss
 from .report import build_report, render_markdown
-from .runner import MARKER, check_output_dir, measure_stages, mlflow_parent_run, train_stages
+from .stage_runs import MARKER, check_output_dir, measure_stages, mlflow_parent_run, train_stages
 
 
 def _uses_mlflow(plan: ExperimentPlan) -> bool:
@@ -26,7 +26,7 @@ def make_plots(plan: ExperimentPlan, metrics: dict[str, dict[str, Any]]) -> dict
         "training loss": plot_training_loss(plan, out / "training_loss.png"),
         "per-head held-out CE": plot_heldout_ce(metrics, out / "heldout_ce.png"),
     }
-    from .weights import plot_weights
+    from .weight_plots import plot_weights
 
     plots.update(plot_weights(plan, out))
     return {title: str(path) for title, path in plots.items()}

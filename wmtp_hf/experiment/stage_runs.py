@@ -91,7 +91,7 @@ def train_stages(
     plan: ExperimentPlan, say: Callable[[str], None], mlflow_on: bool
 ) -> dict[str, dict[str, Any]]:
     """Train (or reuse) every run in order; returns each run's record."""
-    from ..train.cli import run as run_stage
+    from ..train.run_stage import run as run_stage
 
     records: dict[str, dict[str, Any]] = {}
     retrain_rest = False
