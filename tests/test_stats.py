@@ -32,6 +32,21 @@ def test_replicate_statistic_equals_a_naive_loop_over_drawn_seeds_and_examples()
         assert weighted_cell_mean(values, weights, a, b)[0] == pytest.approx(num / den)
 
 
+def test_heads_average_each_heads_token_weighted_mean():
+    rng = np.random.default_rng(1)
+    values, weights = rng.normal(size=(2, 5, 3)), rng.integers(1, 6, size=(2, 5, 3)).astype(float)
+    per_head = (weights * values).sum(axis=(0, 1)) / weights.sum(axis=(0, 1))
+    assert crossed_bootstrap(values, weights)["estimate"] == pytest.approx(per_head.mean())
+    seeds, examples = np.array([1, 1]), np.array([0, 4, 4, 2, 2])
+    naive = np.mean([
+        sum(weights[s, i, h] * values[s, i, h] for s in seeds for i in examples)
+        / sum(weights[s, i, h] for s in seeds for i in examples) for h in range(3)
+    ])  # fmt: skip
+    a = np.bincount(seeds, minlength=2)[None].astype(float)
+    b = np.bincount(examples, minlength=5)[None].astype(float)
+    assert weighted_cell_mean(values, weights, a, b)[0] == pytest.approx(naive)
+
+
 def test_interval_covers_a_known_difference_about_95_percent_of_the_time():
     rng = np.random.default_rng(123)
     true_difference, n, trials = 0.5, 60, 400

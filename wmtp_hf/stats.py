@@ -27,16 +27,24 @@ def weighted_cell_mean(
     values: np.ndarray, weights: np.ndarray, seed_counts: np.ndarray, example_counts: np.ndarray
 ) -> np.ndarray:
     """`[B]` replicate statistics: `sum_si a_s b_i w_si v_si / sum_si a_s b_i w_si` for each row of the
-    count matrices `seed_counts [B, S]` and `example_counts [B, N]` (how often each seed / example was drawn)."""
-    num = np.einsum("bs,si,bi->b", seed_counts, weights * values, example_counts)
-    den = np.einsum("bs,si,bi->b", seed_counts, weights, example_counts)
+    count matrices `seed_counts [B, S]` and `example_counts [B, N]` (how often each seed / example was drawn).
+    With `values`/`weights` of shape `[S, N, H]` (H heads) it is the mean over h of each head's ratio."""
+    v, w = _as_cube(values), _as_cube(weights)
+    num = np.einsum("bs,sih,bi->bh", seed_counts, w * v, example_counts)
+    den = np.einsum("bs,sih,bi->bh", seed_counts, w, example_counts)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return num / den
+        return (num / den).mean(axis=1)
 
 
 def _as_matrix(x: Sequence | np.ndarray) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
     return a[None, :] if a.ndim == 1 else a
+
+
+def _as_cube(x: Sequence | np.ndarray) -> np.ndarray:
+    """`[N]` -> `[1, N, 1]`, `[S, N]` -> `[S, N, 1]`, `[S, N, H]` unchanged."""
+    a = _as_matrix(x)
+    return a[:, :, None] if a.ndim == 2 else a
 
 
 def _draw_counts(rng: np.random.Generator, n_resamples: int, n: int) -> np.ndarray:
@@ -52,13 +60,14 @@ def crossed_bootstrap(
     level: float = LEVEL,
 ) -> dict[str, float]:
     """Point estimate and percentile interval of the weighted mean of `values` (`[N]`, or `[S, N]` for S
-    seeds measured on the same N examples), resampling seeds and examples independently.
+    seeds measured on the same N examples, or `[S, N, H]`: the mean over H heads of each head's weighted
+    mean), resampling seeds and examples independently.
 
     Returns `{"estimate", "low", "high", "se"}` (estimate: the weighted mean over every cell; se: the
     replicates' standard deviation). NaN cells (and their weights) are left out.
     """
-    v = _as_matrix(values)
-    w = np.ones_like(v) if weights is None else _as_matrix(weights)
+    v = _as_cube(values)
+    w = np.ones_like(v) if weights is None else _as_cube(weights)
     if v.shape != w.shape:
         raise ValueError(f"values {v.shape} and weights {w.shape}: expected the same shape")
     if v.size == 0:
@@ -68,12 +77,12 @@ def crossed_bootstrap(
     missing = ~np.isfinite(v)
     w = np.where(missing, 0.0, w)
     v = np.where(missing, 0.0, v)
-    if w.sum() <= 0:
+    if (w.sum(axis=(0, 1)) <= 0).any():
         nan = math.nan
         return {"estimate": nan, "low": nan, "high": nan, "se": nan}
-    estimate = float((w * v).sum() / w.sum())
+    estimate = float(((w * v).sum(axis=(0, 1)) / w.sum(axis=(0, 1))).mean())
     rng = np.random.default_rng(seed)
-    n_seeds, n_examples = v.shape
+    n_seeds, n_examples, _ = v.shape
     seed_counts = _draw_counts(rng, n_resamples, n_seeds)
     example_counts = _draw_counts(rng, n_resamples, n_examples)
     reps = weighted_cell_mean(v, w, seed_counts, example_counts)
