@@ -122,7 +122,7 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
         - report["runs"]["baseline"]["heldout"]["ce_per_head"][0]
     )
     markdown = (out / "report.md").read_text()
-    assert "| rho1 | rho1 | 2 |" in markdown and "## Did weighting help?" in markdown
+    assert "| rho1 | rho1 | 2 |" in markdown and "What the verdicts mean" in markdown
     for path in report["plots"].values():
         assert Path(path).stat().st_size > 5000 and f"]({Path(path).name})" in markdown
     assert {"training loss", "per-head held-out CE", "token weight histograms"} <= set(report["plots"])
@@ -231,3 +231,34 @@ def test_builtin_default_equals_the_yaml_file_and_adds_the_reference_stage():
     ]
     assert plan.run("rho1").config.reference_model == str(Path("runs/experiment/reference/final"))
     assert plan.run("baseline").config.model_name_or_path is None
+
+
+def test_rho1_positive_control_is_better_than_baseline(tmp_path, tiny_tokenizer, capsys):
+    """The shortened rho1 control (fixed seed): baseline and rho1 train on rows with half their response
+    tokens random, the reference on the clean rows; rho1's clean held-out CE is `better` (interval below 0)."""
+    model = write_tiny_model(tmp_path / "model", tiny_tokenizer)
+    llama = write_llama(tmp_path / "llama", tiny_tokenizer)
+    config = {
+        "model": str(model),
+        "matched_baseline": False,
+        "seeds": [0],
+        "control": {"noise_fraction": 0.5},
+        "control_report": None,
+        "shared": {"dataset": "offline", "report_to": "none", "per_device_train_batch_size": 4, "max_length": 384,
+                   "logging_steps": 5, "save_strategy": "no", "learning_rate": 1e-2, "warmup_steps": 0,
+                   "max_steps": 40},
+        "stages": {"reference": {"model_name_or_path": str(llama)}, "baseline": {}, "rho1": {}},
+        "evaluation": {"batch_size": 8, "inspect_examples": 0},
+    }  # fmt: skip
+    path = tmp_path / "control.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "control"
+    assert main(["--config", str(path), "--output-dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    ce = report["comparisons"]["rho1"]["ce_head_0"]
+    print(f"rho1 control: difference {ce['difference']:+.4f}, ci95 {ce['ci95']}")
+    assert report["runs"]["rho1"]["dataset"].startswith(str(out / "data" / "noisy-"))
+    assert report["runs"]["reference"]["dataset"] == "offline"
+    assert ce["verdict"] == "better" and ce["ci95"][1] < 0, ce
+    assert report["comparisons"]["rho1"]["expected"] == "better"
+    assert "This report *is* the positive control" in (out / "report.md").read_text()
