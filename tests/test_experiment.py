@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from wmtp_hf.data import load_source, tokenize_dataset
 from wmtp_hf.experiment.__main__ import main
+from wmtp_hf.stats import crossed_bootstrap, verdict
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -41,8 +42,9 @@ def write_config(path: Path, model: Path, llama: Path, **stage_changes) -> Path:
     return path
 
 
-def naive_heldout_ce(model_dir: Path, max_rows: int) -> list[float]:
-    """Per-head CE on the first `max_rows` held-out rows' correct ones, one row and one target at a time."""
+def naive_heldout_ce(model_dir: Path, max_rows: int, per_row: list | None = None) -> list[float]:
+    """Per-head CE on the first `max_rows` held-out rows' correct ones, one row and one target at a time
+    (`per_row` receives each row's head-0 mean CE)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     rows, _ = tokenize_dataset(load_source("offline", split="eval"), tokenizer, max_length=384)
@@ -54,12 +56,17 @@ def naive_heldout_ce(model_dir: Path, max_rows: int) -> list[float]:
         ids = torch.tensor([row["input_ids"]])
         with torch.no_grad():
             logits = model(input_ids=ids, return_all_heads=True).mtp_logits[0]  # [T, n, V]
+        before = (sums[0], counts[0])
         for t in range(ids.shape[1]):
             for k in range(n):
                 j = t + 1 + k
                 if row["prompt_length"] <= j < ids.shape[1]:
                     sums[k] -= torch.log_softmax(logits[t, k].double(), -1)[ids[0, j]].item()
                     counts[k] += 1
+        if per_row is not None:
+            per_row.append(
+                (row["task_id"], (sums[0] - before[0]) / (counts[0] - before[1]), counts[0] - before[1])
+            )
     return [s / c for s, c in zip(sums, counts, strict=True)]
 
 
@@ -121,6 +128,17 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
         report["runs"]["rho1"]["heldout"]["ce_per_head"][0]
         - report["runs"]["baseline"]["heldout"]["ce_per_head"][0]
     )
+    # The interval is the paired bootstrap over the held-out rows' own CE, computed one row at a time.
+    rows_w, rows_b = [], []
+    naive_heldout_ce(out / "rho1" / "final", 10, rows_w)
+    naive_heldout_ce(out / "baseline" / "final", 10, rows_b)
+    assert [r[0] for r in rows_w] == [r[0] for r in rows_b]
+    expected = crossed_bootstrap(
+        [w[1] - b[1] for w, b in zip(rows_w, rows_b, strict=True)], [b[2] for b in rows_b]
+    )
+    assert rho1["ci95"] == pytest.approx([expected["low"], expected["high"]], rel=1e-4)
+    assert rho1["verdict"] == verdict(expected["low"], expected["high"], lower_is_better=True)
+    assert report["summary"]["critic"]["auroc"]["ci95"][0] <= report["summary"]["critic"]["auroc"]["estimate"]
     markdown = (out / "report.md").read_text()
     assert "| rho1 | rho1 | 2 |" in markdown and "What the verdicts mean" in markdown
     for path in report["plots"].values():
@@ -151,6 +169,9 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
     assert parent.data.metrics["baseline.heldout_ce_head_0"] == pytest.approx(
         report["runs"]["baseline"]["heldout"]["ce_per_head"][0]
     )
+    assert [
+        parent.data.metrics[f"rho1_vs_baseline.ce_head_0.difference.ci95_{end}"] for end in ("low", "high")
+    ] == pytest.approx(rho1["ci95"])
 
     # Unchanged config: every run is reused (nothing retrained, same report numbers).
     before = mtimes(out)
