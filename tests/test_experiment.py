@@ -205,6 +205,11 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
         ({"stage": {"baseline": {}}}, [], "unknown key 'stage'; expected model, matched_baseline, shared"),
         ({"stages": {"baseline": {}}}, ["--max-steps", "-3"], "--max-steps: expected a positive number"),
         ({"stages": {"baseline": {"output_dir": "x"}}}, [], "'output_dir' is set by the experiment"),
+        ({"stages": {"baseline": {}}, "seeds": [0, 0]}, [], "seeds: expected a list of distinct non-negative"),
+        ({"stages": {"baseline": {}}}, ["--seeds", "a,b"], "--seeds: expected comma-separated integers"),
+        ({"stages": {"baseline": {"seed": 3}}, "seeds": [0, 1]}, [], "'seed' is set by the experiment's seeds"),
+        ({"stages": {"baseline": {}}, "control": {"noise_fraction": 1.5}}, [],
+         "control.noise_fraction: expected a number in (0, 1)"),
     ],
 )  # fmt: skip
 def test_bad_experiment_config_is_one_line_and_writes_nothing(tmp_path, capsys, config, extra, message):
@@ -283,3 +288,18 @@ def test_rho1_positive_control_is_better_than_baseline(tmp_path, tiny_tokenizer,
     assert ce["verdict"] == "better" and ce["ci95"][1] < 0, ce
     assert report["comparisons"]["rho1"]["expected"] == "better"
     assert "This report *is* the positive control" in (out / "report.md").read_text()
+
+
+def test_seeds_give_one_chain_of_runs_per_seed():
+    from wmtp_hf.experiment.plan import build_plan, default_config_dict
+
+    plan = build_plan(default_config_dict(), "built-in", "out", seeds=[0, 2])
+    assert plan.seeds == [0, 2] and len(plan.stages) == 12
+    for run in plan.stages:
+        assert run.key == f"seed_{run.seed}/{run.name}" and run.output_dir == Path("out") / run.key
+    critic = plan.runs_named("critic")[1]
+    assert critic.seed == 2 and critic.config.model_name_or_path == str(Path("out/seed_2/baseline/final"))
+    assert plan.runs_named("rho1")[1].config.reference_model == str(Path("out/seed_2/reference/final"))
+    one = build_plan(default_config_dict(), "built-in", "out")  # one seed: the folders of before
+    assert [r.key for r in one.stages][:2] == ["reference", "baseline"]
+    assert one.run("baseline").config.seed == plan.runs_named("baseline")[0].config.seed == 0
