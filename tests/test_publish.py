@@ -20,11 +20,12 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from wmtp_hf import WmtpForMultiTokenPrediction
 from wmtp_hf.publish import main as publish_main
+from wmtp_hf.remote_code import remote_code_files
 from wmtp_hf.train.cli import main as train_main
 
 TOKENS = torch.randint(3, 200, (2, 11), generator=torch.Generator().manual_seed(0))
-MODEL_FILES = {"README.md", "config.json", "configuration_wmtp.py", "generation_config.json", "model.safetensors",
-               "modeling_wmtp.py", "tokenizer.json", "tokenizer_config.json"}  # fmt: skip
+MODEL_FILES = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+               "tokenizer_config.json", *remote_code_files()}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
