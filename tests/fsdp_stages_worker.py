@@ -21,7 +21,7 @@ SHARDED = "{version: 2, state_dict_type: SHARDED_STATE_DICT, transformer_layer_c
 
 def jobs(fx: Path, out: Path) -> list[tuple[str, str, dict, str | None]]:
     """(name, stage, options, resume checkpoint) in run order."""
-    model, llama, data = fx / "model", fx / "llama", fx / "marker"
+    llama = fx / "llama"
     return [
         ("baseline_full", "baseline", {"max-steps": 4, "save_steps": 2}, None),
         ("baseline_sharded", "baseline", {"max-steps": 4, "save_steps": 2, "fsdp_config": SHARDED}, None),
