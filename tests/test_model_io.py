@@ -13,6 +13,7 @@ from no_wmtp_hf import BLOCK_WMTP_HF
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction, WmtpModel
+from wmtp_hf.remote_code import remote_code_files
 
 TINY = dict(
     vocab_size=89, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -154,9 +155,14 @@ def test_trust_remote_code_without_wmtp_hf(tmp_path):
         with torch.no_grad():
             out = model(tokens, return_all_heads=True)
             gen = model.generate(tokens[:1], max_new_tokens=5, do_sample=False, pad_token_id=0)
+            spec = model.generate(tokens[:1], max_new_tokens=8, do_sample=False, pad_token_id=0,
+                                  mtp_speculative=True)
+            torch.manual_seed(11)
+            sampled = model.generate(tokens[:1], max_new_tokens=5, do_sample=True, top_k=10, pad_token_id=0)
         assert not any(m.startswith("wmtp_hf") for m in sys.modules)
         print(json.dumps({{"cls": type(model).__module__, "base": type(base).__name__,
-                          "mtp": out.mtp_logits.tolist(), "value": out.value.tolist(), "gen": gen.tolist()}}))
+                          "mtp": out.mtp_logits.tolist(), "value": out.value.tolist(), "gen": gen.tolist(),
+                          "spec": spec.tolist(), "sampled": sampled.tolist()}}))
         """
     )
     proc = subprocess.run(
@@ -173,6 +179,13 @@ def test_trust_remote_code_without_wmtp_hf(tmp_path):
         result["gen"]
         == model.generate(TOKENS[:1], max_new_tokens=5, do_sample=False, pad_token_id=0).tolist()
     )
+    greedy8 = model.generate(TOKENS[:1], max_new_tokens=8, do_sample=False, pad_token_id=0, use_cache=False)
+    assert result["spec"] == greedy8.tolist()
+    torch.manual_seed(11)
+    sampled = model.generate(TOKENS[:1], max_new_tokens=5, do_sample=True, top_k=10, pad_token_id=0)
+    assert result["sampled"] == sampled.tolist()
+    shipped = sorted(p.name for p in (tmp_path / "ckpt").glob("*.py"))
+    assert shipped == list(remote_code_files()) and "losses.py" in shipped
 
 
 def test_micro_preset_builds_loads_and_generates(tmp_path):

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from .configuration_wmtp import WmtpConfig
 from .fileio import atomic_directory
 from .modeling_wmtp import WmtpForMultiTokenPrediction
+from .remote_code import PACKAGE_DIR, remote_code_files
 
 REQUIRED_PARAMS = ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "norm_eps")
 OPTIONAL_PARAMS = ("n_kv_heads", "ffn_dim_multiplier", "rope_theta", "n_future_tokens")
@@ -241,9 +242,8 @@ def convert_meta_checkpoint(
         GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id).save_pretrained(
             tmp
         )
-        here = Path(__file__).parent
-        for source in ("configuration_wmtp.py", "modeling_wmtp.py"):
-            shutil.copyfile(here / source, tmp / source)
+        for source in remote_code_files():
+            shutil.copyfile(PACKAGE_DIR / source, tmp / source)
         if tokenizer_file is not None:
             _save_tokenizer(Path(tokenizer_file), tmp, config)
     return output_dir

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard
 
+from .remote_code import remote_code_files
+
 SKIPPED_FILES = {"training_args.bin", "README.md"}  # README.md: replaced by the card text
-WMTP_SOURCE = ("configuration_wmtp.py", "modeling_wmtp.py")
 
 
 class PublishError(ValueError):
@@ -80,7 +81,7 @@ def check_model_folder(folder: str | Path, option: str = "--model") -> ModelFold
     elif not (path / "model.safetensors").is_file():
         raise PublishError(f"{option} '{path}': config.json but no model.safetensors (or sharded index)")
     if config.get("model_type") == "wmtp":
-        missing = [f for f in WMTP_SOURCE if not (path / f).is_file()]
+        missing = [f for f in remote_code_files() if not (path / f).is_file()]
         if "auto_map" not in config or missing:
             what = missing[0] if missing else "auto_map in config.json"
             raise PublishError(

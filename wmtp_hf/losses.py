@@ -1,7 +1,8 @@
-"""Shared loss math of the training stages (SPEC §4), as plain functions over per-token losses.
+"""Loss math of WMTP (SPEC §4): the chunked per-token cross-entropy the model computes, and the plain
+functions over per-token losses `[B, T, n]` that the training stages weight and sum.
 
-The model computes `token_losses[b, t, k] = CE_k(t)` chunk by chunk (see `modeling_wmtp`); everything
-here works on those `[B, T, n]` tensors and never sees logits.
+Imports only `torch`: `modeling_wmtp.py` imports it relatively, so `save_pretrained` ships it and
+`trust_remote_code` loads it where `wmtp_hf` is not installed.
 """
 
 from __future__ import annotations
@@ -10,17 +11,13 @@ from collections.abc import Sequence
 
 import torch
 
-from .modeling_wmtp import (
-    IGNORE_INDEX,
-    chunked_cross_entropy,
-    mtp_target_mask,
-    shift_labels_for_head,
-    weighted_mtp_loss,
-)
+IGNORE_INDEX = -100
 
 __all__ = [
     "IGNORE_INDEX",
     "chunked_cross_entropy",
+    "head_targets",
+    "mtp_token_losses",
     "mtp_target_mask",
     "shift_labels_for_head",
     "head_target_counts",
@@ -30,6 +27,167 @@ __all__ = [
     "value_error_terms",
     "value_regression_loss",
 ]
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Per-row `-log softmax(hidden @ weight.T)[target]` computed `chunk_size` rows at a time.
+
+    Only one chunk of logits lives at a time, in the forward and in the backward (which recomputes
+    it), so memory is `chunk_size x vocab` instead of `rows x vocab`. Softmax runs in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int):
+        rows = hidden.shape[0]
+        losses = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+        for start in range(0, rows, chunk_size):
+            end = min(start + chunk_size, rows)
+            logits = (hidden[start:end] @ weight.T).float()
+            losses[start:end] = -logits.gather(1, targets[start:end, None])[:, 0]
+            row_max = logits.amax(dim=-1)
+            chunk_lse = logits.sub_(row_max[:, None]).exp_().sum(dim=-1).log_().add_(row_max)  # in place
+            del logits  # free this chunk before the next one is computed
+            losses[start:end] += chunk_lse
+            lse[start:end] = chunk_lse
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk_size = chunk_size
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses: torch.Tensor):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        chunk_size = ctx.chunk_size
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            acc_dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+            grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            end = min(start + chunk_size, hidden.shape[0])
+            h = hidden[start:end]
+            grad_logits = (h @ weight.T).float()
+            grad_logits.sub_(lse[start:end, None]).exp_()  # softmax from the saved log-sum-exp, in place
+            grad_logits.scatter_add_(1, targets[start:end, None], torch.full_like(grad_logits[:, :1], -1.0))
+            grad_logits.mul_(grad_losses[start:end, None].float())
+            grad_logits = grad_logits.to(hidden.dtype)
+            if grad_hidden is not None:
+                torch.mm(grad_logits, weight, out=grad_hidden[start:end])
+            if grad_weight is not None:
+                if grad_weight.dtype == grad_logits.dtype:
+                    grad_weight.addmm_(grad_logits.T, h)
+                else:
+                    grad_weight += (grad_logits.T @ h).to(grad_weight.dtype)
+            del grad_logits  # free this chunk before the next one is computed
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024
+) -> torch.Tensor:
+    """Per-token cross-entropy of `hidden @ weight.T` against `labels`, without materialising logits.
+
+    Args:
+        hidden: `[..., D]` hidden states (already final-normed).
+        weight: `[V, D]` unembedding matrix.
+        labels: `[...]` target ids; `-100` marks positions without a target.
+    Returns:
+        `[...]` float32 losses, exactly 0 (and gradient-free) where `labels == -100`.
+    """
+    flat_labels = labels.reshape(-1)
+    valid = (flat_labels != IGNORE_INDEX).nonzero().squeeze(-1)
+    losses = torch.zeros(flat_labels.shape[0], dtype=torch.float32, device=hidden.device)
+    if valid.numel() > 0:
+        rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, valid)
+        valid_losses = _ChunkedLinearCrossEntropy.apply(rows, weight, flat_labels[valid], chunk_size)
+        losses = losses.index_put((valid,), valid_losses)
+    return losses.view(labels.shape)
+
+
+def _shift_left(labels: torch.Tensor, shift: int) -> torch.Tensor:
+    """`labels[:, t + shift]` at each position t, -100 past the end."""
+    pad = labels.new_full((labels.shape[0], min(shift, labels.shape[1])), IGNORE_INDEX)
+    return torch.cat([labels[:, shift:], pad], dim=1)
+
+
+def shift_labels_for_head(labels: torch.Tensor, head: int) -> torch.Tensor:
+    """Targets of head `head` at each position: `labels[:, t + 1 + head]`, -100 past the end."""
+    return _shift_left(labels, head + 1)
+
+
+def head_targets(
+    labels: torch.Tensor | None, n_heads: int, shift_labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`[B, T, n]` target ids: entry `[b, t, k]` is what head k predicts at position t, -100 for none.
+
+    From `labels` (not shifted) head k reads `labels[:, t + 1 + k]`. `shift_labels` (already shifted by
+    one, `shift_labels[:, t] = labels[:, t + 1]`, as `Trainer` passes them under context parallelism)
+    take precedence: head 0 reads them as they are, head k reads `shift_labels[:, t + k]`.
+    """
+    if shift_labels is not None:
+        return torch.stack([_shift_left(shift_labels, k) for k in range(n_heads)], dim=-1)
+    if labels is None:
+        raise ValueError("head_targets: pass labels or shift_labels")
+    return torch.stack([shift_labels_for_head(labels, k) for k in range(n_heads)], dim=-1)
+
+
+def mtp_token_losses(
+    head_hidden: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    weight: torch.Tensor,
+    labels: torch.Tensor | None,
+    chunk_size: int = 1024,
+    shift_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`[B, T, n]` per-token CE: entry `[b, t, k]` is `CE_k(t) = -log p_k(x_{t+1+k} | x_<=t)`, 0 without target.
+
+    All heads go through one chunked call, so the unembedding gradient is accumulated in one buffer.
+    Targets come from `labels` or `shift_labels` as in `head_targets`.
+    """
+    hidden = torch.stack(tuple(head_hidden), dim=2)  # [B, T, n, D]
+    targets = head_targets(labels, len(head_hidden), shift_labels)
+    return chunked_cross_entropy(hidden, weight, targets, chunk_size)
+
+
+def mtp_target_mask(
+    labels: torch.Tensor | None, n_heads: int, shift_labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`[B, T, n]` bool: `m_k(t)`, whether head k at position t has a (response) target."""
+    return head_targets(labels, n_heads, shift_labels) != IGNORE_INDEX
+
+
+def weighted_mtp_loss(
+    token_losses: torch.Tensor,
+    target_mask: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    head_weights: torch.Tensor | None = None,
+    num_items: torch.Tensor | int | None = None,
+) -> torch.Tensor:
+    """SPEC §4.1: `L = sum_k alpha_k * sum_t w_k(t) m_k(t) CE_k(t) / N_k`.
+
+    Args:
+        token_losses: `[B, T, n]` per-token CE (0 where there is no target).
+        target_mask: `[B, T, n]` bool `m_k(t)`.
+        weights: `[B, T, n]` token weights `w_k(t)` (detached here), or None for `w = 1`.
+        head_weights: `[n]` `alpha_k`, default `1/n`.
+        num_items: token counts `N_k` of the whole accumulation window (across processes), one per head
+            or one scalar for all heads; defaults to this batch's `sum_t m_k(t)`. Heads without targets
+            contribute 0.
+    """
+    n_heads = token_losses.shape[-1]
+    terms = token_losses * target_mask
+    if weights is not None:
+        terms = terms * weights.detach().to(terms.dtype)
+    sums = terms.sum(dim=(0, 1))
+    if num_items is None:
+        counts = target_mask.sum(dim=(0, 1))
+    else:
+        counts = torch.as_tensor(num_items, device=sums.device).expand(n_heads)
+    counts = counts.to(sums.dtype).clamp(min=1)
+    if head_weights is None:
+        head_weights = torch.full((n_heads,), 1.0 / n_heads)
+    return (head_weights.to(sums.device, sums.dtype) * sums / counts).sum()
 
 
 def head_target_counts(labels: torch.Tensor, n_heads: int) -> torch.Tensor:

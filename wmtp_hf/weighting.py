@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import target_weights_per_head
-from .modeling_wmtp import IGNORE_INDEX, chunked_cross_entropy
+from .losses import IGNORE_INDEX, chunked_cross_entropy, target_weights_per_head
 
 __all__ = [
     "reference_token_losses",
