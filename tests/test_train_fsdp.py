@@ -159,3 +159,16 @@ def test_fsdp_where_it_cannot_run_stops_with_one_line(capsys, monkeypatch, tmp_p
                          ({"fsdp_config": {"sync_module_states": True}}, "sync_module_states")):  # fmt: skip
         with pytest.raises(ConfigError, match=words):
             build_config("baseline", None, {**fsdp, **extra})
+
+
+def test_critic_with_an_empty_held_out_split_is_one_line(tmp_path, tiny_tokenizer, capsys):
+    from train_fixtures import write_mbpp_fixture
+
+    model = write_tiny_model(tmp_path / "model", tiny_tokenizer)
+    data = write_mbpp_fixture(tmp_path / "mbpp.jsonl")  # train rows only: the 'validation' split is empty
+    argv = ["--stage", "critic", "--model", str(model), "--dataset", "mbpp", "--dataset_path", str(data),
+            "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--report_to", "none"]  # fmt: skip
+    capsys.readouterr()  # the fixtures' progress bars
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "split 'validation' has no rows" in errors[0] and "eval_split" in errors[0], errors
