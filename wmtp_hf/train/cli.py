@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataError, WmtpDataCollator
+from ..fileio import atomic_write_text
 from .components import build_train_dataset, first_line
 from .config import (
     ConfigError,
@@ -30,6 +32,7 @@ from .config import (
     config_to_dict,
     stage_options,
 )
+from .fsdp import destroy_process_group
 from .lora import wrap_with_lora
 from .mlflow_setup import ResolvedConfigCallback, configure_mlflow
 from .outputs import FINAL_DIR, write_final_folder
@@ -65,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--stage", required=True, choices=sorted(STAGE_CONFIGS), help="training stage")
-    parser.add_argument("--config", default=None, help="YAML config file (see configs/)")
+    parser.add_argument(
+        "--config", action="append", default=None,
+        help="YAML config file (see configs/); repeat to combine, later files win (e.g. a stage's file, then "
+        "configs/fsdp_cpu.yaml)",
+    )  # fmt: skip
     parser.add_argument("--model", default=None, help="model folder or Hub id (default: micro preset)")
     parser.add_argument("--dataset", default=None, help="source name or prepared folder (default: offline)")
     parser.add_argument(
@@ -116,6 +123,9 @@ def resolve(argv: list[str] | None) -> tuple[argparse.Namespace, WmtpTrainingCon
              "max_steps": args.max_steps}  # fmt: skip
     overrides.update({k: v for k, v in named.items() if v is not None})
     return args, build_config(args.stage, args.config, overrides)
+
+
+RUN_SUMMARY_FILE = "run_summary.json"
 
 
 def resume_checkpoint(config: WmtpTrainingConfig, resume: str | None) -> str | None:
@@ -189,6 +199,7 @@ def run(
     )
     final_dir = Path(config.output_dir) / FINAL_DIR
     trainer.final_folder = write_final_folder(trainer, config, stage, tokenizer, n_heads, final_loss)
+    trainer.accelerator.wait_for_everyone()  # final/ is complete for every process (e.g. the next stage)
     if config.push_to_hub:
         try:
             trainer.push_to_hub(commit_message=f"wmtp_hf: stage {stage}, {trainer.state.global_step} steps")
@@ -200,7 +211,7 @@ def run(
                 f"model is saved in {final_dir}, publish it with python -m wmtp_hf.publish"
             ) from None
     tokens = trainer.state.num_input_tokens_seen or 0
-    return {
+    summary = {
         "stage": stage,
         "steps": trainer.state.global_step,
         "train_runtime_s": round(elapsed, 1),
@@ -213,7 +224,11 @@ def run(
         "merged_model": str(trainer.final_folder) if config.use_peft and config.merge_lora else None,
         "pushed_to": config.hub_model_id if config.push_to_hub else None,
         "dropped_examples": data_report["dropped"],
+        "distributed": trainer.distributed_info(),
     }
+    if trainer.is_world_process_zero():
+        atomic_write_text(Path(config.output_dir) / RUN_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def is_hub_failure(err: BaseException) -> bool:
@@ -257,4 +272,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if config.process_index == 0:
         print_summary(summary)
+    destroy_process_group()  # every process leaves together (no rank aborts at exit)
     return 0
