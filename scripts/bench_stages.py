@@ -25,7 +25,7 @@ logging off, eval_strategy no):
   computed once by the driver with `wmtp_hf.reference.compute_reference_column` and the same reference.
   Target: <= 1.05;
 - `baseline_lora`, `verifiable_lora`: the same stage with `use_peft: true` (the model wrapped by
-  `wmtp_hf.train.lora.wrap_with_lora` as `cli.run` does: LoRA rank `--lora-r` on every attention and MLP
+  `wmtp_hf.train.lora.wrap_with_lora` as `wmtp_hf.train.run` does: LoRA rank `--lora-r` on every attention and MLP
   projection of trunk and heads; verifiable also trains its value head fully). Compared with their full
   stage (`lora/full`): trainable parameters, peak memory (held + working) and step time. No design bound;
   only `--variants baseline baseline_lora verifiable verifiable_lora` runs just these.
@@ -248,7 +248,7 @@ def flops_share(policy: torch.nn.Module, reference: torch.nn.Module, batches: li
 
 
 class StageStepper:
-    """A stage's trainer set up as `cli.run` does, plus one optimizer step on a prepared batch."""
+    """A stage's trainer set up as `wmtp_hf.train.run` does, plus one optimizer step on a prepared batch."""
 
     def __init__(self, args: argparse.Namespace, paths: dict[str, str]) -> None:
         import datasets
@@ -301,7 +301,7 @@ class StageStepper:
         elif variant == "rho1_cached":
             kwargs["reference"] = None
         model = trainer_cls.load_model(self.config, model_dir, tokenizer)
-        if lora:  # as `cli.run` wraps it (dry_run: the start folder is the base, nothing is written)
+        if lora:  # as `wmtp_hf.train.run` wraps it (dry_run: the start folder is the base, nothing is written)
             model = wrap_with_lora(model, self.config, trainer_cls, model_dir, tokenizer, dry_run=True)
         collator = WmtpDataCollator(tokenizer)
         self.trainer = trainer_cls(

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from wmtp_hf.data import load_source, tokenize_dataset
 from wmtp_hf.experiment.__main__ import main
+from wmtp_hf.stats import crossed_bootstrap, verdict
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -41,8 +42,9 @@ def write_config(path: Path, model: Path, llama: Path, **stage_changes) -> Path:
     return path
 
 
-def naive_heldout_ce(model_dir: Path, max_rows: int) -> list[float]:
-    """Per-head CE on the first `max_rows` held-out rows' correct ones, one row and one target at a time."""
+def naive_heldout_ce(model_dir: Path, max_rows: int, per_row: list | None = None) -> list[float]:
+    """Per-head CE on the first `max_rows` held-out rows' correct ones, one row and one target at a time
+    (`per_row` receives each row's head-0 mean CE)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     rows, _ = tokenize_dataset(load_source("offline", split="eval"), tokenizer, max_length=384)
@@ -54,12 +56,17 @@ def naive_heldout_ce(model_dir: Path, max_rows: int) -> list[float]:
         ids = torch.tensor([row["input_ids"]])
         with torch.no_grad():
             logits = model(input_ids=ids, return_all_heads=True).mtp_logits[0]  # [T, n, V]
+        before = (sums[0], counts[0])
         for t in range(ids.shape[1]):
             for k in range(n):
                 j = t + 1 + k
                 if row["prompt_length"] <= j < ids.shape[1]:
                     sums[k] -= torch.log_softmax(logits[t, k].double(), -1)[ids[0, j]].item()
                     counts[k] += 1
+        if per_row is not None:
+            per_row.append(
+                (row["task_id"], (sums[0] - before[0]) / (counts[0] - before[1]), counts[0] - before[1])
+            )
     return [s / c for s, c in zip(sums, counts, strict=True)]
 
 
@@ -121,8 +128,19 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
         report["runs"]["rho1"]["heldout"]["ce_per_head"][0]
         - report["runs"]["baseline"]["heldout"]["ce_per_head"][0]
     )
+    # The interval is the paired bootstrap over the held-out rows' own CE, computed one row at a time.
+    rows_w, rows_b = [], []
+    naive_heldout_ce(out / "rho1" / "final", 10, rows_w)
+    naive_heldout_ce(out / "baseline" / "final", 10, rows_b)
+    assert [r[0] for r in rows_w] == [r[0] for r in rows_b]
+    expected = crossed_bootstrap(
+        [w[1] - b[1] for w, b in zip(rows_w, rows_b, strict=True)], [b[2] for b in rows_b]
+    )
+    assert rho1["ci95"] == pytest.approx([expected["low"], expected["high"]], rel=1e-4)
+    assert rho1["verdict"] == verdict(expected["low"], expected["high"], lower_is_better=True)
+    assert report["summary"]["critic"]["auroc"]["ci95"][0] <= report["summary"]["critic"]["auroc"]["estimate"]
     markdown = (out / "report.md").read_text()
-    assert "| rho1 | rho1 | 2 |" in markdown and "## Did weighting help?" in markdown
+    assert "| rho1 | rho1 | 2 |" in markdown and "What the verdicts mean" in markdown
     for path in report["plots"].values():
         assert Path(path).stat().st_size > 5000 and f"]({Path(path).name})" in markdown
     assert {"training loss", "per-head held-out CE", "token weight histograms"} <= set(report["plots"])
@@ -151,6 +169,9 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
     assert parent.data.metrics["baseline.heldout_ce_head_0"] == pytest.approx(
         report["runs"]["baseline"]["heldout"]["ce_per_head"][0]
     )
+    assert [
+        parent.data.metrics[f"rho1_vs_baseline.ce_head_0.difference.ci95_{end}"] for end in ("low", "high")
+    ] == pytest.approx(rho1["ci95"])
 
     # Unchanged config: every run is reused (nothing retrained, same report numbers).
     before = mtimes(out)
@@ -184,6 +205,11 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
         ({"stage": {"baseline": {}}}, [], "unknown key 'stage'; expected model, matched_baseline, shared"),
         ({"stages": {"baseline": {}}}, ["--max-steps", "-3"], "--max-steps: expected a positive number"),
         ({"stages": {"baseline": {"output_dir": "x"}}}, [], "'output_dir' is set by the experiment"),
+        ({"stages": {"baseline": {}}, "seeds": [0, 0]}, [], "seeds: expected a list of distinct non-negative"),
+        ({"stages": {"baseline": {}}}, ["--seeds", "a,b"], "--seeds: expected comma-separated integers"),
+        ({"stages": {"baseline": {"seed": 3}}, "seeds": [0, 1]}, [], "'seed' is set by the experiment's seeds"),
+        ({"stages": {"baseline": {}}, "control": {"noise_fraction": 1.5}}, [],
+         "control.noise_fraction: expected a number in (0, 1)"),
     ],
 )  # fmt: skip
 def test_bad_experiment_config_is_one_line_and_writes_nothing(tmp_path, capsys, config, extra, message):
@@ -231,3 +257,49 @@ def test_builtin_default_equals_the_yaml_file_and_adds_the_reference_stage():
     ]
     assert plan.run("rho1").config.reference_model == str(Path("runs/experiment/reference/final"))
     assert plan.run("baseline").config.model_name_or_path is None
+
+
+def test_rho1_positive_control_is_better_than_baseline(tmp_path, tiny_tokenizer, capsys):
+    """The shortened rho1 control (fixed seed): baseline and rho1 train on rows with half their response
+    tokens random, the reference on the clean rows; rho1's clean held-out CE is `better` (interval below 0)."""
+    model = write_tiny_model(tmp_path / "model", tiny_tokenizer)
+    llama = write_llama(tmp_path / "llama", tiny_tokenizer)
+    config = {
+        "model": str(model),
+        "matched_baseline": False,
+        "seeds": [0],
+        "control": {"noise_fraction": 0.5},
+        "control_report": None,
+        "shared": {"dataset": "offline", "report_to": "none", "per_device_train_batch_size": 4, "max_length": 384,
+                   "logging_steps": 5, "save_strategy": "no", "learning_rate": 1e-2, "warmup_steps": 0,
+                   "max_steps": 40},
+        "stages": {"reference": {"model_name_or_path": str(llama)}, "baseline": {}, "rho1": {}},
+        "evaluation": {"batch_size": 8, "inspect_examples": 0},
+    }  # fmt: skip
+    path = tmp_path / "control.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "control"
+    assert main(["--config", str(path), "--output-dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    ce = report["comparisons"]["rho1"]["ce_head_0"]
+    print(f"rho1 control: difference {ce['difference']:+.4f}, ci95 {ce['ci95']}")
+    assert report["runs"]["rho1"]["dataset"].startswith(str(out / "data" / "noisy-"))
+    assert report["runs"]["reference"]["dataset"] == "offline"
+    assert ce["verdict"] == "better" and ce["ci95"][1] < 0, ce
+    assert report["comparisons"]["rho1"]["expected"] == "better"
+    assert "This report *is* the positive control" in (out / "report.md").read_text()
+
+
+def test_seeds_give_one_chain_of_runs_per_seed():
+    from wmtp_hf.experiment.plan import build_plan, default_config_dict
+
+    plan = build_plan(default_config_dict(), "built-in", "out", seeds=[0, 2])
+    assert plan.seeds == [0, 2] and len(plan.stages) == 12
+    for run in plan.stages:
+        assert run.key == f"seed_{run.seed}/{run.name}" and run.output_dir == Path("out") / run.key
+    critic = plan.runs_named("critic")[1]
+    assert critic.seed == 2 and critic.config.model_name_or_path == str(Path("out/seed_2/baseline/final"))
+    assert plan.runs_named("rho1")[1].config.reference_model == str(Path("out/seed_2/reference/final"))
+    one = build_plan(default_config_dict(), "built-in", "out")  # one seed: the folders of before
+    assert [r.key for r in one.stages][:2] == ["reference", "baseline"]
+    assert one.run("baseline").config.seed == plan.runs_named("baseline")[0].config.seed == 0

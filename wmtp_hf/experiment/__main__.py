@@ -10,7 +10,8 @@ import time
 
 from ..data import DataError
 from ..train.config import ConfigError
-from .plan import build_plan, read_experiment_file
+from .plan import build_plan, read_experiment_file, read_seeds
+from .report import verdict_line
 from .study import run_experiment
 
 
@@ -24,6 +25,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="experiment YAML (default: the built-in one, = configs/experiment.yaml)")
     p.add_argument("--output-dir", default="runs/experiment", help="one folder per run, and the report")
     p.add_argument("--max-steps", type=int, help="optimizer steps of every stage (overrides the config)")
+    p.add_argument(
+        "--seeds", help="comma-separated seeds, e.g. 0,1,2: every run once per seed (overrides the config)"
+    )
     return p.parse_args(argv)
 
 
@@ -38,8 +42,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(
                 f"--max-steps: expected a positive number of optimizer steps, got {args.max_steps}"
             )
+        seeds = None
+        if args.seeds is not None:
+            try:
+                seeds = [int(x) for x in args.seeds.split(",")]
+            except ValueError:
+                raise ConfigError(
+                    f"--seeds: expected comma-separated integers, e.g. 0,1,2, got {args.seeds!r}"
+                ) from None
+            seeds = read_seeds(seeds, "--seeds")
         data, source = read_experiment_file(args.config)
-        plan = build_plan(data, source, args.output_dir, max_steps=args.max_steps)
+        plan = build_plan(data, source, args.output_dir, max_steps=args.max_steps, seeds=seeds)
         report = run_experiment(plan, say=lambda line: print(f"[experiment] {line}", flush=True))
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -47,10 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.perf_counter() - start) / 60
     print(f"\nexperiment finished in {minutes:.1f} min: {plan.output_dir / 'report.md'}")
     for name, c in report["comparisons"].items():
-        ce = c["ce_head_0"]
-        print(
-            f"  {name} vs {c['against']}: held-out CE head 0 {ce['relative']:+.1%} -> helped: {c['helped']}"
-        )
+        print("  " + verdict_line(name, c).replace("**", ""))
     return 0
 
 

@@ -33,13 +33,12 @@ def is_wmtp(model: Any) -> bool:
 
 
 @torch.no_grad()
-def heldout_ce_per_head(
+def heldout_ce_rows(
     model: Any, dataset: datasets.Dataset, collator: WmtpDataCollator, batch_size: int
-) -> list[float]:
-    """Mean `CE_k` over every held-out response target of head k (`sum CE / count`, per head)."""
+) -> tuple[list[list[float]], list[list[int]]]:
+    """Per held-out row and head k: `(sum of CE_k over the row's targets [N][n], target count [N][n])`."""
     n_heads = model.config.n_future_tokens if is_wmtp(model) else 1
-    sums = torch.zeros(n_heads, dtype=torch.float64)
-    counts = torch.zeros(n_heads, dtype=torch.float64)
+    sums, counts = [], []
     for batch in _batches(dataset, collator, batch_size):
         labels = batch["labels"]
         if is_wmtp(model):
@@ -49,9 +48,23 @@ def heldout_ce_per_head(
             per_token = reference_token_losses(model, batch["input_ids"], batch["attention_mask"], labels)
             losses = torch.zeros(*labels.shape, 1, dtype=torch.float64)
             losses[:, :-1, 0] = per_token[:, 1:].double()  # CE of token t+1, predicted at position t
-        sums += losses.sum(dim=(0, 1))
-        counts += mtp_target_mask(labels, n_heads).sum(dim=(0, 1)).double()
-    return [float(s / c) if c > 0 else float("nan") for s, c in zip(sums, counts, strict=True)]
+        sums += losses.sum(dim=1).tolist()
+        counts += mtp_target_mask(labels, n_heads).sum(dim=1).tolist()
+    return sums, counts
+
+
+def ce_per_head(sums: list[list[float]], counts: list[list[int]]) -> list[float]:
+    """Mean `CE_k` over every held-out response target of head k (`sum CE / count`, per head)."""
+    total = torch.tensor(sums, dtype=torch.float64).reshape(len(sums), -1).sum(0)
+    n = torch.tensor(counts, dtype=torch.float64).reshape(len(counts), -1).sum(0)
+    return [float(s / c) if c > 0 else float("nan") for s, c in zip(total, n, strict=True)]
+
+
+def heldout_ce_per_head(
+    model: Any, dataset: datasets.Dataset, collator: WmtpDataCollator, batch_size: int
+) -> list[float]:
+    """Mean `CE_k` over every held-out response target of head k."""
+    return ce_per_head(*heldout_ce_rows(model, dataset, collator, batch_size))
 
 
 @torch.no_grad()
@@ -70,12 +83,18 @@ def last_values(model: Any, dataset: datasets.Dataset, collator: WmtpDataCollato
 
 def value_auroc(model: Any, dataset: datasets.Dataset, collator: WmtpDataCollator, batch_size: int):
     """AUROC of the last value against is_correct; None without a value head or one class only."""
+    scores = critic_scores(model, dataset, collator, batch_size)
+    return None if scores is None else binary_auroc(torch.tensor(scores), torch.tensor(dataset["is_correct"]))
+
+
+def critic_scores(model: Any, dataset: datasets.Dataset, collator: WmtpDataCollator, batch_size: int):
+    """Each row's last value (the critic's verdict), or None without a value head or with one class only."""
     if getattr(model, "value_head", None) is None:
         return None
-    labels = torch.tensor([bool(c) for c in dataset["is_correct"]])
-    if labels.all() or not labels.any():
+    labels = [bool(c) for c in dataset["is_correct"]]
+    if all(labels) or not any(labels):
         return None
-    return binary_auroc(last_values(model, dataset, collator, batch_size), labels)
+    return last_values(model, dataset, collator, batch_size).tolist()
 
 
 def pass_at_k(
@@ -110,10 +129,26 @@ def pass_at_k(
     )  # fmt: skip
     rows, summary = score_samples(problems, samples, ks=options.k, timeout_s=options.timeout)
     summary = {"dataset": dataset, "split": split, **summary}
+    summary["per_problem"] = per_problem_pass_at_k(rows, [k for k in options.k if f"pass@{k}" in summary])
     if stats is not None:
         summary["speculative"] = stats.summary()
     write_outputs(out_dir, rows, summary)
     return summary
+
+
+def per_problem_pass_at_k(rows: list[dict[str, Any]], ks: list[int]) -> dict[str, list]:
+    """`{"task_id": [...], "pass@k": [...]}`: each problem's unbiased pass@k (for paired intervals)."""
+    from ..evaluation.pass_at_k import pass_at_k as estimate
+
+    tally: dict[str, list[int]] = {}
+    for row in rows:
+        n_c = tally.setdefault(row["task_id"], [0, 0])
+        n_c[0] += 1
+        n_c[1] += int(row["passed"])
+    out: dict[str, list] = {"task_id": list(tally)}
+    for k in ks:
+        out[f"pass@{k}"] = [estimate(n, c, k) for n, c in tally.values()]
+    return out
 
 
 COMPARED_STAGES = ("baseline", "critic", "verifiable", "rho1")  # the reference only serves rho1
@@ -141,20 +176,27 @@ def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
         rows = rows.select(range(min(options.max_rows, len(rows))))
     correct = rows.filter(lambda r: bool(r["is_correct"]))
     collator = WmtpDataCollator(tokenizer)
-    ce = heldout_ce_per_head(model, correct, collator, options.batch_size)
+    sums, counts = heldout_ce_rows(model, correct, collator, options.batch_size)
+    scores = critic_scores(model, rows, collator, options.batch_size) if is_wmtp(model) else None
+    labels = [bool(c) for c in rows["is_correct"]]
     metrics: dict[str, Any] = {
         "split": split,
         "heldout_rows": len(rows),
         "heldout_correct": len(correct),
-        "ce_per_head": ce,
-        "auroc": value_auroc(model, rows, collator, options.batch_size) if is_wmtp(model) else None,
+        "ce_per_head": ce_per_head(sums, counts),
+        "auroc": None if scores is None else binary_auroc(torch.tensor(scores), torch.tensor(labels)),
+        # per-example numbers behind the intervals (wmtp_hf.stats), keyed by task_id for pairing
+        "ce_rows": {"task_id": list(correct["task_id"]), "sum": sums, "count": counts},
     }
+    if scores is not None:
+        metrics["critic_rows"] = {"task_id": list(rows["task_id"]), "is_correct": labels, "value": scores}
     if stage.stage in COMPARED_STAGES:
         summary = pass_at_k(
             model, tokenizer, config.dataset, config.dataset_path, split, options, out_dir / "pass_at_k",
             seed=config.seed,
         )  # fmt: skip
         metrics["pass_at_k"] = {k: v for k, v in summary.items() if k.startswith("pass@")}
+        metrics["pass_at_k_problems"] = summary.get("per_problem")
         metrics["n_problems"] = summary.get("n_problems")
         metrics["isolation"] = summary.get("isolation")
         if "speculative" in summary:

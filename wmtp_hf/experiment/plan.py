@@ -11,6 +11,9 @@
       verifiable: {}
       rho1: {}
     evaluation: {...}    # see `EvaluationOptions`
+    seeds: [0]           # train every run once per seed (several: one folder per seed, intervals over seeds)
+    control: null        # positive controls (see `ControlOptions`, configs/experiment_control.yaml)
+    control_report: ...  # a control run's report.json, whose verdicts the report shows beside its own
 
 The experiment wires the stages together: critic starts from baseline's final model, verifiable from
 critic's, and rho1's `reference_model` is the reference stage's output (added to the run when rho1 names
@@ -41,7 +44,9 @@ RUN_ORDER = ("reference", "baseline", "critic", "verifiable", "baseline_matched"
 MATCHED = "baseline_matched"
 # Stages whose start model is another stage's final model (unless the stage names its own).
 UPSTREAM = {"critic": "baseline", "verifiable": "critic"}
-TOP_LEVEL_KEYS = ("model", "matched_baseline", "shared", "stages", "evaluation")
+TOP_LEVEL_KEYS = (
+    "model", "matched_baseline", "shared", "stages", "evaluation", "seeds", "control", "control_report"
+)  # fmt: skip
 EXPERIMENT_OWNED = ("output_dir",)  # set by the experiment for every stage
 
 
@@ -81,12 +86,23 @@ class EvaluationOptions:
 
 @dataclass
 class StagePlan:
-    """One run of the experiment: its name (folder), its stage, resolved config, and reuse fingerprint."""
+    """One run of the experiment: its name, its stage, resolved config, reuse fingerprint, and seed group.
+
+    `key` names the run in records, folders and the report: the name with one seed, `seed_<s>/<name>`
+    with several."""
 
     name: str
     stage: str
     config: WmtpTrainingConfig
     fingerprint: str
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.name
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
 
     @property
     def output_dir(self) -> Path:
@@ -104,9 +120,16 @@ class ExperimentPlan:
     stages: list[StagePlan]
     evaluation: EvaluationOptions
     raw: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    control: Any = None  # ControlOptions when the plan is the positive control
 
     def run(self, name: str) -> StagePlan | None:
+        """The run called `name` (of the first seed)."""
         return next((s for s in self.stages if s.name == name), None)
+
+    def runs_named(self, name: str) -> list[StagePlan]:
+        """The run called `name` of every seed, in seed order."""
+        return [s for s in self.stages if s.name == name]
 
 
 def default_config_dict() -> dict[str, Any]:
@@ -118,6 +141,8 @@ def default_config_dict() -> dict[str, Any]:
         "shared": {"max_steps": 150},
         "stages": {"baseline": {}, "critic": {}, "verifiable": {"max_steps": 100}, "rho1": {}},
         "evaluation": {},
+        "seeds": [0],
+        "control_report": "runs/experiment_control/report.json",
     }
 
 
@@ -142,10 +167,29 @@ def fingerprint(config: WmtpTrainingConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def read_seeds(value: Any, where: str) -> list[int] | None:
+    """A non-empty list of distinct non-negative integers (None: not given)."""
+    if value is None:
+        return None
+    ok = isinstance(value, list) and value and all(type(v) is int and v >= 0 for v in value)
+    if not ok or len(set(value)) != len(value):
+        raise ConfigError(
+            f"{where}: expected a list of distinct non-negative integers, e.g. [0, 1, 2], got {value!r}"
+        )
+    return list(value)
+
+
 def build_plan(
-    data: dict[str, Any], source: str, output_dir: str | Path, max_steps: int | None = None
+    data: dict[str, Any],
+    source: str,
+    output_dir: str | Path,
+    max_steps: int | None = None,
+    seeds: list[int] | None = None,
 ) -> ExperimentPlan:
-    """Validate the experiment mapping and resolve every stage's config (nothing is written)."""
+    """Validate the experiment mapping and resolve every run's config, once per seed (nothing is written).
+
+    `seeds` (from `--seeds`) overrides the mapping's `seeds`. With one seed the runs live in
+    `<output_dir>/<run>`; with several in `<output_dir>/seed_<s>/<run>`."""
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             raise ConfigError(f"{source}: unknown key '{key}'; expected {', '.join(TOP_LEVEL_KEYS)}")
@@ -181,8 +225,19 @@ def build_plan(
     except TypeError as err:
         raise ConfigError(f"{source}: evaluation: {err}") from None
 
+    from .control import ControlOptions, control_overrides
+
+    seeds = seeds if seeds is not None else read_seeds(data.get("seeds"), f"{source}: seeds")
+    if seeds is not None and ("seed" in shared or any("seed" in _mapping(v, "") for v in stages.values())):
+        raise ConfigError(f"{source}: 'seed' is set by the experiment's seeds; remove it from shared/stages")
+    control = None
+    if data.get("control") is not None:
+        control = ControlOptions.from_mapping(_mapping(data["control"], f"{source}: control"), source)
     output_dir = Path(output_dir)
     overrides = {name: _mapping(stages[name], f"{source}: stages.{name}") for name in stages}
+    matched_overrides: dict[str, Any] = {}
+    if control is not None:
+        matched_overrides = control_overrides(control, shared, overrides, model, output_dir, source)
     rho1 = overrides.get("rho1")
     if rho1 is not None and rho1.get("reference_model") is None and "reference" not in overrides:
         overrides["reference"] = {}
@@ -190,25 +245,51 @@ def build_plan(
     if matched and "verifiable" in overrides and "baseline" in overrides:
         runs.append(MATCHED)
     plans = []
-    for name in sorted(runs, key=RUN_ORDER.index):
-        stage = "baseline" if name == MATCHED else name
-        values = _run_values(name, shared, overrides, model, output_dir, source)
-        if max_steps is not None:
-            values["max_steps"] = max_steps
-        cls = STAGE_CONFIGS[stage]
-        check_values(values, cls, f"{source}: stages.{name} (with shared)")
-        for key in ("model_name_or_path", "reference_model"):
-            user_value = overrides.get(name, {}).get(key)
-            if user_value is not None:
-                check_model_location(f"{source}: stages.{name}.{key}", user_value)
-        try:
-            config = cls(**values)
-        except ConfigError as err:
-            raise ConfigError(f"{source}: stages.{name}: {err}") from None
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{source}: stages.{name}: {' '.join(str(err).split())}") from None
-        plans.append(StagePlan(name, stage, config, fingerprint(config)))
-    return ExperimentPlan(source, output_dir, plans, evaluation, raw=data)
+    for seed in seeds or [None]:
+        root = output_dir / f"seed_{seed}" if seeds is not None and len(seeds) > 1 else output_dir
+        for name in sorted(runs, key=RUN_ORDER.index):
+            plans.append(
+                _resolve_run(name, seed, root, shared, overrides, matched_overrides, model, source, max_steps)
+            )
+        for plan in plans[-len(runs) :]:
+            plan.key = str(Path(plan.output_dir).relative_to(output_dir))
+    seed_list = seeds if seeds is not None else [plans[0].config.seed]
+    return ExperimentPlan(source, output_dir, plans, evaluation, raw=data, seeds=seed_list, control=control)
+
+
+def _resolve_run(
+    name: str,
+    seed: int | None,
+    root: Path,
+    shared: dict[str, Any],
+    overrides: dict[str, dict[str, Any]],
+    matched_overrides: dict[str, Any],
+    model: str | None,
+    source: str,
+    max_steps: int | None,
+) -> StagePlan:
+    """One run's checked config (`seed`: the experiment's seed for it, or None to leave the stage's)."""
+    stage = "baseline" if name == MATCHED else name
+    values = _run_values(name, shared, overrides, model, root, source)
+    if name == MATCHED:
+        values.update(matched_overrides)
+    if seed is not None:
+        values["seed"] = seed
+    if max_steps is not None:
+        values["max_steps"] = max_steps
+    cls = STAGE_CONFIGS[stage]
+    check_values(values, cls, f"{source}: stages.{name} (with shared)")
+    for key in ("model_name_or_path", "reference_model"):
+        user_value = overrides.get(name, {}).get(key)
+        if user_value is not None:
+            check_model_location(f"{source}: stages.{name}.{key}", user_value)
+    try:
+        config = cls(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: stages.{name}: {err}") from None
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{source}: stages.{name}: {' '.join(str(err).split())}") from None
+    return StagePlan(name, stage, config, fingerprint(config))
 
 
 def _run_values(

@@ -1,8 +1,8 @@
 """Run the experiment's stages in order (reusing finished ones), measure every final model, write the report.
 
 A stage is reused when its folder holds a final model and a record (`experiment_stage.json`) whose
-fingerprint equals its resolved config's, and no stage before it was retrained; otherwise its folder is
-cleared and it trains again, and so does every stage after it. Held-out measurements are cached the same
+fingerprint equals its resolved config's, and no stage before it (of the same seed) was retrained;
+otherwise its folder is cleared and it trains again, and so does every stage after it of that seed. Held-out measurements are cached the same
 way (keyed by the stage's fingerprint and the evaluation options).
 """
 
@@ -94,18 +94,20 @@ def train_stages(
     from ..train.run_stage import run as run_stage
 
     records: dict[str, dict[str, Any]] = {}
-    retrain_rest = False
+    retrain_rest, seed = False, None
     total = len(plan.stages)
     for i, stage in enumerate(plan.stages, start=1):
+        if stage.output_dir.parent != seed:  # each seed's chain of runs is independent
+            retrain_rest, seed = False, stage.output_dir.parent
         record = None if retrain_rest else stage_is_reusable(stage)
         if record is not None:
-            say(f"[{i}/{total}] {stage.name}: reused (config unchanged) -> {stage.final_dir}")
+            say(f"[{i}/{total}] {stage.key}: reused (config unchanged) -> {stage.final_dir}")
             record = {**record, "reused": True}
             with mlflow_stage_run(mlflow_on, stage, reused=True):
                 log_summary(mlflow_on, record.get("summary", {}))
         else:
             retrain_rest = True
-            say(f"[{i}/{total}] {stage.name}: training {stage.config.max_steps} steps -> {stage.output_dir}")
+            say(f"[{i}/{total}] {stage.key}: training {stage.config.max_steps} steps -> {stage.output_dir}")
             if stage.output_dir.exists():
                 shutil.rmtree(stage.output_dir)
             with mlflow_stage_run(mlflow_on, stage, reused=False):
@@ -114,7 +116,7 @@ def train_stages(
                       "summary": summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
             atomic_write_json(stage.output_dir / STAGE_RECORD, record)
             record = {**record, "reused": False}
-        records[stage.name] = record
+        records[stage.key] = record
     return records
 
 
@@ -126,7 +128,7 @@ def log_summary(enabled: bool, summary: dict[str, Any]) -> None:
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
 
 
-MEASURE_VERSION = 2  # bump when the measurements change, so cached ones are recomputed
+MEASURE_VERSION = 3  # bump when the measurements change, so cached ones are recomputed
 
 
 def measurement_key(stage: StagePlan, record: dict[str, Any], plan: ExperimentPlan) -> str:
@@ -146,15 +148,19 @@ def measure_stages(
 
     results: dict[str, dict[str, Any]] = {}
     for stage in plan.stages:
-        folder = plan.output_dir / "evaluation" / stage.name
-        key = measurement_key(stage, records[stage.name], plan)
+        folder = plan.output_dir / "evaluation" / stage.key
+        key = measurement_key(stage, records[stage.key], plan)
         cached = read_json(folder / MEASURE_RECORD)
         if cached and cached.get("key") == key:
-            say(f"measure {stage.name}: reused")
-            results[stage.name] = cached["metrics"]
+            say(f"measure {stage.key}: reused")
+            results[stage.key] = cached["metrics"]
             continue
-        say(f"measure {stage.name}: held-out CE, value AUROC, pass@k")
+        say(f"measure {stage.key}: held-out CE, value AUROC, pass@k")
         metrics = measure_final_model(plan, stage, folder)
+        if plan.control is not None and stage.stage == "verifiable":
+            from .control import planted_weight_means
+
+            metrics["planted_weights"] = planted_weight_means(plan, stage, plan.evaluation.batch_size)
         atomic_write_json(folder / MEASURE_RECORD, {"key": key, "metrics": metrics})
-        results[stage.name] = metrics
+        results[stage.key] = metrics
     return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,12 @@ def _uses_mlflow(plan: ExperimentPlan) -> bool:
     return any("mlflow" in (run.config.report_to or []) for run in plan.stages)
 
 
-def make_plots(plan: ExperimentPlan, metrics: dict[str, dict[str, Any]]) -> dict[str, str]:
+def make_plots(plan: ExperimentPlan, summary: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Every plot the report shows, by title -> file."""
     out = plan.output_dir
     plots = {
         "training loss": plot_training_loss(plan, out / "training_loss.png"),
-        "per-head held-out CE": plot_heldout_ce(metrics, out / "heldout_ce.png"),
+        "per-head held-out CE": plot_heldout_ce(summary, out / "heldout_ce.png"),
     }
     from .weight_plots import plot_weights
 
@@ -39,10 +40,14 @@ def run_experiment(plan: ExperimentPlan, say: Callable[[str], None] = print) -> 
     atomic_write_json(plan.output_dir / MARKER, {"config": plan.source, "plan": plan.raw})
     mlflow_on = _uses_mlflow(plan)
     with mlflow_parent_run(mlflow_on, f"experiment:{plan.output_dir.name}") as parent:
+        if plan.control is not None:
+            from .control import build_control_data
+
+            build_control_data(plan, say)
         records = train_stages(plan, say, mlflow_on)
         metrics = measure_stages(plan, records, say)
-        plots = make_plots(plan, metrics)
-        report = build_report(plan, records, metrics, plots)
+        report = build_report(plan, records, metrics, {})
+        report["plots"] = make_plots(plan, report["summary"])
         atomic_write_text(plan.output_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
         atomic_write_text(plan.output_dir / "report.md", render_markdown(report))
         if parent is not None:
@@ -50,19 +55,40 @@ def run_experiment(plan: ExperimentPlan, say: Callable[[str], None] = print) -> 
     return report
 
 
+def parent_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The parent run's metrics: each run's held-out numbers (mean over seeds) with their 95% interval
+    (`.ci95_low` / `.ci95_high`), and each comparison's difference, interval and verdict (+1 better,
+    -1 worse, 0 inconclusive)."""
+    metrics: dict[str, float] = {}
+
+    def put(prefix: str, entry: dict[str, Any] | None, value_key: str = "estimate") -> None:
+        if not entry or entry.get(value_key) is None:
+            return
+        metrics[prefix] = entry[value_key]
+        if entry.get("ci95"):
+            metrics[f"{prefix}.ci95_low"], metrics[f"{prefix}.ci95_high"] = entry["ci95"]
+
+    for name, run in report["summary"].items():
+        for k, ce in enumerate(run.get("ce_per_head", [])):
+            put(f"{name}.heldout_ce_head_{k}", ce)
+        for k, v in (run.get("pass_at_k") or {}).items():
+            put(f"{name}.{k.replace('@', '_at_')}", v)
+        put(f"{name}.auroc", run.get("auroc"))
+        if run.get("tokens_per_forward") is not None:
+            metrics[f"{name}.tokens_per_forward"] = run["tokens_per_forward"]
+    sign = {"better": 1.0, "worse": -1.0, "inconclusive": 0.0}
+    for name, c in report["comparisons"].items():
+        for key, entry in c.items():
+            if isinstance(entry, dict) and "verdict" in entry:
+                label = f"{name}_vs_{c['against']}.{key.replace('@', '_at_')}"
+                put(f"{label}.difference", entry, "difference")
+                metrics[f"{label}.verdict"] = sign[entry["verdict"]]
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+
+
 def _log_parent(out: Path, report: dict[str, Any]) -> None:
     import mlflow
 
-    metrics = {}
-    for name, run in report["runs"].items():
-        held = run["heldout"]
-        for k, ce in enumerate(held.get("ce_per_head", [])):
-            metrics[f"{name}.heldout_ce_head_{k}"] = ce
-        for k, v in (held.get("pass_at_k") or {}).items():
-            metrics[f"{name}.{k.replace('@', '_at_')}"] = v
-        for key in ("auroc", "tokens_per_forward"):
-            if held.get(key) is not None:
-                metrics[f"{name}.{key}"] = held[key]
-    mlflow.log_metrics(metrics)
+    mlflow.log_metrics(parent_metrics(report))
     for name in ("report.md", "report.json", *(Path(p).name for p in report["plots"].values())):
         mlflow.log_artifact(str(out / name))

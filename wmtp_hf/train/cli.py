@@ -17,7 +17,12 @@ from typing import Any
 import yaml
 
 from ..data import DataError
-from .config import ConfigError, WmtpTrainingConfig, stage_options
+from .config import (
+    ConfigError,
+    WmtpTrainingConfig,
+    stage_options,
+)
+from .fsdp import destroy_process_group
 from .run_stage import run
 from .stages import STAGE_CONFIGS, build_config
 
@@ -51,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--stage", required=True, choices=sorted(STAGE_CONFIGS), help="training stage")
-    parser.add_argument("--config", default=None, help="YAML config file (see configs/)")
+    parser.add_argument(
+        "--config", action="append", default=None,
+        help="YAML config file (see configs/); repeat to combine, later files win (e.g. a stage's file, then "
+        "configs/fsdp_cpu.yaml)",
+    )  # fmt: skip
     parser.add_argument("--model", default=None, help="model folder or Hub id (default: micro preset)")
     parser.add_argument("--dataset", default=None, help="source name or prepared folder (default: offline)")
     parser.add_argument(
@@ -137,4 +146,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if config.process_index == 0:
         print_summary(summary)
+    destroy_process_group()  # every process leaves together (no rank aborts at exit)
     return 0

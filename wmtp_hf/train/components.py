@@ -141,6 +141,8 @@ def tokenized_rows(
 ) -> tuple[datasets.Dataset, Any, int]:
     """`(tokenized rows, dropped counts, rows loaded)` of one split of `config.dataset`."""
     rows = load_rows(config, split)
+    if len(rows) == 0:
+        raise ConfigError(f"dataset '{config.dataset}': split '{split}' has no rows")
     if "input_ids" in rows.column_names:
         too_long = (
             sum(int(n > config.max_length) for n in rows["length"]) if "length" in rows.column_names else 0

@@ -152,9 +152,21 @@ class WmtpTrainingConfig(TrainingArguments):
         if self.loss_chunk_size is not None and self.loss_chunk_size <= 0:
             raise ConfigError(f"loss_chunk_size: expected a positive integer, got {self.loss_chunk_size}")
         self._check_lora_options()
+        self._take_cpu_fsdp()
         if self.push_to_hub:
             _check_repo_id("hub_model_id", self.hub_model_id)
         super().__post_init__()
+
+    def _take_cpu_fsdp(self) -> None:
+        """FSDP asked for on CPU: validated into `cpu_fsdp` (the trainer shards the model itself, see
+        `wmtp_hf.train.fsdp`) and hidden from transformers, whose accelerate would silently run DDP."""
+        from .fsdp import cpu_fsdp_settings, fsdp_requested, runs_on_cpu
+
+        self.cpu_fsdp = None
+        if fsdp_requested(self.fsdp) and runs_on_cpu(self.use_cpu):
+            self.cpu_fsdp = cpu_fsdp_settings(self.fsdp, self.fsdp_config, self.bf16, self.fp16)
+            self.cpu_fsdp["fsdp_config"] = self.fsdp_config
+            self.fsdp, self.fsdp_config = None, None
 
     def _check_lora_options(self) -> None:
         if self.lora_r <= 0:
@@ -298,18 +310,23 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def build_stage_config(
-    cls: type[WmtpTrainingConfig], config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+    cls: type[WmtpTrainingConfig],
+    config_file: str | Path | list[str | Path] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> WmtpTrainingConfig:
-    """A stage config of class `cls` from its defaults, an optional YAML file and overrides, validated.
-    By stage name: `wmtp_hf.train.stages.build_config`."""
+    """A stage config of class `cls` from its defaults, optional YAML files (later ones win) and overrides,
+    validated. By stage name: `wmtp_hf.train.stages.build_config`."""
     stage = cls.stage
     values: dict[str, Any] = {}
-    if config_file is not None:
-        values = read_yaml(Path(config_file))
-        values.pop("stage", None) if values.get("stage") in (None, stage) else _stage_mismatch(
-            config_file, values, stage
+    files = [config_file] if isinstance(config_file, (str, Path)) else list(config_file or [])
+    for file in files:
+        file_values = read_yaml(Path(file))
+        file_values.pop("stage", None) if file_values.get("stage") in (None, stage) else _stage_mismatch(
+            file, file_values, stage
         )
-        check_values(values, cls, str(config_file))
+        check_values(file_values, cls, str(file))
+        values.update(file_values)
+    config_file = ", ".join(str(f) for f in files) or None
     overrides = overrides or {}
     check_values(overrides, cls, "command line")
     values.update(overrides)
@@ -342,4 +359,7 @@ def config_to_dict(config: WmtpTrainingConfig) -> dict[str, Any]:
             out[f.name] = value
         else:
             out[f.name] = str(value)
+    cpu_fsdp = getattr(config, "cpu_fsdp", None)
+    if cpu_fsdp is not None:  # what the user asked for (transformers only sees it cleared, see `_take_cpu_fsdp`)
+        out["fsdp"], out["fsdp_config"] = cpu_fsdp["fsdp"], cpu_fsdp["fsdp_config"]
     return out

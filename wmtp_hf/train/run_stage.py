@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -13,15 +14,23 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataError, WmtpDataCollator
+from ..fileio import atomic_write_text
 from ..messages import first_line
 from .components import build_train_dataset
-from .config import ConfigError, WmtpTrainingConfig, config_to_dict
+from .config import (
+    ConfigError,
+    WmtpTrainingConfig,
+    config_to_dict,
+)
 from .lora import wrap_with_lora
 from .mlflow_setup import ResolvedConfigCallback, configure_mlflow
 from .outputs import FINAL_DIR, write_final_folder
 from .stages import STAGE_TRAINERS
 
 logger = logging.getLogger("wmtp_hf.train")
+
+
+RUN_SUMMARY_FILE = "run_summary.json"
 
 
 def resume_checkpoint(config: WmtpTrainingConfig, resume: str | None) -> str | None:
@@ -95,6 +104,7 @@ def run(
     )
     final_dir = Path(config.output_dir) / FINAL_DIR
     trainer.final_folder = write_final_folder(trainer, config, stage, tokenizer, n_heads, final_loss)
+    trainer.accelerator.wait_for_everyone()  # final/ is complete for every process (e.g. the next stage)
     if config.push_to_hub:
         try:
             trainer.push_to_hub(commit_message=f"wmtp_hf: stage {stage}, {trainer.state.global_step} steps")
@@ -106,7 +116,7 @@ def run(
                 f"model is saved in {final_dir}, publish it with python -m wmtp_hf.publish"
             ) from None
     tokens = trainer.state.num_input_tokens_seen or 0
-    return {
+    summary = {
         "stage": stage,
         "steps": trainer.state.global_step,
         "train_runtime_s": round(elapsed, 1),
@@ -119,7 +129,11 @@ def run(
         "merged_model": str(trainer.final_folder) if config.use_peft and config.merge_lora else None,
         "pushed_to": config.hub_model_id if config.push_to_hub else None,
         "dropped_examples": data_report["dropped"],
+        "distributed": trainer.distributed_info(),
     }
+    if trainer.is_world_process_zero():
+        atomic_write_text(Path(config.output_dir) / RUN_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def is_hub_failure(err: BaseException) -> bool:

@@ -22,6 +22,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..data.sampling import order_indices
 from ..losses import mtp_target_mask, resolve_head_weights, weighted_mtp_loss
 from . import components
+from .fsdp import Fsdp2TrainerMixin
 from .outputs import FinalFolderPush
 
 BATCH_EXTRAS = ("reward", "difficulty", "ref_token_losses", "row_id")
@@ -94,7 +95,7 @@ class StageHooks:
         return train_dataset, {}
 
 
-class WeightedMTPTrainer(StageHooks, FinalFolderPush, Trainer):
+class WeightedMTPTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, Trainer):
     """Trains a `WmtpForMultiTokenPrediction` on `sum_k alpha_k sum_t w_k(t) m_k(t) CE_k(t) / N_k`."""
 
     # compute_loss already divides by the accumulation window's counts; Trainer must not rescale.

@@ -39,9 +39,11 @@ def stage_config_class(stage: str) -> type[WmtpTrainingConfig]:
 
 
 def build_config(
-    stage: str, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+    stage: str,
+    config_file: str | Path | list[str | Path] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> WmtpTrainingConfig:
-    """The stage's config from defaults, an optional YAML file and overrides, validated."""
+    """The stage's config from defaults, optional YAML files (later ones win) and overrides, validated."""
     return build_stage_config(stage_config_class(stage), config_file, overrides)
 
 

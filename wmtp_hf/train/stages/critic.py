@@ -151,7 +151,12 @@ class CriticTrainer(WeightedMTPTrainer):
         split = held_out_split(config) if config.eval_split == "auto" else config.eval_split
         if split is None or config.eval_strategy == "no":
             return None
-        rows, _, _ = tokenized_rows(config, tokenizer, split)
+        try:
+            rows, _, _ = tokenized_rows(config, tokenizer, split)
+        except ConfigError as err:
+            raise ConfigError(
+                f"eval_split: {err}; set eval_split: null and eval_strategy: no, or name a split with rows"
+            ) from None
         return rows
 
     # ------------------------------------------------------------------ loss

@@ -21,6 +21,7 @@ from ...messages import first_line
 from ...micro import build_micro
 from ..components import build_preset, resolve_model_path
 from ..config import ConfigError, WmtpTrainingConfig, _help
+from ..fsdp import Fsdp2TrainerMixin
 from ..outputs import FinalFolderPush
 from ..trainer import BATCH_EXTRAS, StageHooks
 
@@ -58,7 +59,7 @@ def build_micro_llama(output_dir: Path, seed: int = 0, tokenizer: Any = None) ->
     return output_dir
 
 
-class ReferenceTrainer(StageHooks, FinalFolderPush, Trainer):
+class ReferenceTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, Trainer):
     """Stock causal-LM training; drops the batch entries a plain causal LM does not take."""
 
     @classmethod

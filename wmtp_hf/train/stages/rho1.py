@@ -37,6 +37,7 @@ from ...reference import (
 from ...weighting import Rho1Weighting, excess_losses, reference_token_losses, rho1_keep_counts, rho1_weights
 from ..components import check_model_location
 from ..config import ConfigError, WmtpTrainingConfig, _help
+from ..fsdp import gathered_root, shard_model, wrap_classes
 from ..inspect_artifact import InspectionArtifactCallback
 from ..trainer import WeightedMTPTrainer
 
@@ -145,17 +146,11 @@ def resolve_reference(config: Rho1Config) -> str:
     )
 
 
-def shard_for_evaluation(model: torch.nn.Module, accelerator: Any) -> torch.nn.Module:
-    """Place a frozen reference as TRL does: sharded with FSDP2 under FSDP, else a copy on this device."""
-    if getattr(accelerator, "is_fsdp2", False):
-        from torch.distributed.fsdp import fully_shard
-
-        blocks = set(getattr(model, "_no_split_modules", None) or [])
-        for module in model.modules():
-            if type(module).__name__ in blocks:
-                fully_shard(module, reshard_after_forward=True)
-        fully_shard(model, reshard_after_forward=True)
-        return model
+def shard_for_evaluation(model: torch.nn.Module, accelerator: Any, fsdp2: bool = False) -> torch.nn.Module:
+    """Place a frozen reference as TRL does: sharded with FSDP2 under FSDP2 (accelerate's, or the CPU
+    mode: `fsdp2`), else a copy on this device."""
+    if fsdp2 or getattr(accelerator, "is_fsdp2", False):
+        return shard_model(model, wrap_classes(model, None), reshard_after_forward=True)
     return accelerator.prepare_model(model, evaluation_mode=True)
 
 
@@ -176,7 +171,9 @@ class Rho1Trainer(WeightedMTPTrainer):
             ref, _ = load_reference_model(
                 reference, dtype=dtype, attn_implementation=self.args.attn_implementation
             )
-            self.ref_model = shard_for_evaluation(ref.eval().requires_grad_(False), self.accelerator)
+            self.ref_model = shard_for_evaluation(
+                ref.eval().requires_grad_(False), self.accelerator, fsdp2=self.cpu_fsdp is not None
+            )
 
     @classmethod
     def prepare_data(
@@ -215,9 +212,10 @@ class Rho1Trainer(WeightedMTPTrainer):
         """`[B, T]` `CE_ref(j)`: the cached column, or the live reference's chunked cross-entropy."""
         if "ref_token_losses" in inputs:
             return inputs["ref_token_losses"].float()
-        return reference_token_losses(
-            self.ref_model, inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"]
-        ).float()
+        with gathered_root(self.ref_model):  # it calls the model's trunk and head weights directly
+            return reference_token_losses(
+                self.ref_model, inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"]
+            ).float()
 
     def token_weights(self, model, inputs, outputs, target_mask):
         ref = self.reference_losses(inputs)

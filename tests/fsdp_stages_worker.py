@@ -1,0 +1,66 @@
+"""Every stage through the project's trainer, one after the other in this process (tests/test_train_fsdp.py).
+
+`python tests/fsdp_stages_worker.py FIXTURES OUT` runs them in one process;
+`torchrun --nproc_per_node 2 tests/fsdp_stages_worker.py FIXTURES OUT --fsdp` runs them under FSDP2 on CPU
+(configs/fsdp_cpu.yaml) with half the per-process batch, so both see the same global batches (rho1, which
+selects tokens per micro-batch and process, gets the same micro-batches through gradient accumulation).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from wmtp_hf.train.cli import resolve, run
+from wmtp_hf.train.fsdp import destroy_process_group
+
+REPO = Path(__file__).resolve().parents[1]
+SHARDED = "{version: 2, state_dict_type: SHARDED_STATE_DICT, transformer_layer_cls_to_wrap: [WmtpDecoderLayer]}"
+
+
+def jobs(fx: Path, out: Path) -> list[tuple[str, str, dict, str | None]]:
+    """(name, stage, options, resume checkpoint) in run order."""
+    llama = fx / "llama"
+    return [
+        ("baseline_full", "baseline", {"max-steps": 4, "save_steps": 2}, None),
+        ("baseline_sharded", "baseline", {"max-steps": 4, "save_steps": 2, "fsdp_config": SHARDED}, None),
+        ("resume_full", "baseline", {"max-steps": 4, "save_steps": 2}, str(out / "baseline_full/checkpoint-2")),
+        ("resume_sharded", "baseline", {"max-steps": 4, "save_steps": 2, "fsdp_config": SHARDED},
+         str(out / "baseline_sharded/checkpoint-2")),
+        ("lora", "baseline", {"use_peft": "true", "lora_r": 4, "lora_dropout": 0.0}, None),
+        ("critic", "critic", {"unfreeze_last_n_layers": 1, "eval_strategy": "steps", "eval_steps": 3}, None),
+        ("verifiable", "verifiable", {"model": out / "critic/final", "normalize": "ema"}, None),
+        ("rho1_live", "rho1", {"reference_model": llama}, None),
+        ("rho1_cached", "rho1", {"reference_model": llama, "precompute_reference": "true"}, None),
+        ("reference", "reference", {"model": llama}, None),
+    ]  # fmt: skip
+
+
+def argv(stage: str, options: dict, fx: Path, out: Path, fsdp: bool) -> list[str]:
+    values = {"model": fx / "model", "dataset": fx / "marker", "output-dir": out, "max-steps": 3,
+              "per_device_train_batch_size": 2 if fsdp else 4, "report_to": "none", "logging_steps": 1,
+              "save_steps": 100, "learning_rate": 1e-3, "warmup_steps": 0, "seed": 0, **options}  # fmt: skip
+    if not fsdp:
+        values.pop("fsdp_config", None)
+        if stage == "rho1":  # rho1 selects per micro-batch and process: one process sees the same micro-batches
+            values.update(per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    args = ["--stage", stage] + (["--config", str(REPO / "configs/fsdp_cpu.yaml")] if fsdp else [])
+    for key, value in values.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def main() -> None:
+    fx, out, fsdp = Path(sys.argv[1]), Path(sys.argv[2]), "--fsdp" in sys.argv
+    results = {}
+    for name, stage, options, resume in jobs(fx, out):
+        args, config = resolve(argv(stage, options, fx, out / name, fsdp))
+        results[name] = run(args.stage, config, resume=resume)
+    if config.process_index == 0:
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

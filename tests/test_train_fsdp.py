@@ -1,0 +1,175 @@
+"""FSDP2 on 2 CPU processes (gloo): the model under `fully_shard` and every stage through the trainer
+equal one process; complete, portable `final/` folders with FULL and SHARDED state dicts; exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from no_wmtp_hf import BLOCK_WMTP_HF
+from safetensors.torch import load_file
+from train_fixtures import write_llama, write_marker_dataset, write_tiny_model
+
+from wmtp_hf.train.cli import main
+from wmtp_hf.train.config import ConfigError
+from wmtp_hf.train.stages import build_config
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+MARKER = 7
+STAGE_JOBS = ["baseline_full", "baseline_sharded", "lora", "critic", "verifiable", "rho1_live", "rho1_cached",
+              "reference"]  # fmt: skip
+
+
+def env() -> dict[str, str]:
+    path = os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
+def torchrun(script: Path, *args: str, timeout: int = 300, **extra_env: str) -> subprocess.CompletedProcess:
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(script), *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env={**env(), **extra_env}, timeout=timeout,
+                          check=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stage_runs(tmp_path_factory, tiny_tokenizer):
+    """Every stage in one process and under FSDP2 on two (tests/fsdp_stages_worker.py): (one, two)."""
+    root = tmp_path_factory.mktemp("fsdp")
+    fx = root / "fx"
+    write_tiny_model(fx / "model", tiny_tokenizer)
+    write_llama(fx / "llama", tiny_tokenizer)
+    write_marker_dataset(fx / "marker", len(tiny_tokenizer), MARKER, n_problems=24, eos=tiny_tokenizer.eos_token_id)
+    one, two = root / "one", root / "two"
+    one.mkdir(), two.mkdir()
+    run_env = {**env(), "WMTP_HF_CACHE": str(root / "cache")}
+    single = subprocess.run([sys.executable, str(TESTS / "fsdp_stages_worker.py"), str(fx), str(one)],
+                            capture_output=True, text=True, env=run_env, timeout=300, check=False)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = torchrun(TESTS / "fsdp_stages_worker.py", str(fx), str(two), "--fsdp", WMTP_HF_CACHE=str(root / "cache"))
+    assert double.returncode == 0, double.stderr[-3000:]
+    return one, two, fx
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    final = run / "final"
+    name = "adapter_model.safetensors" if (final / "adapter_model.safetensors").is_file() else "model.safetensors"
+    return load_file(str(final / name))
+
+
+def assert_close_weights(a: Path, b: Path, atol: float) -> None:
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=0, msg=key)
+
+
+def test_fully_shard_model_equals_one_process(tmp_path):
+    proc = torchrun(TESTS / "fsdp_model_worker.py", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check = json.loads((tmp_path / "model_check.json").read_text())
+    assert check["grad_max"] > 1e-2 and check["grad_diff"] < 1e-5  # step-1 full gradients
+    assert check["weight_change"] > 1e-3 and check["weight_diff"] < 1e-5  # after 3 AdamW steps
+    assert check["before_load_diff"] > 1e-2  # the restored model started elsewhere ...
+    assert check["resumed_diff"] < 1e-7  # ... and is identical after the sharded load and 2 more steps
+
+
+@pytest.mark.parametrize("job", STAGE_JOBS)
+def test_stage_under_fsdp2_equals_one_process(stage_runs, job):
+    one, two, fx = stage_runs
+    summary = json.loads((two / job / "run_summary.json").read_text())
+    assert summary["distributed"] == {"mode": "fsdp2", "world_size": 2, "sharded_parameters": True}
+    assert json.loads((one / job / "run_summary.json").read_text())["distributed"]["mode"] == "single"
+    assert summary["stage"] == ("baseline" if job in ("baseline_full", "baseline_sharded", "lora") else job.split("_")[0])
+    assert summary["steps"] > 0 and summary["final_loss"] > 0
+    assert_close_weights(one / job, two / job, atol=1e-5)
+    if job != "lora":  # the weights moved, so equal weights are equal training, not an untouched start
+        start = load_file(str(fx / ("llama" if job == "reference" else "model") / "model.safetensors"))
+        trained = final_weights(two / job)
+        assert max((trained[k] - start[k]).abs().max().item() for k in start if k in trained) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["full", "sharded"])
+def test_resume_under_fsdp2_is_exact(stage_runs, kind):
+    _, two, _ = stage_runs
+    checkpoint = two / f"baseline_{kind}" / "checkpoint-2"
+    sharded_files = (checkpoint / "pytorch_model_fsdp_0").is_dir(), (checkpoint / "model.safetensors").is_file()
+    assert sharded_files == ((True, False) if kind == "sharded" else (False, True))
+    assert_close_weights(two / f"baseline_{kind}", two / f"resume_{kind}", atol=1e-7)
+
+
+LOAD_SCRIPT = BLOCK_WMTP_HF + """
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+folder = sys.argv[1]
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+saved = load_file(folder + "/model.safetensors")
+state = model.state_dict()
+assert all(torch.equal(state[k], v) for k, v in saved.items()), "weights differ from the file"
+print(json.dumps({"class": type(model).__name__, "module": type(model).__module__}))
+"""
+
+
+@pytest.mark.parametrize("job", ["baseline_full", "baseline_sharded", "verifiable"])
+def test_final_folder_under_fsdp2_loads_without_wmtp_hf(stage_runs, job, tmp_path):
+    _, two, _ = stage_runs
+    final = two / job / "final"
+    config = json.loads((final / "config.json").read_text())
+    assert all(v.split(".")[0] in ("modeling_wmtp", "configuration_wmtp") for v in config["auto_map"].values())
+    assert not [p.name for p in final.glob("*.py") if "fsdp" in p.name.lower()]
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_SCRIPT)
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script), str(final)], capture_output=True, text=True,
+                          cwd=tmp_path, env=clean_env, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert loaded["class"] == "WmtpForMultiTokenPrediction" and "wmtp_hf" not in loaded["module"]
+
+
+def test_fsdp_cpu_config_holds_only_distributed_settings():
+    values = yaml.safe_load((REPO / "configs" / "fsdp_cpu.yaml").read_text())
+    assert set(values) == {"use_cpu", "fsdp", "fsdp_config"}
+    assert values["fsdp_config"]["version"] == 2
+    assert "WmtpDecoderLayer" in values["fsdp_config"]["transformer_layer_cls_to_wrap"]
+
+
+def test_fsdp_where_it_cannot_run_stops_with_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    argv = ["--stage", "critic", "--config", str(REPO / "configs/critic.yaml"), "--config",
+            str(REPO / "configs/fsdp_cpu.yaml"), "--output-dir", str(tmp_path), "--dry-run"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "torchrun --nproc_per_node 2" in err, err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    fsdp = {"fsdp": "full_shard auto_wrap", "use_cpu": True, "output_dir": str(tmp_path)}
+    for extra, words in (({"fsdp_config": {"version": 1}}, "only FSDP2"), ({"bf16": True}, "float32"),
+                         ({"fsdp_config": {"state_dict_type": "LOCAL"}}, "state_dict_type"),
+                         ({"fsdp_config": {"sync_module_states": True}}, "sync_module_states")):  # fmt: skip
+        with pytest.raises(ConfigError, match=words):
+            build_config("baseline", None, {**fsdp, **extra})
+
+
+def test_critic_with_an_empty_held_out_split_is_one_line(tmp_path, tiny_tokenizer, capsys):
+    from train_fixtures import write_mbpp_fixture
+
+    model = write_tiny_model(tmp_path / "model", tiny_tokenizer)
+    data = write_mbpp_fixture(tmp_path / "mbpp.jsonl")  # train rows only: the 'validation' split is empty
+    argv = ["--stage", "critic", "--model", str(model), "--dataset", "mbpp", "--dataset_path", str(data),
+            "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--report_to", "none"]  # fmt: skip
+    capsys.readouterr()  # the fixtures' progress bars
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "split 'validation' has no rows" in errors[0] and "eval_split" in errors[0], errors
