@@ -200,7 +200,7 @@ def planted_weight_means(plan: Any, run: Any, batch_size: int = 8) -> dict[str, 
     held-out planted rows (why the control did or did not help: did the critic down-weight the errors?)."""
     from ..data import WmtpDataCollator
     from ..train.components import held_out_split
-    from ..train.stages.verifiable import td_token_weights
+    from ..weighting import td_token_weights
     from .measure import load_final
 
     folder = Path(run.config.dataset)
