@@ -1,4 +1,4 @@
-"""Push a saved model or LoRA adapter folder to the Hugging Face Hub in one commit (SPEC §8).
+"""Push a saved model or LoRA adapter folder to the Hugging Face Hub in one commit (docs/design.md §8).
 
 Used by the training run (`push_to_hub: true`) and by `python -m wmtp_hf.publish`. Everything is checked
 before the first Hub call, so bad input uploads nothing. The commit holds the folder's top-level files

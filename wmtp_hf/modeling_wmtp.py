@@ -1,6 +1,6 @@
 """Meta's multi-token-prediction LLaMA as a HuggingFace model, plus an optional value head.
 
-Layout (SPEC §2.1): `model.layers` holds the trunk followed by head 0; `model.extra_heads` holds heads
+Layout (docs/design.md §2.1): `model.layers` holds the trunk followed by head 0; `model.extra_heads` holds heads
 1..n-1. Every head block reads the trunk output, and all heads share `model.norm` and `lm_head`.
 Trunk + head 0 is exactly a LLaMA model, which is what generation runs.
 
@@ -290,17 +290,17 @@ class WmtpModelOutput(ModelOutput):
 
 @dataclass
 class WmtpCausalLMOutput(ModelOutput):
-    """Output of [`WmtpForMultiTokenPrediction`] (SPEC §2.3); transformers' fields first, in its order.
+    """Output of [`WmtpForMultiTokenPrediction`] (docs/design.md §2.3); transformers' fields first, in its order.
 
     Args:
-        loss: uniform MTP loss (SPEC §4.1) when `labels` (or `shift_labels`) are given.
+        loss: uniform MTP loss (docs/design.md §4.1) when `labels` (or `shift_labels`) are given.
         logits: `[B, T, V]` logits of head 0 (skipped while training with labels, see `skip_logits`).
         cache: the KV cache (named `past_key_values` on transformers < 5.25; see `CACHE_NAME`).
         hidden_states, attentions: as in [`WmtpModelOutput`]: the next-token path's, as LLaMA's.
         mtp_logits: `[B, T, n, V]` logits of all heads, only with `return_all_heads=True`.
         value: `[B, T]` value-head estimates `V_t` of P(response correct | tokens <= t), with a value head.
-            (SPEC §2.3 calls it `values`; that name would shadow `dict.values()`, which `ModelOutput`
-            inherits and DDP/FSDP/accelerate call on model outputs.)
+            (Not `values`: that name would shadow `dict.values()`, which `ModelOutput` inherits and
+            DDP/FSDP/accelerate call on model outputs.)
         token_losses: `[B, T, n]` float32 `CE_k(t)` (0 without a target), when labels are given; the
             graph to the parameters is kept so a trainer can weight and sum them.
         head_hidden_states: n tensors `[B, T, D]` of final-normed head hidden states, with all heads.
@@ -578,7 +578,7 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = self.lm_head(head0[:, keep, :])
         value = None
-        if self.value_head is not None:  # V_t reads norm(h_trunk), the state every head reads (SPEC §2.3)
+        if self.value_head is not None:  # V_t reads norm(h_trunk), the state every head reads (docs/design.md §2.3)
             value = self.value_head(outputs.trunk_hidden_state).squeeze(-1)
         loss = token_losses = None
         if has_targets:
@@ -606,7 +606,7 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         r"""`GenerationMixin.generate`, plus self-speculative greedy decoding with the MTP heads.
 
         mtp_speculative: with `do_sample=False`, decode greedily with heads 1..n-1 drafting the tokens after
-            head 0's next token, verified by head 0 in the following forward (SPEC §7). The tokens equal plain
+            head 0's next token, verified by head 0 in the following forward (docs/design.md §7). The tokens equal plain
             greedy `generate`; fewer forwards run. Left-padded batches, `max_new_tokens`/`max_length`, EOS,
             stopping criteria, logits processors and streamers work as in plain greedy decoding. With
             `return_dict_in_generate=True` the output is a `WmtpSpeculativeOutput`, which adds `forwards`,
