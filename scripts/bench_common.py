@@ -451,4 +451,3 @@ def environment(device: str) -> dict[str, Any]:
             "transformers": transformers.__version__,
         },
     }
-

@@ -400,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     print_results(args, results, targets)
     config = run_config(args, exclude=("worker",))
     print()
-    write_report(args.output, {"config": config, **environment(args.device), "results": results, "targets": targets})
+    write_report(
+        args.output, {"config": config, **environment(args.device), "results": results, "targets": targets}
+    )
     return 0
 
 

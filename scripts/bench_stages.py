@@ -301,7 +301,9 @@ class StageStepper:
         elif variant == "rho1_cached":
             kwargs["reference"] = None
         model = trainer_cls.load_model(self.config, model_dir, tokenizer)
-        if lora:  # as `wmtp_hf.train.run` wraps it (dry_run: the start folder is the base, nothing is written)
+        if (
+            lora
+        ):  # as `wmtp_hf.train.run` wraps it (dry_run: the start folder is the base, nothing is written)
             model = wrap_with_lora(model, self.config, trainer_cls, model_dir, tokenizer, dry_run=True)
         collator = WmtpDataCollator(tokenizer)
         self.trainer = trainer_cls(

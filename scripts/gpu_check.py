@@ -122,7 +122,9 @@ def fsdp2_train(size: dict, device: torch.device, dtype: torch.dtype) -> dict[st
         "tokens_per_step": ids.numel(),
         "tokens_per_s": round(tokens_per_s, 1),
         "mfu": round(6 * n_params * tokens_per_s / peak, 4) if peak and device.type == "cuda" else None,
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if device.type == "cuda"
+        else None,
     }
 
 
@@ -160,7 +162,10 @@ def chunked_loss(size: dict, device: torch.device, dtype: torch.dtype) -> dict[s
     model = WmtpForMultiTokenPrediction(wmtp_config(size, size["heads"])).to(device=device, dtype=dtype)
     ids = torch.randint(0, size["vocab"], (1, size["memory_seq"]), device=device)
     results = {}
-    for name, fn in (("chunked", lambda: model(input_ids=ids, labels=ids).loss), ("plain", lambda: plain_mtp_loss(model, ids))):
+    for name, fn in (
+        ("chunked", lambda: model(input_ids=ids, labels=ids).loss),
+        ("plain", lambda: plain_mtp_loss(model, ids)),
+    ):
 
         def step(fn=fn) -> float:
             loss = fn()
@@ -171,7 +176,11 @@ def chunked_loss(size: dict, device: torch.device, dtype: torch.dtype) -> dict[s
         step()
         (loss, peak) = peak_memory_of(device, step)
         _, seconds = timed(device, step, repeat=3)
-        results[name] = {"loss": loss, "seconds": round(seconds, 4), "peak_gib": None if peak is None else round(peak, 2)}
+        results[name] = {
+            "loss": loss,
+            "seconds": round(seconds, 4),
+            "peak_gib": None if peak is None else round(peak, 2),
+        }
     results["loss_diff"] = abs(results["chunked"]["loss"] - results["plain"]["loss"])
     return results
 
@@ -186,7 +195,9 @@ def attention_parity(size: dict, device: torch.device, dtype: torch.dtype) -> di
     torch.manual_seed(0)
     sdpa = WmtpForMultiTokenPrediction(wmtp_config(size, size["heads"], attn_implementation="sdpa"))
     sdpa = sdpa.to(device=device, dtype=dtype).eval()
-    flash = WmtpForMultiTokenPrediction(wmtp_config(size, size["heads"], attn_implementation="flash_attention_2"))
+    flash = WmtpForMultiTokenPrediction(
+        wmtp_config(size, size["heads"], attn_implementation="flash_attention_2")
+    )
     flash.load_state_dict(sdpa.state_dict())
     flash = flash.to(device=device, dtype=dtype).eval()
     ids = torch.randint(0, size["vocab"], (2, size["seq"]), device=device)

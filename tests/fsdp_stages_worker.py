@@ -16,7 +16,9 @@ from wmtp_hf.train.cli import resolve, run
 from wmtp_hf.train.fsdp import destroy_process_group
 
 REPO = Path(__file__).resolve().parents[1]
-SHARDED = "{version: 2, state_dict_type: SHARDED_STATE_DICT, transformer_layer_cls_to_wrap: [WmtpDecoderLayer]}"
+SHARDED = (
+    "{version: 2, state_dict_type: SHARDED_STATE_DICT, transformer_layer_cls_to_wrap: [WmtpDecoderLayer]}"
+)
 
 
 def jobs(fx: Path, out: Path) -> list[tuple[str, str, dict, str | None]]:
@@ -43,7 +45,9 @@ def argv(stage: str, options: dict, fx: Path, out: Path, fsdp: bool) -> list[str
               "save_steps": 100, "learning_rate": 1e-3, "warmup_steps": 0, "seed": 0, **options}  # fmt: skip
     if not fsdp:
         values.pop("fsdp_config", None)
-        if stage == "rho1":  # rho1 selects per micro-batch and process: one process sees the same micro-batches
+        if (
+            stage == "rho1"
+        ):  # rho1 selects per micro-batch and process: one process sees the same micro-batches
             values.update(per_device_train_batch_size=2, gradient_accumulation_steps=2)
     args = ["--stage", stage] + (["--config", str(REPO / "configs/fsdp_cpu.yaml")] if fsdp else [])
     for key, value in values.items():

@@ -55,4 +55,7 @@ def test_bench_runs_tiny(name, tmp_path, tiny_tokenizer):
     assert REPORT_KEYS[name] in report
     assert f"wrote {output}" in proc.stdout
     if name == "bench_generate.py":
-        assert not report["skipped"] and {r["prompts"] for r in report["results"]} == {"humaneval-alpaca", "cycle"}
+        assert not report["skipped"] and {r["prompts"] for r in report["results"]} == {
+            "humaneval-alpaca",
+            "cycle",
+        }

@@ -42,7 +42,9 @@ def imported_modules(name: str) -> set[str]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in modules() else module for a in node.names]
+            targets = [
+                f"{module}.{a.name}" if f"{module}.{a.name}" in modules() else module for a in node.names
+            ]
         else:
             continue
         found |= {t for t in targets if t == "wmtp_hf" or t.startswith("wmtp_hf.")}
@@ -143,8 +145,11 @@ def test_the_model_files_import_only_torch_transformers_and_each_other():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level:
                 continue  # a sibling, in the closure
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             for n in names:
                 top = n.split(".")[0]
                 assert top in {"torch", "transformers", "__future__", "typing", "dataclasses", "math",

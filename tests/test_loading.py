@@ -132,5 +132,8 @@ def test_bad_locations_and_devices_are_one_line_errors(folders, tmp_path):
         def to(self, *args, **kwargs):
             raise RuntimeError("Torch not compiled with CUDA enabled\nmore")
 
-    with pytest.raises(LoadError, match=r"^--device cuda: cannot move the reference there \(Torch not compiled with CUDA enabled\)$"):
+    with pytest.raises(
+        LoadError,
+        match=r"^--device cuda: cannot move the reference there \(Torch not compiled with CUDA enabled\)$",
+    ):
         move_to_device(Unmovable(), "cuda", what="the reference")

@@ -175,7 +175,9 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(monkeypatch):
     for checkpointing in (False, True):
         model = tiny_model(3).train()
         if checkpointing:  # renamed from gradient_checkpointing_enable in transformers 5.23
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable = (
+                getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            )
             enable()
         calls.clear()
         out = model(ids, attention_mask=mask, labels=labels)

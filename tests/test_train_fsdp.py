@@ -50,21 +50,29 @@ def stage_runs(tmp_path_factory, tiny_tokenizer):
     fx = root / "fx"
     write_tiny_model(fx / "model", tiny_tokenizer)
     write_llama(fx / "llama", tiny_tokenizer)
-    write_marker_dataset(fx / "marker", len(tiny_tokenizer), MARKER, n_problems=24, eos=tiny_tokenizer.eos_token_id)
+    write_marker_dataset(
+        fx / "marker", len(tiny_tokenizer), MARKER, n_problems=24, eos=tiny_tokenizer.eos_token_id
+    )
     one, two = root / "one", root / "two"
     one.mkdir(), two.mkdir()
     run_env = {**env(), "WMTP_HF_CACHE": str(root / "cache")}
     single = subprocess.run([sys.executable, str(TESTS / "fsdp_stages_worker.py"), str(fx), str(one)],
                             capture_output=True, text=True, env=run_env, timeout=300, check=False)  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
-    double = torchrun(TESTS / "fsdp_stages_worker.py", str(fx), str(two), "--fsdp", WMTP_HF_CACHE=str(root / "cache"))
+    double = torchrun(
+        TESTS / "fsdp_stages_worker.py", str(fx), str(two), "--fsdp", WMTP_HF_CACHE=str(root / "cache")
+    )
     assert double.returncode == 0, double.stderr[-3000:]
     return one, two, fx
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
     final = run / "final"
-    name = "adapter_model.safetensors" if (final / "adapter_model.safetensors").is_file() else "model.safetensors"
+    name = (
+        "adapter_model.safetensors"
+        if (final / "adapter_model.safetensors").is_file()
+        else "model.safetensors"
+    )
     return load_file(str(final / name))
 
 
@@ -91,7 +99,9 @@ def test_stage_under_fsdp2_equals_one_process(stage_runs, job):
     summary = json.loads((two / job / "run_summary.json").read_text())
     assert summary["distributed"] == {"mode": "fsdp2", "world_size": 2, "sharded_parameters": True}
     assert json.loads((one / job / "run_summary.json").read_text())["distributed"]["mode"] == "single"
-    assert summary["stage"] == ("baseline" if job in ("baseline_full", "baseline_sharded", "lora") else job.split("_")[0])
+    assert summary["stage"] == (
+        "baseline" if job in ("baseline_full", "baseline_sharded", "lora") else job.split("_")[0]
+    )
     assert summary["steps"] > 0 and summary["final_loss"] > 0
     assert_close_weights(one / job, two / job, atol=1e-5)
     if job != "lora":  # the weights moved, so equal weights are equal training, not an untouched start
@@ -104,12 +114,17 @@ def test_stage_under_fsdp2_equals_one_process(stage_runs, job):
 def test_resume_under_fsdp2_is_exact(stage_runs, kind):
     _, two, _ = stage_runs
     checkpoint = two / f"baseline_{kind}" / "checkpoint-2"
-    sharded_files = (checkpoint / "pytorch_model_fsdp_0").is_dir(), (checkpoint / "model.safetensors").is_file()
+    sharded_files = (
+        (checkpoint / "pytorch_model_fsdp_0").is_dir(),
+        (checkpoint / "model.safetensors").is_file(),
+    )
     assert sharded_files == ((True, False) if kind == "sharded" else (False, True))
     assert_close_weights(two / f"baseline_{kind}", two / f"resume_{kind}", atol=1e-7)
 
 
-LOAD_SCRIPT = BLOCK_WMTP_HF + """
+LOAD_SCRIPT = (
+    BLOCK_WMTP_HF
+    + """
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -120,6 +135,7 @@ state = model.state_dict()
 assert all(torch.equal(state[k], v) for k, v in saved.items()), "weights differ from the file"
 print(json.dumps({"class": type(model).__name__, "module": type(model).__module__}))
 """
+)
 
 
 @pytest.mark.parametrize("job", ["baseline_full", "baseline_sharded", "verifiable"])
@@ -127,7 +143,9 @@ def test_final_folder_under_fsdp2_loads_without_wmtp_hf(stage_runs, job, tmp_pat
     _, two, _ = stage_runs
     final = two / job / "final"
     config = json.loads((final / "config.json").read_text())
-    assert all(v.split(".")[0] in ("modeling_wmtp", "configuration_wmtp") for v in config["auto_map"].values())
+    assert all(
+        v.split(".")[0] in ("modeling_wmtp", "configuration_wmtp") for v in config["auto_map"].values()
+    )
     assert not [p.name for p in final.glob("*.py") if "fsdp" in p.name.lower()]
     script = tmp_path / "load.py"
     script.write_text(LOAD_SCRIPT)
@@ -172,4 +190,6 @@ def test_critic_with_an_empty_held_out_split_is_one_line(tmp_path, tiny_tokenize
     capsys.readouterr()  # the fixtures' progress bars
     assert main(argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and "split 'validation' has no rows" in errors[0] and "eval_split" in errors[0], errors
+    assert len(errors) == 1 and "split 'validation' has no rows" in errors[0] and "eval_split" in errors[0], (
+        errors
+    )

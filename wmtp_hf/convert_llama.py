@@ -74,7 +74,9 @@ def wmtp_from_llama(
             else:
                 state[key] = (torch.randn(param.shape, generator=generator) * std).to(dtype)
     if model.value_head is not None:
-        state["value_head.weight"] = (torch.randn((1, config.hidden_size), generator=generator) * std).to(dtype)
+        state["value_head.weight"] = (torch.randn((1, config.hidden_size), generator=generator) * std).to(
+            dtype
+        )
         state["value_head.bias"] = torch.zeros(1, dtype=dtype)
     model.load_state_dict(state, strict=True, assign=True)
     model.model.rotary_emb = type(model.model.rotary_emb)(config)  # buffers were on the meta device

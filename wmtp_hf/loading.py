@@ -140,7 +140,9 @@ def load_tokenizer(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as err:  # OSError, ValueError, and whatever a broken tokenizer file raises
-        raise error(f"{label or repr(str(name_or_path))}: cannot load its tokenizer ({first_line(err)})") from None
+        raise error(
+            f"{label or repr(str(name_or_path))}: cannot load its tokenizer ({first_line(err)})"
+        ) from None
     return ensure_pad_token(tokenizer) if pad else tokenizer
 
 
@@ -171,7 +173,9 @@ def read_model_type(
     try:
         return AutoConfig.from_pretrained(str(name_or_path)).model_type
     except (OSError, ValueError) as err:
-        raise error(f"{label or repr(str(name_or_path))}: cannot load its config ({first_line(err)})") from None
+        raise error(
+            f"{label or repr(str(name_or_path))}: cannot load its config ({first_line(err)})"
+        ) from None
 
 
 def load_merged_adapter(
@@ -206,7 +210,9 @@ def load_causal_lm(
     try:
         return AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
     except Exception as err:  # a missing folder, an unknown Hub id, a broken checkpoint
-        raise error(f"{label or repr(str(name_or_path))}: cannot load a causal LM ({first_line(err)})") from None
+        raise error(
+            f"{label or repr(str(name_or_path))}: cannot load a causal LM ({first_line(err)})"
+        ) from None
 
 
 def load_for_inference(

@@ -45,7 +45,9 @@ from .losses import (
 )
 
 # The name of the cache argument of transformers' mask helpers (`cache` from 5.25, before `past_key_values`).
-_MASK_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+_MASK_CACHE_ARG = (
+    "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+)
 
 
 def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
@@ -447,7 +449,9 @@ class WmtpModel(WmtpPreTrainedModel):
             **kwargs,
         )
         config = self.config
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_hidden_states = (
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         all_hidden = [inputs_embeds] if output_hidden_states else None
         next_token_path = list(self.layers) if not trunk_only else list(self.layers[:-1])
@@ -578,13 +582,19 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = self.lm_head(head0[:, keep, :])
         value = None
-        if self.value_head is not None:  # V_t reads norm(h_trunk), the state every head reads (docs/design.md §2.3)
+        if (
+            self.value_head is not None
+        ):  # V_t reads norm(h_trunk), the state every head reads (docs/design.md §2.3)
             value = self.value_head(outputs.trunk_hidden_state).squeeze(-1)
         loss = token_losses = None
         if has_targets:
             n_heads = self.config.n_future_tokens
             token_losses = mtp_token_losses(
-                outputs.head_hidden_states, self.lm_head.weight, labels, self.config.loss_chunk_size, shift_labels
+                outputs.head_hidden_states,
+                self.lm_head.weight,
+                labels,
+                self.config.loss_chunk_size,
+                shift_labels,
             )
             target_mask = mtp_target_mask(labels, n_heads, shift_labels)
             loss = weighted_mtp_loss(token_losses, target_mask, num_items=num_items_in_batch)

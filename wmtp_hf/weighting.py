@@ -55,7 +55,9 @@ class _Options:
 
     @classmethod
     def of(cls, source: Any = None) -> Any:
-        return cls(**{f.name: getattr(source, f.name) for f in dataclasses.fields(cls) if hasattr(source, f.name)})
+        return cls(
+            **{f.name: getattr(source, f.name) for f in dataclasses.fields(cls) if hasattr(source, f.name)}
+        )
 
 
 @dataclass

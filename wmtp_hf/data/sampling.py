@@ -226,7 +226,9 @@ ORDERS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def order_indices(order: str, dataset: datasets.Dataset, n_samples: int | None = None, seed: int = 0) -> np.ndarray:
+def order_indices(
+    order: str, dataset: datasets.Dataset, n_samples: int | None = None, seed: int = 0
+) -> np.ndarray:
     """The row order `order` (a key of `ORDERS`) of `dataset`, `n_samples` positions (default: the
     dataset size; for `correct`, one pass over the correct rows)."""
     if order not in ORDERS:

@@ -70,7 +70,9 @@ def load_tokenizer(path: str) -> Any:
 
 def load_merged_adapter(path: str, **kwargs: Any) -> PreTrainedModel:
     """A LoRA adapter folder (e.g. a `use_peft` run's final folder) loaded on its base and merged."""
-    return loading.load_merged_adapter(path, label=f"model_name_or_path '{path}'", error=ConfigError, **kwargs)
+    return loading.load_merged_adapter(
+        path, label=f"model_name_or_path '{path}'", error=ConfigError, **kwargs
+    )
 
 
 def load_model(config: WmtpTrainingConfig, path: str, tokenizer: Any, **model_kwargs: Any) -> PreTrainedModel:

@@ -360,6 +360,8 @@ def config_to_dict(config: WmtpTrainingConfig) -> dict[str, Any]:
         else:
             out[f.name] = str(value)
     cpu_fsdp = getattr(config, "cpu_fsdp", None)
-    if cpu_fsdp is not None:  # what the user asked for (transformers only sees it cleared, see `_take_cpu_fsdp`)
+    if (
+        cpu_fsdp is not None
+    ):  # what the user asked for (transformers only sees it cleared, see `_take_cpu_fsdp`)
         out["fsdp"], out["fsdp_config"] = cpu_fsdp["fsdp"], cpu_fsdp["fsdp_config"]
     return out

@@ -54,7 +54,9 @@ def cpu_fsdp_settings(fsdp: Any, fsdp_config: Any, bf16: bool, fp16: bool) -> di
         )
     options = dict(fsdp_config or {}) if not isinstance(fsdp_config, str) else None
     if options is None:
-        raise ConfigError("fsdp_config: on CPU give the options as a mapping in the YAML file, not a file name")
+        raise ConfigError(
+            "fsdp_config: on CPU give the options as a mapping in the YAML file, not a file name"
+        )
     options = {k[5:] if k.startswith("fsdp_") else k: v for k, v in options.items()}
     known = {"version", "transformer_layer_cls_to_wrap", "reshard_after_forward", "state_dict_type",
              "auto_wrap_policy", "min_num_params", "cpu_ram_efficient_loading", "offload_params"}  # fmt: skip
@@ -64,9 +66,13 @@ def cpu_fsdp_settings(fsdp: Any, fsdp_config: Any, bf16: bool, fp16: bool) -> di
             f"fsdp_config: option '{unknown[0]}' is not supported by FSDP2 on CPU; supported: {', '.join(sorted(known))}"
         )
     if int(options.get("version", 2)) != 2:
-        raise ConfigError(f"fsdp_config: version {options['version']} on CPU; only FSDP2 (version: 2) runs on CPU")
+        raise ConfigError(
+            f"fsdp_config: version {options['version']} on CPU; only FSDP2 (version: 2) runs on CPU"
+        )
     if bf16 or fp16:
-        raise ConfigError("bf16/fp16: FSDP on CPU trains in float32; drop bf16/fp16 (mixed precision is a GPU setting)")
+        raise ConfigError(
+            "bf16/fp16: FSDP on CPU trains in float32; drop bf16/fp16 (mixed precision is a GPU setting)"
+        )
     state_dict_type = str(options.get("state_dict_type", "FULL_STATE_DICT")).upper()
     if state_dict_type not in STATE_DICT_TYPES:
         raise ConfigError(
@@ -100,7 +106,9 @@ def wrap_classes(model: torch.nn.Module, names: list[str] | None) -> set[str]:
     return found
 
 
-def shard_model(model: torch.nn.Module, classes: set[str], reshard_after_forward: bool = True) -> torch.nn.Module:
+def shard_model(
+    model: torch.nn.Module, classes: set[str], reshard_after_forward: bool = True
+) -> torch.nn.Module:
     """`fully_shard` every module whose class is in `classes`, then the root (in place)."""
     from torch.distributed.fsdp import fully_shard
 
@@ -192,7 +200,10 @@ def save_sharded(model: torch.nn.Module, optimizer: Any, folder: Path, full: boo
             torch.save(state, folder / FULL_OPTIMIZER_FILE)
         return
     dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=str(folder / SHARDED_MODEL_DIR))
-    dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(folder / SHARDED_OPTIMIZER_DIR))
+    dcp.save(
+        {"optimizer": get_optimizer_state_dict(model, optimizer)},
+        checkpoint_id=str(folder / SHARDED_OPTIMIZER_DIR),
+    )
 
 
 def load_sharded_model(model: torch.nn.Module, folder: Path) -> None:
@@ -310,13 +321,17 @@ class Fsdp2TrainerMixin:
         if self.cpu_fsdp is None:
             return super()._save_optimizer_and_scheduler(output_dir)
         folder = Path(output_dir)
-        save_sharded(self.model, self.optimizer, folder, not self._sharded_checkpoints(), self.args.should_save)
+        save_sharded(
+            self.model, self.optimizer, folder, not self._sharded_checkpoints(), self.args.should_save
+        )
         if self.args.should_save:
             from transformers.trainer import SCHEDULER_NAME
 
             torch.save(self.lr_scheduler.state_dict(), folder / SCHEDULER_NAME)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+    def _load_from_checkpoint(
+        self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
+    ) -> None:
         # Sharded checkpoints are loaded once the model is sharded (`_load_optimizer_and_scheduler`).
         if self.cpu_fsdp is not None and (Path(resume_from_checkpoint) / SHARDED_MODEL_DIR).is_dir():
             return None

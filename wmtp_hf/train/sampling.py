@@ -11,7 +11,9 @@ from ..data.schema import DataError
 from .stages import STAGE_TRAINERS
 
 
-def stage_indices(stage: str, dataset: datasets.Dataset, n_samples: int | None = None, seed: int = 0) -> np.ndarray:
+def stage_indices(
+    stage: str, dataset: datasets.Dataset, n_samples: int | None = None, seed: int = 0
+) -> np.ndarray:
     """The row order `stage` trains on. `n_samples` defaults to the dataset size (one pass over the
     correct rows for the stages that train on those)."""
     if stage not in STAGE_TRAINERS:

@@ -59,7 +59,8 @@ class Rho1Config(WmtpTrainingConfig):
         ),
     )
     k_percent: float = field(
-        default=Rho1Weighting.k_percent, metadata=_help("Fraction of each head's valid targets kept per batch.")
+        default=Rho1Weighting.k_percent,
+        metadata=_help("Fraction of each head's valid targets kept per batch."),
     )
     precompute_reference: bool = field(
         default=False,

@@ -48,9 +48,12 @@ class VerifiableConfig(WmtpTrainingConfig):
     }
 
     advantage: str = field(
-        default=VerifiableWeighting.advantage, metadata=_help("td (A = delta) or gae (A = sum_l (gamma lam)^l delta).")
+        default=VerifiableWeighting.advantage,
+        metadata=_help("td (A = delta) or gae (A = sum_l (gamma lam)^l delta)."),
     )
-    gamma: float = field(default=VerifiableWeighting.gamma, metadata=_help("Discount of TD errors and returns."))
+    gamma: float = field(
+        default=VerifiableWeighting.gamma, metadata=_help("Discount of TD errors and returns.")
+    )
     lam: float = field(default=VerifiableWeighting.lam, metadata=_help("GAE lambda (advantage: gae)."))
     normalize: str = field(
         default=VerifiableWeighting.normalize,
@@ -59,13 +62,20 @@ class VerifiableConfig(WmtpTrainingConfig):
             "mean/std updated once per optimizer step, all-reduced, saved in checkpoints)."
         ),
     )
-    ema_momentum: float = field(default=VerifiableWeighting.ema_momentum, metadata=_help("Momentum of the ema normalisation."))
+    ema_momentum: float = field(
+        default=VerifiableWeighting.ema_momentum, metadata=_help("Momentum of the ema normalisation.")
+    )
     ema_warmup_steps: int = field(
-        default=VerifiableWeighting.ema_warmup_steps, metadata=_help("Steps over which the ema averages its first statistics.")
+        default=VerifiableWeighting.ema_warmup_steps,
+        metadata=_help("Steps over which the ema averages its first statistics."),
     )
     beta: float = field(default=VerifiableWeighting.beta, metadata=_help("Temperature of w = exp(A / beta)."))
-    weight_min: float = field(default=VerifiableWeighting.weight_min, metadata=_help("Lower clip of the token weights."))
-    weight_max: float = field(default=VerifiableWeighting.weight_max, metadata=_help("Upper clip of the token weights."))
+    weight_min: float = field(
+        default=VerifiableWeighting.weight_min, metadata=_help("Lower clip of the token weights.")
+    )
+    weight_max: float = field(
+        default=VerifiableWeighting.weight_max, metadata=_help("Upper clip of the token weights.")
+    )
     value_coef: float = field(
         default=0.5, metadata=_help("Weight of the value loss (the critic keeps learning).")
     )
