@@ -33,7 +33,8 @@ def jobs(fx: Path, out: Path) -> list[tuple[str, str, dict, str | None]]:
         ("lora", "baseline", {"use_peft": "true", "lora_r": 4, "lora_dropout": 0.0}, None),
         ("critic", "critic", {"unfreeze_last_n_layers": 1, "eval_strategy": "steps", "eval_steps": 3}, None),
         ("verifiable", "verifiable", {"model": out / "critic/final", "normalize": "ema"}, None),
-        ("rho1_live", "rho1", {"reference_model": llama}, None),
+        # MLflow on: the token-weight page (train/inspect_artifact.py) is computed under FSDP2 too.
+        ("rho1_live", "rho1", {"reference_model": llama, "report_to": "mlflow"}, None),
         ("rho1_cached", "rho1", {"reference_model": llama, "precompute_reference": "true"}, None),
         ("reference", "reference", {"model": llama}, None),
     ]  # fmt: skip

@@ -33,14 +33,16 @@ def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
-def torchrun(script: Path, *args: str, timeout: int = 300, **extra_env: str) -> subprocess.CompletedProcess:
+def torchrun(
+    script: Path, *args: str, timeout: int = 300, cwd: Path | None = None, **extra_env: str
+) -> subprocess.CompletedProcess:
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), str(script), *args]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, env={**env(), **extra_env}, timeout=timeout,
-                          check=False)  # fmt: skip
+                          cwd=cwd, check=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +59,15 @@ def stage_runs(tmp_path_factory, tiny_tokenizer):
     one.mkdir(), two.mkdir()
     run_env = {**env(), "WMTP_HF_CACHE": str(root / "cache")}
     single = subprocess.run([sys.executable, str(TESTS / "fsdp_stages_worker.py"), str(fx), str(one)],
-                            capture_output=True, text=True, env=run_env, timeout=300, check=False)  # fmt: skip
+                            capture_output=True, text=True, env={**run_env, "MLFLOW_TRACKING_URI": f"sqlite:///{one}/mlflow.db"},
+                            cwd=one, timeout=300, check=False)  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
     double = torchrun(
-        TESTS / "fsdp_stages_worker.py", str(fx), str(two), "--fsdp", WMTP_HF_CACHE=str(root / "cache")
-    )
+        TESTS / "fsdp_stages_worker.py", str(fx), str(two), "--fsdp", WMTP_HF_CACHE=str(root / "cache"),
+        cwd=two, MLFLOW_TRACKING_URI=f"sqlite:///{two}/mlflow.db",
+    )  # fmt: skip
     assert double.returncode == 0, double.stderr[-3000:]
+    assert "token-weight page not logged" not in double.stderr, double.stderr[-3000:]
     return one, two, fx
 
 
@@ -193,3 +198,33 @@ def test_critic_with_an_empty_held_out_split_is_one_line(tmp_path, tiny_tokenize
     assert len(errors) == 1 and "split 'validation' has no rows" in errors[0] and "eval_split" in errors[0], (
         errors
     )
+
+
+def test_token_weight_page_is_computed_under_fsdp2(stage_runs):
+    """rho1 with MLflow on logs its token-weight page (a direct forward of the sharded model) in both runs."""
+    one, two, _ = stage_runs
+    for run in (one, two):
+        pages = list(run.rglob("inspect/*.html"))  # MLflow's artifact store, in the run's working folder
+        assert pages, f"no token-weight page logged by the rho1 run under {run}"
+
+
+DISTRIBUTED_STATE_SCRIPT = """
+from wmtp_hf.train.stages import build_config
+from wmtp_hf.train.stages.rho1 import micro_reference_key
+config = build_config("rho1", [{config!r}], {{"output_dir": {out!r}}})
+before = (config.world_size, str(config.distributed_state.distributed_type))
+micro_reference_key(0)  # the default reference's cache key, computed before the micro reference is found
+after = (config.world_size, str(config.distributed_state.distributed_type))
+assert before == after == (2, "DistributedType.MULTI_CPU"), (before, after)
+"""
+
+
+def test_default_reference_lookup_keeps_two_processes(tmp_path):
+    """Looking up rho1's default micro reference must not reset accelerate's state to one process (it did:
+    the key built a second `TrainingArguments`, so rho1 under FSDP2 reported and ran as world size 1)."""
+    script = tmp_path / "state.py"
+    script.write_text(
+        DISTRIBUTED_STATE_SCRIPT.format(config=str(REPO / "configs/fsdp_cpu.yaml"), out=str(tmp_path / "out"))
+    )
+    proc = torchrun(script, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 
 from ..inspection import Inspection, inspect_examples, select_rows, tokenized_stream, write_outputs
 from .components import held_out_split, load_rows
+from .fsdp import gathered_root
 
 logger = logging.getLogger(__name__)
 
@@ -56,20 +57,22 @@ class InspectionArtifactCallback(TrainerCallback):
         if not rows:
             raise ValueError("no rows to inspect")
         reference = getattr(self.trainer, "ref_model", None) if self.uses_reference else None
-        return inspect_examples(
-            self.trainer.model,
-            self.trainer.processing_class,
-            rows,
-            reference=reference,
-            stage_config=args,
-            ema=getattr(self.trainer, "ema", None),
-            batch_size=args.per_device_eval_batch_size,
-            labels={
-                "model": f"{args.stage} stage, step {step}",
-                "dataset": str(args.dataset),
-                "split": split,
-            },
-        )
+        # The inspection calls submodules directly: under FSDP2 the root units' parameters are gathered first.
+        with gathered_root(self.trainer.model), gathered_root(reference):
+            return inspect_examples(
+                self.trainer.model,
+                self.trainer.processing_class,
+                rows,
+                reference=reference,
+                stage_config=args,
+                ema=getattr(self.trainer, "ema", None),
+                batch_size=args.per_device_eval_batch_size,
+                labels={
+                    "model": f"{args.stage} stage, step {step}",
+                    "dataset": str(args.dataset),
+                    "split": split,
+                },
+            )
 
     def on_train_end(self, args, state, control, **kwargs):
         if "mlflow" not in (args.report_to or []):

@@ -9,6 +9,7 @@ frozen, eval mode, no grad, a copy per process under DDP and sharded (FSDP2) und
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -96,10 +97,16 @@ def micro_reference_key(seed: int) -> str:
     """Cache key of the micro reference: the reference stage's defaults and the code that builds its data."""
     from ...data.offline import fingerprint as offline_fingerprint
     from ...data.sources.humaneval import package_file
-    from ..config import build_stage_config, config_to_dict
     from .reference import ReferenceConfig
 
-    options = config_to_dict(build_stage_config(ReferenceConfig, None, {"seed": seed}))
+    # The reference stage's declared defaults, read without building a `TrainingArguments`: building one
+    # re-initialises accelerate's shared process state with its own (non-CPU) settings, which turns the
+    # running rho1 job's distributed state (e.g. 2 CPU processes under FSDP2) into a single process.
+    options = {
+        f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        for f in dataclasses.fields(ReferenceConfig)
+        if f.init and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
+    } | {"seed": seed}
     for volatile in ("output_dir", "logging_dir", "report_to"):
         options.pop(volatile, None)
     root = Path(__file__).resolve().parents[2]
