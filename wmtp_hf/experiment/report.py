@@ -348,7 +348,8 @@ def _control_section(report: dict[str, Any]) -> list[str]:
         return lines
     if controls["missing"]:
         lines.append(f"No control report at `{controls['report']}` yet: run `python -m wmtp_hf.experiment "
-                     "--config configs/experiment_control.yaml` to see whether this pipeline detects an "
+                     f"--config configs/experiment_control.yaml --output-dir {Path(controls['report']).parent}` to see "
+                     "whether this pipeline detects an "
                      "effect where one exists.")  # fmt: skip
         return lines
     lines += [f"From `{controls['report']}`: the same pipeline on data where weighting must help.", "",
