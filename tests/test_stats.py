@@ -91,13 +91,15 @@ def test_verdict(low, high, lower_is_better, expected):
     assert verdict(low, high, lower_is_better) == expected
 
 
-def test_auroc_matches_the_training_code_and_its_interval_is_sane():
+def test_auroc_matches_a_pairwise_count_and_its_interval_is_sane():
     rng = np.random.default_rng(2)
     labels = rng.random(50) < 0.4
     scores = rng.normal(size=50) + labels * 1.0
     scores[:5] = scores[5]  # ties
-    expected = binary_auroc(torch.tensor(scores), torch.tensor(labels))
+    pairs = [(p, n) for p in scores[labels] for n in scores[~labels]]  # every positive-negative pair
+    expected = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
     assert auroc(scores, labels) == pytest.approx(expected)
+    assert auroc(scores, labels) == pytest.approx(binary_auroc(torch.tensor(scores), torch.tensor(labels)))
     out = auroc_bootstrap([scores], labels, n_resamples=500)
     assert out["estimate"] == pytest.approx(expected) and out["low"] < expected < out["high"]
     separated = auroc_bootstrap([labels.astype(float)], labels, n_resamples=200)

@@ -17,6 +17,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+
+from .weighting import binary_auroc
 
 LEVEL = 0.95
 N_RESAMPLES = 2000
@@ -101,14 +104,10 @@ def verdict(low: float, high: float, lower_is_better: bool) -> str:
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """P(a positive scores above a negative), ties 1/2 (Mann-Whitney U); NaN with one class only."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=bool)
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return math.nan
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+    """`weighting.binary_auroc` on arrays: P(a positive scores above a negative), ties 1/2; NaN with one class."""
+    return binary_auroc(
+        torch.as_tensor(np.asarray(scores, dtype=np.float64)), torch.as_tensor(np.asarray(labels))
+    )
 
 
 def auroc_bootstrap(
