@@ -35,14 +35,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .configuration_wmtp import WmtpConfig
 from .convert_llama import wmtp_from_llama, wmtp_to_llama
 from .generation_wmtp import CACHE_NAME, WmtpSpeculativeOutput, mtp_speculative_greedy
-from .losses import (
-    IGNORE_INDEX,
-    chunked_cross_entropy,
-    mtp_target_mask,
-    mtp_token_losses,
-    shift_labels_for_head,
-    weighted_mtp_loss,
-)
+from .losses import mtp_target_mask, mtp_token_losses, weighted_mtp_loss
 
 # The name of the cache argument of transformers' mask helpers (`cache` from 5.25, before `past_key_values`).
 _MASK_CACHE_ARG = (
@@ -664,10 +657,4 @@ __all__ = [
     "WmtpModelOutput",
     "WmtpSpeculativeOutput",
     "CACHE_NAME",
-    "IGNORE_INDEX",
-    "chunked_cross_entropy",
-    "mtp_token_losses",
-    "mtp_target_mask",
-    "shift_labels_for_head",
-    "weighted_mtp_loss",
 ]
