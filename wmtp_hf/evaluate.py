@@ -33,9 +33,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="parallel sandboxed programs (default: CPU count)")
     p.add_argument(
         "--isolation",
-        choices=["auto", "namespaces", "guard"],
-        default="auto",
-        help="sandbox: Linux namespaces where available (auto), required (namespaces), or guard only",
+        choices=["namespaces", "guard"],
+        default="namespaces",
+        help="sandbox: Linux namespaces + seccomp (default; stops before anything runs where unavailable), or "
+        "guard: the weaker mode, only when asked for (docs/sandbox.md)",
     )
     p.add_argument("--output", required=True, help="directory for results.jsonl and summary.json")
     return p.parse_args(argv)
