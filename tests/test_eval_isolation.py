@@ -17,6 +17,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -158,6 +159,13 @@ def _expected_root() -> list[str]:
     return sorted({p.split("/")[1] for p in ns.root_paths()} | {"dev", "proc", "tmp"})
 
 
+def _python_in_tmp() -> list[str]:
+    """The names in /tmp of a Python installation under /tmp (a venv made there), else nothing."""
+    from wmtp_hf.execution import namespaces as ns
+
+    return sorted({p.split("/")[2] for p in ns.tmp_paths(ns.root_paths())})
+
+
 def test_processes_files_and_capabilities_seen_inside(namespaces):
     shm, tmp = f"/dev/shm/{uuid.uuid4().hex}", f"/tmp/{uuid.uuid4().hex}"
     code = (
@@ -176,7 +184,8 @@ def test_processes_files_and_capabilities_seen_inside(namespaces):
         lines[2] == "['fd', 'full', 'null', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'urandom', 'zero'] "
         f"{_expected_root()} /tmp/work"
     )
-    assert lines[3] == f"[{tmp[5:]!r}, 'work'] [{shm[9:]!r}]"
+    python_in_tmp = _python_in_tmp()  # a venv under /tmp is shown above the private /tmp
+    assert lines[3] == f"{sorted([tmp[5:], 'work', *python_in_tmp])} [{shm[9:]!r}]"
     assert not Path(shm).exists() and not Path(tmp).exists()  # private to the program
     # the next program (same warm server) starts from empty /tmp and /dev/shm again
     second = run_sandboxed(
@@ -184,16 +193,18 @@ def test_processes_files_and_capabilities_seen_inside(namespaces):
         mode="script",
         isolation="namespaces",
     )
-    assert second.stdout.decode().strip() == "['work'] [] []"
+    assert second.stdout.decode().strip() == f"{sorted(['work', *python_in_tmp])} [] []"
 
 
-def test_auto_picks_namespaces_and_the_summary_says_so(namespaces):
+def test_namespaces_is_the_default_and_the_summary_says_so(namespaces):
     problems = [Problem("t/0", "", ASSERTS, "", ())]
-    for requested, used in (("auto", "namespaces"), ("namespaces", "namespaces"), ("guard", "guard")):
+    for requested in (None, "namespaces", "guard"):
+        options = {} if requested is None else {"isolation": requested}
         rows, summary = score_samples(
-            problems, [Sample("t/0", GOOD), Sample("t/0", WRONG)], ks=[1], progress=False, isolation=requested
+            problems, [Sample("t/0", GOOD), Sample("t/0", WRONG)], ks=[1], progress=False, **options
         )
-        assert summary["isolation"] == used and [r["passed"] for r in rows] == [True, False]
+        assert summary["isolation"] == (requested or "namespaces") and [r["passed"] for r in rows] == [True, False]
+        assert summary["isolation_gaps"] == list(sandbox_module.ISOLATION_GAPS[summary["isolation"]])
 
 
 def test_guard_mode_still_works_when_forced():
@@ -203,29 +214,44 @@ def test_guard_mode_still_works_when_forced():
     assert raw.isolation == "guard" and int(raw.stdout) > 2  # no PID namespace of its own
 
 
-def test_namespaces_unavailable_auto_falls_back_and_forcing_is_one_line_error(tmp_path, monkeypatch, capsys):
+def test_namespaces_unavailable_fails_closed_with_one_line(tmp_path, monkeypatch, capsys):
+    """Where the strong mode cannot be had, evaluate, check_solutions, score_samples and the experiment stop
+    before running anything, with one line naming the reason and the option that accepts the guard."""
+    from wmtp_hf.experiment.study import run_experiment
+    from wmtp_hf.train.config import ConfigError
+
     monkeypatch.setattr(sandbox_module, "_PROBE", ["unshare: Operation not permitted"])
-    assert resolve_isolation("auto") == "guard"
+    ran: list = []
+    monkeypatch.setattr(sandbox_module, "_take_server", lambda key: ran.append(key))  # nothing may run
     samples = tmp_path / "samples.jsonl"
     samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    return True\n"}) + "\n")
-    args = [
-        "--samples",
-        str(samples),
-        "--dataset",
-        "humaneval",
-        "--limit",
-        "1",
-        "--output",
-        str(tmp_path / "o"),
-    ]
-    assert evaluate.main([*args, "--isolation", "namespaces"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (
-        "error: --isolation namespaces: unavailable here (unshare: Operation not permitted); use auto or guard"
+    args = ["--samples", str(samples), "--dataset", "humaneval", "--limit", "1", "--output", str(tmp_path / "o")]
+    for extra in ([], ["--isolation", "namespaces"]):
+        assert evaluate.main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: --isolation namespaces: "), err
+        for words in ("unshare: Operation not permitted", "nothing was run", "--isolation guard"):
+            assert words in err
+        assert "evaluation.isolation: guard" in err  # the experiment config's key
+        assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match=r"^isolation namespaces: .*unshare: Operation not permitted"):
+        check_solutions([ASSERTS], [GOOD])
+    with pytest.raises(ValueError, match="--isolation guard"):
+        score_samples([Problem("t/0", "", ASSERTS, "", ())], [Sample("t/0", GOOD)], ks=[1], progress=False)
+    stage = SimpleNamespace(stage="baseline", config=SimpleNamespace(dataset="humaneval"))
+    plan = SimpleNamespace(
+        evaluation=SimpleNamespace(isolation="namespaces"), stages=[stage], output_dir=tmp_path / "experiment"
     )
-    assert not (tmp_path / "o").exists()
-    assert evaluate.main(args) == 0
-    assert json.loads((tmp_path / "o" / "summary.json").read_text())["isolation"] == "guard"
+    with pytest.raises(ConfigError, match=r"^evaluation.isolation namespaces: .*evaluation.isolation: guard"):
+        run_experiment(plan)
+    assert not (tmp_path / "experiment").exists() and ran == []
+    monkeypatch.undo()
+    # asked for explicitly, the guard runs, and the summary says so and lists its gaps
+    assert evaluate.main([*args, "--isolation", "guard"]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["isolation"] == "guard" and summary["isolation_gaps"] == list(
+        sandbox_module.ISOLATION_GAPS["guard"]
+    )
 
 
 PYTHON_CHECK = (  # recent enough, and able to start itself again (the sandbox server) with the stdlib

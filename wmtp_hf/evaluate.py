@@ -70,7 +70,6 @@ def run(args: argparse.Namespace) -> dict:
             "--speculative: decodes greedily with a model; expected --model and --temperature 0, got "
             + (f"--temperature {args.temperature:g}" if args.temperature > 0 else "--samples")
         )
-    isolation = resolve_isolation(args.isolation, "--isolation")  # before a long generation
     problems = load_problems(args.dataset, args.path, args.split)
     if args.limit is not None:
         problems = problems[: args.limit]
@@ -82,7 +81,8 @@ def run(args: argparse.Namespace) -> dict:
         known = {p.task_id: p.task_id for p in problems}
         known.update({alias: p.task_id for p in problems for alias in p.aliases})
         samples = read_samples(args.samples, known)
-    else:
+    isolation = resolve_isolation(args.isolation, "--isolation")  # fails closed, before a long generation
+    if not args.samples:
         from wmtp_hf.evaluation.generation import SpeculativeStats, load_model, sample_problems
 
         model, tokenizer = load_model(args.model, device=args.device)

@@ -2,7 +2,8 @@
 that a namespace does not cover (keyrings, BPF maps, perf events, other processes' memory) is reachable.
 
 Loaded by path by `sandbox_server.py` (which runs as `python -I`). The BPF program is built by libseccomp
-(the library container runtimes use) through `pyseccomp`, its ctypes binding: libseccomp resolves syscall
+(the library container runtimes use) through its own Python binding or `pyseccomp` (a ctypes binding with
+the same API, the project's dependency on Linux): libseccomp resolves syscall
 numbers per architecture, kills any syscall made through another ABI (x32, or 32-bit `int 0x80` on x86_64)
 and sets no_new_privs. `build()` makes the filter once per server; each forked process calls `confine()`.
 
@@ -51,26 +52,42 @@ KEYCTL_JOIN_SESSION_KEYRING = 1
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219}
 
 
+def _binding():
+    """libseccomp's own Python binding (`seccomp`; Debian: python3-seccomp), else `pyseccomp` (PyPI), a ctypes
+    binding with the same API."""
+    try:
+        import seccomp
+
+        return seccomp
+    except ImportError:
+        pass
+    try:
+        import pyseccomp
+
+        return pyseccomp
+    except (ImportError, RuntimeError) as exc:  # RuntimeError: pyseccomp found no libseccomp
+        raise OSError(
+            errno.ENOSYS, f"seccomp filter unavailable ({exc}): pip install pyseccomp (and libseccomp2)"
+        ) from None
+
+
 def build():
     """The filter (a libseccomp context; loaded into each process by `confine`). Raises OSError (naming
     what is missing) where libseccomp or its binding is unavailable: the strong mode then does not run."""
-    try:
-        import pyseccomp as seccomp
-    except (ImportError, RuntimeError) as exc:  # RuntimeError: pyseccomp found no libseccomp
-        raise OSError(errno.ENOSYS, f"seccomp filter unavailable ({exc}): pip install pyseccomp") from None
+    seccomp = _binding()
     deny = seccomp.ERRNO(errno.EPERM)
     rules = seccomp.SyscallFilter(seccomp.ALLOW)
     rules.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
     for name in DENIED:
         try:
             rules.add_rule(deny, name)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RuntimeError):
             pass  # no such syscall on this architecture
     for flag in CLONE_NEW_FLAGS.values():
         rules.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     try:
         rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")  # its flags sit in memory the filter cannot read
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):
         pass
     return rules
 
