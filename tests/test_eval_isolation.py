@@ -29,7 +29,7 @@ from wmtp_hf.evaluation.problems import Problem
 from wmtp_hf.evaluation.runner import score_samples
 from wmtp_hf.evaluation.samples import Sample
 from wmtp_hf.execution import sandbox as sandbox_module
-from wmtp_hf.execution.sandbox import resolve_isolation, run_sandboxed
+from wmtp_hf.execution.sandbox import run_sandboxed
 
 ASSERTS = json.dumps({"kind": "asserts", "setup": "", "asserts": ["assert add(1, 2) == 3"]})
 GOOD = "def add(a, b):\n    return a + b\n"
@@ -203,7 +203,10 @@ def test_namespaces_is_the_default_and_the_summary_says_so(namespaces):
         rows, summary = score_samples(
             problems, [Sample("t/0", GOOD), Sample("t/0", WRONG)], ks=[1], progress=False, **options
         )
-        assert summary["isolation"] == (requested or "namespaces") and [r["passed"] for r in rows] == [True, False]
+        assert summary["isolation"] == (requested or "namespaces") and [r["passed"] for r in rows] == [
+            True,
+            False,
+        ]
         assert summary["isolation_gaps"] == list(sandbox_module.ISOLATION_GAPS[summary["isolation"]])
 
 
@@ -225,7 +228,16 @@ def test_namespaces_unavailable_fails_closed_with_one_line(tmp_path, monkeypatch
     monkeypatch.setattr(sandbox_module, "_take_server", lambda key: ran.append(key))  # nothing may run
     samples = tmp_path / "samples.jsonl"
     samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    return True\n"}) + "\n")
-    args = ["--samples", str(samples), "--dataset", "humaneval", "--limit", "1", "--output", str(tmp_path / "o")]
+    args = [
+        "--samples",
+        str(samples),
+        "--dataset",
+        "humaneval",
+        "--limit",
+        "1",
+        "--output",
+        str(tmp_path / "o"),
+    ]
     for extra in ([], ["--isolation", "namespaces"]):
         assert evaluate.main([*args, *extra]) == 2
         err = capsys.readouterr().err

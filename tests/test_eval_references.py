@@ -20,7 +20,10 @@ def test_all_humaneval_canonical_solutions_pass():
     ]
     prompts = [p["prompt"] for p in problems.values()]  # the tests' process defines the prompt's helpers
     results = check_solutions(
-        tests, [p["prompt"] + p["canonical_solution"] for p in problems.values()], timeout_s=20, prompts=prompts
+        tests,
+        [p["prompt"] + p["canonical_solution"] for p in problems.values()],
+        timeout_s=20,
+        prompts=prompts,
     )
     failures = {tid: r.detail for tid, r in zip(problems, results, strict=True) if not r.passed}
     assert failures == {}

@@ -356,7 +356,12 @@ def names_the_tests_need(tests: dict) -> set[str]:
 
 
 def _bindable(name: Any) -> bool:
-    return type(name) is str and name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("__")
+    return (
+        type(name) is str
+        and name.isidentifier()
+        and not keyword.iskeyword(name)
+        and not name.startswith("__")
+    )
 
 
 def bind_candidate(namespace: dict, channel: CandidateChannel, entries: list, wanted: set[str]) -> None:

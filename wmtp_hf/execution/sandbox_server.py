@@ -444,7 +444,9 @@ def main() -> None:
         try:
             rules = SECCOMP.build()  # before the root is switched: it loads libseccomp
             ns = _load_sibling("namespaces")
-            own_uids = not ns.enter_worker_namespaces()  # no user namespace: each program gets uids of its own
+            own_uids = (
+                not ns.enter_worker_namespaces()
+            )  # no user namespace: each program gets uids of its own
             own_pid_ns = ns.pid_namespace_switch()  # None: each job process makes the PID namespace
         except (OSError, AttributeError) as exc:  # AttributeError: a libc without unshare (not Linux)
             worker_error = str(exc) or type(exc).__name__  # every job reports it and does not run

@@ -86,7 +86,9 @@ def build():
     for flag in CLONE_NEW_FLAGS.values():
         rules.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     try:
-        rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")  # its flags sit in memory the filter cannot read
+        rules.add_rule(
+            seccomp.ERRNO(errno.ENOSYS), "clone3"
+        )  # its flags sit in memory the filter cannot read
     except (OSError, ValueError, RuntimeError):
         pass
     return rules

@@ -67,7 +67,9 @@ class EvaluationOptions:
     inspect_examples: int = field(default=16, metadata={"help": "held-out examples for the weight plots"})
     isolation: str = field(
         default="namespaces",
-        metadata={"help": "sandbox for pass@k: namespaces (fails closed where unavailable) or guard (weaker)"},
+        metadata={
+            "help": "sandbox for pass@k: namespaces (fails closed where unavailable) or guard (weaker)"
+        },
     )
 
     def __post_init__(self) -> None:
