@@ -196,9 +196,7 @@ def test_the_summary_says_what_the_mode_does_not_protect(tmp_path):
 
 # --- third round: names the tests look up, the announcement on the pipe, kernel state ---------------------
 
-ABS_AREA = json.dumps(
-    {"kind": "asserts", "setup": "", "asserts": ["assert abs(area(2.0) - 12.566) < 1e-3"]}
-)
+ABS_AREA = json.dumps({"kind": "asserts", "setup": "", "asserts": ["assert abs(area(2.0) - 12.566) < 1e-3"]})
 EVENS = json.dumps({"kind": "asserts", "setup": "", "asserts": ["assert set(evens([1, 2, 3, 4])) == {2, 4}"]})
 GOOD_AREA = "import math\ndef area(r):\n    return math.pi * r * r\n"
 SHADOWED_BUILTINS = {  # a wrong solution plus a module-level builtin name that would decide the assert
@@ -262,7 +260,9 @@ def test_the_names_bound_are_decided_from_the_trusted_tests_only():
     assert names_the_tests_need(asserts("assert all(x > 0 for x in g(root))")) == {"g", "root"}
     assert names_the_tests_need(asserts("assert sum(10, 15) == 6")) == {"sum"}  # MBPP 126: its entry point
     assert names_the_tests_need(asserts("assert __import__('os') is not None")) == set()
-    assert names_the_tests_need({"kind": "humaneval", "entry_point": "poly_zero", "test": ""}) == {"poly_zero"}
+    assert names_the_tests_need({"kind": "humaneval", "entry_point": "poly_zero", "test": ""}) == {
+        "poly_zero"
+    }
     forged = [
         ["abs", "call", False],
         ["__builtins__", "value", ["d", []]],
@@ -412,7 +412,9 @@ def test_each_program_runs_as_a_uid_of_its_own(namespaces):
     from wmtp_hf.execution.sandbox_server import JOBS_PER_SERVER_CYCLE, job_ids
 
     code = "import os\nprint(os.getuid(), os.getgid())\n"
-    uids = [run_sandboxed(code, mode="script", isolation="namespaces").stdout.decode().split() for _ in range(3)]
+    uids = [
+        run_sandboxed(code, mode="script", isolation="namespaces").stdout.decode().split() for _ in range(3)
+    ]
     if IS_ROOT:
         assert len({u for u, _ in uids}) == 3 and all(u == g and int(u) > 65535 for u, g in uids), uids
     guarded = {run_sandboxed(code, mode="script", isolation="guard").stdout.decode() for _ in range(2)}

@@ -397,3 +397,59 @@ def test_worker_mount_namespace_is_read_only(namespaces, use_mount_setattr):
         assert canary.read_text() == "precious" and sorted(p.name for p in folder.iterdir()) == ["canary.txt"]
     finally:
         shutil.rmtree(folder)
+
+
+VENV_SCRIPT = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("sandbox", sys.argv[1])  # by path: no model imports
+sandbox = importlib.util.module_from_spec(spec)
+sys.modules["sandbox"] = sandbox
+spec.loader.exec_module(sandbox)
+reason = sandbox.namespaces_unavailable_reason()
+out = {"prefix": sys.prefix, "reason": reason}
+if not reason or sys.argv[3] == "guard":
+    raw = sandbox.run_sandboxed(sys.argv[2], mode="script", isolation=sys.argv[3])
+    out.update(stdout=raw.stdout.decode(), error=raw.supervisor_error, exitcode=raw.exitcode)
+    tests = {"kind": "asserts", "setup": "", "asserts": ["assert add(1, 2) == 3"]}
+    out["verdicts"] = []
+    for code in ("def add(a, b):\\n    return a + b\\n", "def add(a, b):\\n    return a - b\\n"):
+        raw = sandbox.run_sandboxed(code, mode="function", tests=tests, isolation=sys.argv[3])
+        out["verdicts"].append(raw.reported and raw.exitcode == 0)
+print(json.dumps(out))
+"""
+
+
+def test_a_python_installed_under_tmp_runs_the_strong_mode(namespaces, tmp_path):
+    """A venv under /tmp (common on CI runners and containers): namespaces run, the installation is shown at
+    its own path, read-only, above the program's private /tmp; nothing falls back to the guard. The
+    reference: under the guard the program, as the evaluating user, writes into that installation."""
+    venv = Path(tempfile.mkdtemp(prefix="wmtp-venv-", dir="/tmp"))
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True
+        )
+        program = (
+            "import os, sys\nprint(sys.prefix, sorted(os.listdir('/tmp')))\n"
+            "try:\n    open(os.path.join(sys.prefix, 'pwned.txt'), 'w').write('x')\n    print('written')\n"
+            "except OSError as exc:\n    print(exc.errno)\n"
+        )
+        seen = {}
+        for isolation in ("namespaces", "guard"):
+            proc = subprocess.run(
+                [str(venv / "bin" / "python"), "-c", VENV_SCRIPT, sandbox_module.__file__, program, isolation],
+                capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            seen[isolation] = json.loads(proc.stdout)
+            if isolation == "namespaces":
+                assert not (venv / "pwned.txt").exists()
+        inside = seen["namespaces"]
+        assert inside["prefix"] == str(venv) and inside["reason"] == "" and inside["error"] == "", inside
+        lines = inside["stdout"].split("\n")
+        assert lines[0] == f"{venv} {sorted([venv.name, 'work'])}" and lines[1] in ("13", "30")  # read-only
+        assert inside["verdicts"] == [True, False]
+        assert seen["guard"]["verdicts"] == [True, False]
+        if os.geteuid() == 0:
+            assert seen["guard"]["stdout"].split("\n")[1] == "written" and (venv / "pwned.txt").exists()
+    finally:
+        shutil.rmtree(venv)
