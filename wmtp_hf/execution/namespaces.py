@@ -10,8 +10,10 @@ CAP_SYS_ADMIN, all of it inside a new user namespace mapping its own uid and gid
 that is PID 1 of a new PID namespace (forked by the server after `next_child_in_new_pid_namespace`, or, where
 the server cannot switch back to its own PID namespace, forked by a job process after
 `enter_job_namespaces(pid=True)`) enters new mount and IPC namespaces (copies of the worker's) and calls
-`build_job_filesystem` (a private tmpfs /tmp and /dev/shm, a /proc of the new PID namespace); each process of
-the program calls `drop_privileges` last (an unprivileged uid/gid of its own, no capabilities).
+`build_job_filesystem` (a private tmpfs /tmp and /dev/shm, a /proc of the new PID namespace, and a Python
+installation that lives under /tmp bound again above that /tmp, read-only, at its own path); each process of
+the program calls `drop_privileges` (an unprivileged uid/gid of its own per program, no capabilities), then
+`seccomp_filter.confine` (a fresh session keyring, the seccomp filter).
 
 Why the worker's namespaces may be shared by the programs it runs one after another: a program without
 capabilities cannot change them (no mounts, no network configuration), and the only state it can create
