@@ -56,8 +56,11 @@ def no_process_left_behind():
 
 
 def require_namespaces() -> None:
-    """Skip the calling test, with the reason, where programs cannot run under Linux namespaces."""
+    """Skip the calling test, with the reason, where programs cannot run under Linux namespaces; fail instead
+    where WMTP_REQUIRE_NAMESPACES=1 (CI on Linux: the strong mode must be tested, not skipped)."""
     reason = namespaces_unavailable_reason()
+    if reason and os.environ.get("WMTP_REQUIRE_NAMESPACES") == "1":
+        pytest.fail(f"Linux namespaces unavailable here ({reason}) but WMTP_REQUIRE_NAMESPACES=1")
     if reason:
         pytest.skip(f"Linux namespaces unavailable here: {reason}")
 

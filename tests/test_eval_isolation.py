@@ -17,6 +17,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -28,7 +29,7 @@ from wmtp_hf.evaluation.problems import Problem
 from wmtp_hf.evaluation.runner import score_samples
 from wmtp_hf.evaluation.samples import Sample
 from wmtp_hf.execution import sandbox as sandbox_module
-from wmtp_hf.execution.sandbox import resolve_isolation, run_sandboxed
+from wmtp_hf.execution.sandbox import run_sandboxed
 
 ASSERTS = json.dumps({"kind": "asserts", "setup": "", "asserts": ["assert add(1, 2) == 3"]})
 GOOD = "def add(a, b):\n    return a + b\n"
@@ -158,6 +159,13 @@ def _expected_root() -> list[str]:
     return sorted({p.split("/")[1] for p in ns.root_paths()} | {"dev", "proc", "tmp"})
 
 
+def _python_in_tmp() -> list[str]:
+    """The names in /tmp of a Python installation under /tmp (a venv made there), else nothing."""
+    from wmtp_hf.execution import namespaces as ns
+
+    return sorted({p.split("/")[2] for p in ns.tmp_paths(ns.root_paths())})
+
+
 def test_processes_files_and_capabilities_seen_inside(namespaces):
     shm, tmp = f"/dev/shm/{uuid.uuid4().hex}", f"/tmp/{uuid.uuid4().hex}"
     code = (
@@ -176,7 +184,8 @@ def test_processes_files_and_capabilities_seen_inside(namespaces):
         lines[2] == "['fd', 'full', 'null', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'urandom', 'zero'] "
         f"{_expected_root()} /tmp/work"
     )
-    assert lines[3] == f"[{tmp[5:]!r}, 'work'] [{shm[9:]!r}]"
+    python_in_tmp = _python_in_tmp()  # a venv under /tmp is shown above the private /tmp
+    assert lines[3] == f"{sorted([tmp[5:], 'work', *python_in_tmp])} [{shm[9:]!r}]"
     assert not Path(shm).exists() and not Path(tmp).exists()  # private to the program
     # the next program (same warm server) starts from empty /tmp and /dev/shm again
     second = run_sandboxed(
@@ -184,16 +193,21 @@ def test_processes_files_and_capabilities_seen_inside(namespaces):
         mode="script",
         isolation="namespaces",
     )
-    assert second.stdout.decode().strip() == "['work'] [] []"
+    assert second.stdout.decode().strip() == f"{sorted(['work', *python_in_tmp])} [] []"
 
 
-def test_auto_picks_namespaces_and_the_summary_says_so(namespaces):
+def test_namespaces_is_the_default_and_the_summary_says_so(namespaces):
     problems = [Problem("t/0", "", ASSERTS, "", ())]
-    for requested, used in (("auto", "namespaces"), ("namespaces", "namespaces"), ("guard", "guard")):
+    for requested in (None, "namespaces", "guard"):
+        options = {} if requested is None else {"isolation": requested}
         rows, summary = score_samples(
-            problems, [Sample("t/0", GOOD), Sample("t/0", WRONG)], ks=[1], progress=False, isolation=requested
+            problems, [Sample("t/0", GOOD), Sample("t/0", WRONG)], ks=[1], progress=False, **options
         )
-        assert summary["isolation"] == used and [r["passed"] for r in rows] == [True, False]
+        assert summary["isolation"] == (requested or "namespaces") and [r["passed"] for r in rows] == [
+            True,
+            False,
+        ]
+        assert summary["isolation_gaps"] == list(sandbox_module.ISOLATION_GAPS[summary["isolation"]])
 
 
 def test_guard_mode_still_works_when_forced():
@@ -203,9 +217,15 @@ def test_guard_mode_still_works_when_forced():
     assert raw.isolation == "guard" and int(raw.stdout) > 2  # no PID namespace of its own
 
 
-def test_namespaces_unavailable_auto_falls_back_and_forcing_is_one_line_error(tmp_path, monkeypatch, capsys):
+def test_namespaces_unavailable_fails_closed_with_one_line(tmp_path, monkeypatch, capsys):
+    """Where the strong mode cannot be had, evaluate, check_solutions, score_samples and the experiment stop
+    before running anything, with one line naming the reason and the option that accepts the guard."""
+    from wmtp_hf.experiment.study import run_experiment
+    from wmtp_hf.train.config import ConfigError
+
     monkeypatch.setattr(sandbox_module, "_PROBE", ["unshare: Operation not permitted"])
-    assert resolve_isolation("auto") == "guard"
+    ran: list = []
+    monkeypatch.setattr(sandbox_module, "_take_server", lambda key: ran.append(key))  # nothing may run
     samples = tmp_path / "samples.jsonl"
     samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    return True\n"}) + "\n")
     args = [
@@ -218,14 +238,32 @@ def test_namespaces_unavailable_auto_falls_back_and_forcing_is_one_line_error(tm
         "--output",
         str(tmp_path / "o"),
     ]
-    assert evaluate.main([*args, "--isolation", "namespaces"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (
-        "error: --isolation namespaces: unavailable here (unshare: Operation not permitted); use auto or guard"
+    for extra in ([], ["--isolation", "namespaces"]):
+        assert evaluate.main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: --isolation namespaces: "), err
+        for words in ("unshare: Operation not permitted", "nothing was run", "--isolation guard"):
+            assert words in err
+        assert "evaluation.isolation: guard" in err  # the experiment config's key
+        assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match=r"^isolation namespaces: .*unshare: Operation not permitted"):
+        check_solutions([ASSERTS], [GOOD])
+    with pytest.raises(ValueError, match="--isolation guard"):
+        score_samples([Problem("t/0", "", ASSERTS, "", ())], [Sample("t/0", GOOD)], ks=[1], progress=False)
+    stage = SimpleNamespace(stage="baseline", config=SimpleNamespace(dataset="humaneval"))
+    plan = SimpleNamespace(
+        evaluation=SimpleNamespace(isolation="namespaces"), stages=[stage], output_dir=tmp_path / "experiment"
     )
-    assert not (tmp_path / "o").exists()
-    assert evaluate.main(args) == 0
-    assert json.loads((tmp_path / "o" / "summary.json").read_text())["isolation"] == "guard"
+    with pytest.raises(ConfigError, match=r"^evaluation.isolation namespaces: .*evaluation.isolation: guard"):
+        run_experiment(plan)
+    assert not (tmp_path / "experiment").exists() and ran == []
+    monkeypatch.undo()
+    # asked for explicitly, the guard runs, and the summary says so and lists its gaps
+    assert evaluate.main([*args, "--isolation", "guard"]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["isolation"] == "guard" and summary["isolation_gaps"] == list(
+        sandbox_module.ISOLATION_GAPS["guard"]
+    )
 
 
 PYTHON_CHECK = (  # recent enough, and able to start itself again (the sandbox server) with the stdlib
@@ -359,3 +397,123 @@ def test_worker_mount_namespace_is_read_only(namespaces, use_mount_setattr):
         assert canary.read_text() == "precious" and sorted(p.name for p in folder.iterdir()) == ["canary.txt"]
     finally:
         shutil.rmtree(folder)
+
+
+VENV_SCRIPT = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("sandbox", sys.argv[1])  # by path: no model imports
+sandbox = importlib.util.module_from_spec(spec)
+sys.modules["sandbox"] = sandbox
+spec.loader.exec_module(sandbox)
+reason = sandbox.namespaces_unavailable_reason()
+out = {"prefix": sys.prefix, "reason": reason}
+if not reason or sys.argv[3] == "guard":
+    raw = sandbox.run_sandboxed(sys.argv[2], mode="script", isolation=sys.argv[3])
+    out.update(stdout=raw.stdout.decode(), error=raw.supervisor_error, exitcode=raw.exitcode)
+    tests = {"kind": "asserts", "setup": "", "asserts": ["assert add(1, 2) == 3"]}
+    out["verdicts"] = []
+    for code in ("def add(a, b):\\n    return a + b\\n", "def add(a, b):\\n    return a - b\\n"):
+        raw = sandbox.run_sandboxed(code, mode="function", tests=tests, isolation=sys.argv[3])
+        out["verdicts"].append(raw.reported and raw.exitcode == 0)
+print(json.dumps(out))
+"""
+
+
+def test_a_python_installed_under_tmp_runs_the_strong_mode(namespaces, tmp_path):
+    """A venv under /tmp (common on CI runners and containers): namespaces run, the installation is shown at
+    its own path, read-only, above the program's private /tmp; nothing falls back to the guard. The
+    reference: under the guard the program, as the evaluating user, writes into that installation."""
+    venv = Path(tempfile.mkdtemp(prefix="wmtp-venv-", dir="/tmp"))
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True
+        )
+        program = (
+            "import os, sys\nprint(sys.prefix, sorted(os.listdir('/tmp')))\n"
+            "try:\n    open(os.path.join(sys.prefix, 'pwned.txt'), 'w').write('x')\n    print('written')\n"
+            "except OSError as exc:\n    print(exc.errno)\n"
+        )
+        seen = {}
+        for isolation in ("namespaces", "guard"):
+            proc = subprocess.run(
+                [str(venv / "bin" / "python"), "-c", VENV_SCRIPT, sandbox_module.__file__, program, isolation],
+                capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            seen[isolation] = json.loads(proc.stdout)
+            if isolation == "namespaces":
+                assert not (venv / "pwned.txt").exists()
+        inside = seen["namespaces"]
+        assert inside["prefix"] == str(venv) and inside["reason"] == "" and inside["error"] == "", inside
+        lines = inside["stdout"].split("\n")
+        assert lines[0] == f"{venv} {sorted([venv.name, 'work'])}" and lines[1] in ("13", "30")  # read-only
+        assert inside["verdicts"] == [True, False]
+        assert seen["guard"]["verdicts"] == [True, False]
+        if os.geteuid() == 0:
+            assert seen["guard"]["stdout"].split("\n")[1] == "written" and (venv / "pwned.txt").exists()
+    finally:
+        shutil.rmtree(venv)
+
+
+SYSCALL_NUMBERS = {  # (x86_64, aarch64), from the kernel's syscall tables
+    "bpf": (321, 280),
+    "perf_event_open": (298, 241),
+    "userfaultfd": (323, 282),
+    "ptrace": (101, 117),
+    "unshare": (272, 97),
+    "setns": (308, 268),
+    "mount": (165, 40),
+    "keyctl": (250, 219),
+    "io_uring_setup": (425, 425),
+    "kcmp": (312, 272),
+    "process_vm_readv": (310, 270),
+    "personality": (135, 92),
+}
+
+
+def test_the_seccomp_filter_denies_what_container_runtimes_deny(namespaces):
+    """Each syscall of the filter's list answers EPERM to the program (whatever the kernel would have said
+    without the filter), and a syscall made through the x32 ABI kills the program (libseccomp's check of
+    the architecture). The reference: under the guard a new user namespace and the keyrings are reachable."""
+    machine = os.uname().machine
+    if machine not in ("x86_64", "aarch64"):
+        pytest.skip(f"syscall numbers listed for x86_64 and aarch64 only, not {machine}")
+    column = 0 if machine == "x86_64" else 1
+    calls = {
+        "bpf": "0, 0, 0",
+        "perf_event_open": "0, 0, -1, -1, 0",
+        "userfaultfd": "0",
+        "ptrace": "0, 0, 0, 0",  # PTRACE_TRACEME
+        "unshare": "0x10000000",  # CLONE_NEWUSER
+        "setns": "0, 0x10000000",
+        "mount": "None, b'/', None, 0x1020, None",  # MS_REMOUNT | MS_BIND
+        "keyctl": "0, -3, 0",  # KEYCTL_GET_KEYRING_ID of the session keyring
+        "io_uring_setup": "1, None",
+        "kcmp": "1, 1, 0, 0, 0",
+        "process_vm_readv": "1, None, 0, None, 0, 0",
+        "personality": "0xffffffff",  # only asks
+    }
+    code = LIBC + "".join(
+        f"r = libc.syscall({SYSCALL_NUMBERS[name][column]}, {args})\n"
+        f"print({name!r}, r if r >= 0 else -ctypes.get_errno(), flush=True)\n"
+        for name, args in calls.items()
+    )
+    clone_newuser = LIBC + "print(libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0), ctypes.get_errno())\n"
+    raw = run_sandboxed(code, mode="script", isolation="namespaces")
+    assert raw.exitcode == 0, raw
+    seen = dict(line.split() for line in raw.stdout.decode().splitlines())
+    assert seen == {name: "-1" for name in calls}, seen  # -EPERM each
+    if machine == "x86_64":
+        cloned = run_sandboxed(clone_newuser, mode="script", isolation="namespaces")
+        assert cloned.stdout.decode().split() == ["-1", "1"], cloned  # clone(CLONE_NEWUSER): EPERM
+        x32 = run_sandboxed(LIBC + "libc.syscall(0x40000000 | 39)\nprint('alive')\n", mode="script")
+        assert x32.signal == signal.SIGSYS and x32.stdout == b"", x32  # getpid through the x32 ABI
+    # the reference, with the two harmless calls only (the guard runs as the evaluating user, maybe root)
+    harmless = LIBC + "".join(
+        f"r = libc.syscall({SYSCALL_NUMBERS[name][column]}, {calls[name]})\n"
+        f"print({name!r}, r if r >= 0 else -ctypes.get_errno(), flush=True)\n"
+        for name in ("keyctl", "unshare")
+    )
+    guarded = run_sandboxed(harmless, mode="script", isolation="guard")
+    seen = dict(line.split() for line in guarded.stdout.decode().splitlines())
+    assert int(seen["unshare"]) == 0 and int(seen["keyctl"]) > 0, seen

@@ -18,13 +18,19 @@ def test_all_humaneval_canonical_solutions_pass():
         json.dumps({"kind": "humaneval", "test": p["test"], "entry_point": p["entry_point"]})
         for p in problems.values()
     ]
+    prompts = [p["prompt"] for p in problems.values()]  # the tests' process defines the prompt's helpers
     results = check_solutions(
-        tests, [p["prompt"] + p["canonical_solution"] for p in problems.values()], timeout_s=20
+        tests,
+        [p["prompt"] + p["canonical_solution"] for p in problems.values()],
+        timeout_s=20,
+        prompts=prompts,
     )
     failures = {tid: r.detail for tid, r in zip(problems, results, strict=True) if not r.passed}
     assert failures == {}
     # and an empty body (prompt only, docstring returns None) fails everywhere
-    empty = check_solutions(tests, [p["prompt"] + "    pass\n" for p in problems.values()], timeout_s=20)
+    empty = check_solutions(
+        tests, [p["prompt"] + "    pass\n" for p in problems.values()], timeout_s=20, prompts=prompts
+    )
     assert not any(r.passed for r in empty)
 
 

@@ -33,9 +33,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="parallel sandboxed programs (default: CPU count)")
     p.add_argument(
         "--isolation",
-        choices=["auto", "namespaces", "guard"],
-        default="auto",
-        help="sandbox: Linux namespaces where available (auto), required (namespaces), or guard only",
+        choices=["namespaces", "guard"],
+        default="namespaces",
+        help="sandbox: Linux namespaces + seccomp (default; stops before anything runs where unavailable), or "
+        "guard: the weaker mode, only when asked for (docs/sandbox.md)",
     )
     p.add_argument("--output", required=True, help="directory for results.jsonl and summary.json")
     return p.parse_args(argv)
@@ -69,7 +70,6 @@ def run(args: argparse.Namespace) -> dict:
             "--speculative: decodes greedily with a model; expected --model and --temperature 0, got "
             + (f"--temperature {args.temperature:g}" if args.temperature > 0 else "--samples")
         )
-    isolation = resolve_isolation(args.isolation, "--isolation")  # before a long generation
     problems = load_problems(args.dataset, args.path, args.split)
     if args.limit is not None:
         problems = problems[: args.limit]
@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> dict:
         known = {p.task_id: p.task_id for p in problems}
         known.update({alias: p.task_id for p in problems for alias in p.aliases})
         samples = read_samples(args.samples, known)
-    else:
+    isolation = resolve_isolation(args.isolation, "--isolation")  # fails closed, before a long generation
+    if not args.samples:
         from wmtp_hf.evaluation.generation import SpeculativeStats, load_model, sample_problems
 
         model, tokenizer = load_model(args.model, device=args.device)

@@ -78,6 +78,7 @@ def build_rows(source_file: Path, seed: int, workers: int | None = None) -> tupl
     results = check_solutions(
         [canon[p]["tests"] for p, _ in programs],
         [canon[p]["instruction"] + code for p, code in programs],
+        prompts=[canon[p]["instruction"] for p, _ in programs],  # the trusted prompt's helpers for the tests
         timeout_s=TIMEOUT_S,
         workers=workers,
         progress=True,

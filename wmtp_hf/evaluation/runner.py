@@ -25,16 +25,16 @@ def score_samples(
     timeout_s: float = 10.0,
     workers: int | None = None,
     progress: bool = True,
-    isolation: str = "auto",
+    isolation: str = "namespaces",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every sample in the sandbox; return (one result row per sample, summary with pass@k and counts).
 
     pass@k is averaged over the problems that have samples; a k is reported only if every such problem has
     at least k samples (otherwise it is listed under "skipped_k"). The summary's "isolation" is the mode the
-    programs ran under ("namespaces" or "guard"; `isolation` "auto" picks), and "isolation_gaps" what that
-    mode does not protect.
+    programs ran under ("namespaces", the default, which fails closed where unavailable, or "guard" when asked
+    for), and "isolation_gaps" what that mode does not protect.
     """
-    isolation = resolve_isolation(isolation)
+    isolation = resolve_isolation(isolation, "isolation")
     by_id = {p.task_id: p for p in problems}
     unknown = sorted({s.task_id for s in samples} - by_id.keys())
     if unknown:
@@ -46,6 +46,7 @@ def score_samples(
         workers=workers,
         progress=progress,
         isolation=isolation,
+        prompts=[by_id[s.task_id].code_prefix for s in samples],  # HumanEval: the trusted prompt's helpers
     )
     rows, per_problem = [], {}
     for sample, result in zip(samples, results, strict=True):

@@ -137,10 +137,18 @@ def _run_stdio(code: str, spec: dict[str, Any], limits: SandboxLimits, isolation
 
 
 def run_one(
-    tests: str | dict[str, Any], code: str, limits: SandboxLimits = DEFAULT_LIMITS, isolation: str = "auto"
+    tests: str | dict[str, Any],
+    code: str,
+    limits: SandboxLimits = DEFAULT_LIMITS,
+    isolation: str = "namespaces",
+    prompt: str = "",
 ) -> ExecutionResult:
-    """Run one program against its tests (JSON string or parsed dict) in the sandbox."""
+    """Run one program against its tests (JSON string or parsed dict) in the sandbox. `prompt`: for HumanEval,
+    the trusted prompt (the code before the entry point), whose helper functions the tests' process defines
+    itself; the program (which starts with the prompt) cannot replace them."""
     spec = parse_tests(tests) if isinstance(tests, str) else tests
+    if spec["kind"] == "humaneval":
+        spec = {**spec, "prompt": prompt}
     if spec["kind"] == "stdio":
         return _run_stdio(code, spec, limits, isolation)
     if spec["kind"] == "asserts" and not spec["asserts"]:
@@ -157,21 +165,28 @@ def check_solutions(
     workers: int | None = None,
     memory_mb: int = SandboxLimits.memory_mb,
     progress: bool = False,
-    isolation: str = "auto",
+    isolation: str = "namespaces",
+    prompts: Sequence[str] | None = None,
 ) -> list[ExecutionResult]:
     """Run every code against its tests (same index) in the sandbox with a pool of `workers` threads
     (default: CPU count), each driving one sandboxed process at a time. Results keep the input order.
-    `isolation`: "auto" (namespaces where available, else the guard), "namespaces" (ValueError where
-    unavailable) or "guard"; see `wmtp_hf.execution.sandbox.resolve_isolation`."""
-    if len(tests) != len(codes):
-        raise ValueError(f"tests and codes: expected equal lengths, got {len(tests)} and {len(codes)}")
+    `isolation`: "namespaces" (the default; ValueError, before anything runs, where unavailable) or "guard"
+    (the weaker mode, only when asked for); see `wmtp_hf.execution.sandbox.resolve_isolation`. `prompts`
+    (same index; HumanEval): the trusted prompt each code starts with, whose helpers the tests use."""
+    if len(tests) != len(codes) or (prompts is not None and len(prompts) != len(codes)):
+        raise ValueError(
+            f"tests, codes and prompts: expected equal lengths, got {len(tests)}, {len(codes)} and "
+            f"{len(prompts) if prompts is not None else 'none'}"
+        )
     specs = [parse_tests(t, f"tests[{i}]") for i, t in enumerate(tests)]
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb)
-    mode = resolve_isolation(isolation)
+    mode = resolve_isolation(isolation, "isolation")
     workers = max(1, workers or os.cpu_count() or 1)
+    prompts = prompts if prompts is not None else [""] * len(codes)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [
-            pool.submit(run_one, spec, code, limits, mode) for spec, code in zip(specs, codes, strict=True)
+            pool.submit(run_one, spec, code, limits, mode, prompt)
+            for spec, code, prompt in zip(specs, codes, prompts, strict=True)
         ]
         bar = tqdm(total=len(futures), desc="execute", unit="prog", disable=not progress)
         results = []

@@ -10,8 +10,10 @@ CAP_SYS_ADMIN, all of it inside a new user namespace mapping its own uid and gid
 that is PID 1 of a new PID namespace (forked by the server after `next_child_in_new_pid_namespace`, or, where
 the server cannot switch back to its own PID namespace, forked by a job process after
 `enter_job_namespaces(pid=True)`) enters new mount and IPC namespaces (copies of the worker's) and calls
-`build_job_filesystem` (a private tmpfs /tmp and /dev/shm, a /proc of the new PID namespace); each process of
-the program calls `drop_privileges` last (an unprivileged uid/gid of its own, no capabilities).
+`build_job_filesystem` (a private tmpfs /tmp and /dev/shm, a /proc of the new PID namespace, and a Python
+installation that lives under /tmp bound again above that /tmp, read-only, at its own path); each process of
+the program calls `drop_privileges` (an unprivileged uid/gid of its own per program, no capabilities), then
+`seccomp_filter.confine` (a fresh session keyring, the seccomp filter).
 
 Why the worker's namespaces may be shared by the programs it runs one after another: a program without
 capabilities cannot change them (no mounts, no network configuration), and the only state it can create
@@ -137,7 +139,9 @@ def _enter_user_and(flags: int, what: str) -> bool:
 def root_paths() -> list[str]:
     """What the program's root holds of the host, read-only: the Python installation (its prefixes), the
     system library folders its shared libraries and extension modules load from, and the dynamic linker's
-    cache. Nested paths are left out (their parent's bind carries them)."""
+    cache. Nested paths are left out (their parent's bind carries them). A Python installation under /tmp
+    (a venv made there) is shown at its own path above each program's private /tmp (`tmp_paths`); one that is
+    /tmp itself, the program's working directory, or under /dev or /proc cannot be shown."""
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
     wanted = sorted({os.path.normpath(p) for p in prefixes} | {p for p in SYSTEM_PATHS if os.path.lexists(p)})
@@ -145,13 +149,20 @@ def root_paths() -> list[str]:
     for path in wanted:
         if path == "/" or any(path.startswith(parent.rstrip("/") + "/") for parent in kept):
             continue
-        for hidden in ("/tmp", "/dev", "/proc"):
-            if path == hidden or path.startswith(hidden + "/"):
-                raise OSError(
-                    errno.EINVAL, f"the Python installation under {hidden} cannot be shown to programs"
-                )
+        clashes = [hidden for hidden in ("/dev", "/proc") if path == hidden or path.startswith(hidden + "/")]
+        if path in ("/tmp", WORKDIR) or path.startswith(WORKDIR + "/") or clashes:
+            raise OSError(errno.EINVAL, f"the Python installation at {path} cannot be shown to programs")
         kept.append(path)
     return kept
+
+
+def tmp_paths(paths: list[str]) -> list[str]:
+    """The paths of `root_paths()` under /tmp (a Python installation there), which each program's private
+    /tmp would cover: `build_job_filesystem` binds them again, read-only, above it."""
+    return [path for path in paths if path.startswith("/tmp/")]
+
+
+_PYTHON_IN_TMP: list[str] = []  # set by enter_worker_namespaces: `tmp_paths` of its root
 
 
 def enter_worker_namespaces(*, use_mount_setattr: bool = True) -> bool:
@@ -159,26 +170,29 @@ def enter_worker_namespaces(*, use_mount_setattr: bool = True) -> bool:
     only `root_paths()` (read-only), a minimal /dev and empty /proc and /tmp (see the module docstring).
     Returns whether a user namespace was made (then programs keep this process's uid)."""
     paths = root_paths()
+    _PYTHON_IN_TMP[:] = tmp_paths(paths)
     userns = _enter_user_and(CLONE_NEWNET | CLONE_NEWNS, "network + mount namespaces")
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here propagates to other namespaces
     # opened in this namespace (a bind's source must be a mount of it), before /tmp is covered
     sources = {path: os.open(path, os.O_PATH | os.O_NOFOLLOW) for path in paths}
+    links = {path: os.readlink(path) for path in paths if os.path.islink(path)}  # before /tmp is covered
+    folders = {path for path in paths if os.path.isdir(path) and path not in links}
     host_proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
     try:
         mount("tmpfs", NEW_ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096")
         for path, fd in sources.items():
             target = NEW_ROOT + path
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            if os.path.islink(path):
-                os.symlink(os.readlink(path), target)
+            if path in links:
+                os.symlink(links[path], target)
                 continue
-            if os.path.isdir(path):
+            if path in folders:
                 os.mkdir(target)
             else:
                 os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
             mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
         for name in ("dev", "proc", "tmp"):
-            os.mkdir(f"{NEW_ROOT}/{name}", 0o755)
+            os.makedirs(f"{NEW_ROOT}/{name}", 0o755, exist_ok=True)  # tmp exists if Python lives under it
         os.chmod(f"{NEW_ROOT}/tmp", 0o1777)
         make_tree_readonly(NEW_ROOT, use_mount_setattr=use_mount_setattr)
         _build_dev(NEW_ROOT + "/dev")
@@ -312,13 +326,31 @@ def _build_dev(dev: str) -> None:
 
 def build_job_filesystem(tmp_bytes: int, owner: tuple[int, int] | None = None) -> str:
     """In a copy of the worker's mount namespace, as PID 1 of a new PID namespace: a private tmpfs /tmp and
-    /dev/shm (each at most `tmp_bytes`) and a /proc showing only this PID namespace. Returns the program's
-    working directory (owned by `owner`, the program's uid and gid, when given)."""
-    size = f"size={max(tmp_bytes, 1 << 20)},nr_inodes=4096"
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}")
-    os.mkdir(WORKDIR, 0o700)
-    if owner is not None:
-        os.chown(WORKDIR, *owner)
+    /dev/shm (each at most `tmp_bytes`), the Python installation's paths under /tmp bound again above it at
+    the same paths (read-only), and a /proc showing only this PID namespace. Returns the program's working
+    directory (owned by `owner`, the program's uid and gid, when given)."""
+    links = {path: os.readlink(path) for path in _PYTHON_IN_TMP if os.path.islink(path)}
+    python_in_tmp = {path: os.open(path, os.O_PATH) for path in _PYTHON_IN_TMP if path not in links}
+    try:
+        size = f"size={max(tmp_bytes, 1 << 20)},nr_inodes=4096"
+        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}")
+        os.mkdir(WORKDIR, 0o700)
+        if owner is not None:
+            os.chown(WORKDIR, *owner)
+        for path, target in links.items():
+            os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+            os.symlink(target, path)
+        for path, fd in python_in_tmp.items():  # read-only binds of the worker's read-only binds
+            os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.mkdir(path, 0o755)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+            mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            make_tree_readonly(path)
+    finally:
+        for fd in python_in_tmp.values():
+            os.close(fd)
     mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,{size}")
     mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if os.readlink("/proc/self") != str(os.getpid()):  # the supervisor reads /proc to find what to kill

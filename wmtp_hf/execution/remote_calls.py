@@ -2,7 +2,9 @@
 
 Standard library only: `sandbox_server.py` loads this file by path. The candidate's process runs the program,
 then `serve_candidate` answers calls; the tests' process (a separate, fresh process that never runs a line of
-the candidate's code) gets a `CandidateChannel` and plain proxy functions in place of the candidate's names.
+the candidate's code) gets a `CandidateChannel` and plain proxy functions for the few names of the candidate's
+that the trusted tests need (`names_the_tests_need`): never a builtin, a dunder name or anything else the
+program announces, so it cannot replace what the tests themselves use.
 
 What crosses, as tagged JSON (one length-prefixed message per call or reply): None, bool, int, float, str,
 bytes, complex, lists, tuples, dicts, sets and frozensets of them, and the built-in types themselves (`int`,
@@ -20,8 +22,10 @@ candidate's functions; comparing it, testing its truth or hashing it raises Type
 
 from __future__ import annotations
 
+import ast
 import builtins
 import json
+import keyword
 import os
 import struct
 import sys
@@ -36,6 +40,7 @@ _BUILTIN_TYPES = {
     if isinstance(value, type) and not issubclass(value, BaseException)
 }
 _TYPE_NAMES = {value: name for name, value in _BUILTIN_TYPES.items()}
+_BUILTIN_NAMES = frozenset(vars(builtins))
 _ENCODE_SCALARS = (type(None), bool, int, float, str)
 _NO_VALUE = object()
 
@@ -324,16 +329,54 @@ def _exception(name: str, message: str) -> Exception:
     return CandidateError(f"{name}: {message}")
 
 
-def tests_namespace(channel: CandidateChannel, entries: list) -> dict:
-    """Globals for the tests: a proxy per callable of the candidate, its standard-library modules (imported
-    here, fresh), its built-in values (decoded here) and RemoteObjects for its other globals."""
+def names_the_tests_need(tests: dict) -> set[str]:
+    """The candidate's names the tests' process binds, decided from the trusted tests alone (never from what the
+    program announces): HumanEval's entry point; for asserts (MBPP), every name the asserts read and do not
+    bind themselves that is neither a builtin nor a dunder name. The one builtin ever bound is an entry point
+    that shadows one: when the asserts read no other name, the function the first assert calls (MBPP 126
+    tests its own `sum`); a builtin the tests merely use (`abs(area(2) - 12.56)`) stays the builtin."""
+    if tests["kind"] == "humaneval":
+        names = {tests["entry_point"]}
+    else:
+        read, bound, first_call = set(), set(), None
+        for line in tests["asserts"]:
+            try:
+                tree = ast.parse(line)
+            except (SyntaxError, ValueError):
+                continue  # fails when the tests' process runs it
+            for node in ast.walk(tree):  # breadth first: the outermost call of a line comes first
+                if isinstance(node, ast.Name):
+                    (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+                elif first_call is None and isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                    first_call = node.func.id
+        names = {name for name in read - bound if name not in _BUILTIN_NAMES}
+        if not names and first_call is not None:
+            names = {first_call}
+    return {name for name in names if _bindable(name)}
+
+
+def _bindable(name: Any) -> bool:
+    return (
+        type(name) is str
+        and name.isidentifier()
+        and not keyword.iskeyword(name)
+        and not name.startswith("__")
+    )
+
+
+def bind_candidate(namespace: dict, channel: CandidateChannel, entries: list, wanted: set[str]) -> None:
+    """Bind in the tests' `namespace` the names in `wanted` (from `names_the_tests_need`) that the candidate's
+    announcement `entries` (untrusted input) names, and nothing else: a proxy per callable, its
+    standard-library modules (imported here, fresh), its built-in values (decoded here), RemoteObjects for its
+    other objects. A name announced twice counts once (the first); a name not announced stays unbound."""
     import importlib
 
-    namespace: dict = {"__name__": "__tests__", "__builtins__": builtins}
+    wanted = {name for name in wanted if _bindable(name)}  # validated here, whatever the caller passed
     for entry in entries:
-        if type(entry) is not list or len(entry) != 3 or type(entry[0]) is not str:
+        if type(entry) is not list or len(entry) != 3 or type(entry[0]) is not str or entry[0] not in wanted:
             continue
         name, kind, payload = entry
+        wanted.discard(name)
         value: Any = _NO_VALUE
         if kind == "call":
             value = channel.proxy(name)
@@ -351,4 +394,3 @@ def tests_namespace(channel: CandidateChannel, entries: list) -> dict:
             value = RemoteObject(payload)
         if value is not _NO_VALUE:
             namespace[name] = value
-    return namespace

@@ -7,10 +7,11 @@ program's cwd under the guard), `stdin`, `tests.json` (function mode: the tests 
 the tests' process) and the files the server writes back: `stdout`, `stderr`, `report` (the tests' verdict
 and nonce) and `status.json` (exit code / signal / timed out). The directory is removed afterwards.
 
-Isolation: "namespaces" (Linux namespaces, a root holding only Python, an unprivileged uid, no capabilities;
-see namespaces.py) or "guard" (process containment and disabled functions only; ISOLATION_GAPS says what it
-does not protect); "auto" picks namespaces when a probe program runs under them (checked once per process)
-and the guard otherwise. docs/sandbox.md describes both.
+Isolation: "namespaces", the default (Linux namespaces, a root holding only Python, a uid of its own per
+program, no capabilities, a seccomp filter; see namespaces.py and seccomp_filter.py), or "guard", only when
+asked for (process containment and disabled functions; ISOLATION_GAPS says what it does not protect).
+`resolve_isolation` fails closed: where a probe program cannot run under namespaces, it raises (one line) and
+nothing runs. docs/sandbox.md describes both.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import atexit
 import collections
 import json
-import logging
 import os
 import queue
 import secrets
@@ -35,12 +35,14 @@ from pathlib import Path
 SERVER = Path(__file__).with_name("sandbox_server.py")
 GRACE_S = 10.0  # extra time a server gets to clean up before the parent kills it
 OWNER_ENV = "WMTP_SANDBOX_PARENT"
-ISOLATION_MODES = ("auto", "namespaces", "guard")
+ISOLATION_MODES = ("namespaces", "guard")  # the first is the default
+ACCEPT_GUARD = "--isolation guard (experiment config: evaluation.isolation: guard)"
 PROBE_PROGRAM = "import os\nprint(os.getpid())\n"  # PID 2: the program under its supervisor, PID 1
 ISOLATION_GAPS = {  # what each mode does not protect (summary.json's "isolation_gaps"; docs/sandbox.md)
     "namespaces": (
         "the program can read the Python installation and the system library folders (read-only)",
         "CPU is bounded per program by the timeout, not shared fairly between programs",
+        "run as a non-root user (a user namespace mapping one uid), every program keeps that uid",
     ),
     "guard": (
         "files: the program can read and write every file the evaluating user can (as root: every file), "
@@ -50,9 +52,10 @@ ISOLATION_GAPS = {  # what each mode does not protect (summary.json's "isolation
         "including its own tests' process",
         "process count: RLIMIT_NPROC does not bind root, so as root a fork storm is bounded only by the timeout",
         "/tmp and /dev/shm are the host's: a program can leave files for the next one",
+        "kernel state: no seccomp filter, one uid for all programs, the evaluator's session keyring: "
+        "a program can read the evaluator's keys and leave keys for the next program",
     ),
 }
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -187,20 +190,21 @@ def _probe_namespaces() -> str:
     return ""
 
 
-def resolve_isolation(requested: str, where: str = "isolation") -> str:
-    """Map "auto" | "namespaces" | "guard" to the mode programs will run under. "auto" falls back to the guard
-    (with a warning) where namespaces are unavailable; "namespaces" there raises ValueError naming `where`."""
+def resolve_isolation(requested: str, where: str = "--isolation") -> str:
+    """Check the mode programs will run under: "namespaces" (the default, the strong mode) or "guard" (asked for
+    explicitly). Fails closed: "namespaces" where it cannot be had raises ValueError, one line naming the reason
+    and `where`'s weaker choice; nothing ever falls back to the guard on its own."""
     if requested not in ISOLATION_MODES:
         raise ValueError(f"{where}: expected one of {', '.join(ISOLATION_MODES)}, got {requested!r}")
     if requested == "guard":
         return "guard"
     reason = namespaces_unavailable_reason()
-    if not reason:
-        return "namespaces"
-    if requested == "namespaces":
-        raise ValueError(f"{where} namespaces: unavailable here ({reason}); use auto or guard")
-    logger.warning("Linux namespaces unavailable (%s): programs run under the guard only", reason)
-    return "guard"
+    if reason:
+        raise ValueError(
+            f"{where} namespaces: the strong sandbox is unavailable here ({reason}); nothing was run. To accept "
+            f"the weaker guard, use {ACCEPT_GUARD} (docs/sandbox.md)"
+        )
+    return "namespaces"
 
 
 def run_sandboxed(
@@ -210,15 +214,15 @@ def run_sandboxed(
     tests: dict | None = None,
     stdin: str | None = None,
     limits: SandboxLimits = SandboxLimits(),
-    isolation: str = "auto",
+    isolation: str = "namespaces",
 ) -> RawRun:
     """Run `program` in the sandbox. mode "function": candidate + `tests` (humaneval/asserts kinds) with the
     nonce protocol; mode "script": run as `__main__` with `stdin` (or /dev/null) as standard input.
-    `isolation`: "namespaces", "guard" or "auto" (see `resolve_isolation`)."""
+    `isolation`: "namespaces" or "guard", used as given (callers check it first with `resolve_isolation`)."""
     if mode not in ("function", "script"):
         raise ValueError(f"mode: expected 'function' or 'script', got {mode!r}")
-    if isolation != "namespaces":
-        isolation = resolve_isolation(isolation)
+    if isolation not in ISOLATION_MODES:
+        raise ValueError(f"isolation: expected one of {', '.join(ISOLATION_MODES)}, got {isolation!r}")
     temp_dir = tempfile.gettempdir()
     private = Path(tempfile.mkdtemp(prefix="wmtp_eval_", dir=temp_dir))
     try:

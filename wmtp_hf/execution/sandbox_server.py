@@ -13,9 +13,10 @@ Each sandboxed process: new session, the job's stdin/stdout/stderr and nothing e
 descriptors, rlimits (address space, file size, processes, CPU, no core dumps). "function" mode (HumanEval,
 MBPP) forks two: the *candidate's process* (the reliability guard, which disables destructive
 os/shutil/subprocess functions, then the program and MBPP's setup code, then `remote_calls.serve_candidate`)
-and the *tests' process* (never runs the candidate's code: it reads the tests and the nonce from its own file,
-calls the candidate through `remote_calls` proxies over two pipes, and writes the nonce to the report only
-after every test passed). "script" mode (stdin/stdout problems) runs the program as `__main__`; the parent
+and the *tests' process* (never runs the candidate's code: it reads the tests, the trusted HumanEval prompt
+and the nonce from its own file, defines the prompt's helpers itself, binds only the names the trusted tests
+need as `remote_calls` proxies over two pipes, and writes the nonce to the report only after every test
+passed). "script" mode (stdin/stdout problems) runs the program as `__main__`; the parent
 compares stdout.
 
 Isolation "namespaces" (see namespaces.py): at start-up the server enters its worker namespaces (no network,
@@ -23,8 +24,9 @@ a root holding only the Python installation, read-only). Per job, the supervisor
 namespace (the server makes it for its next child and switches back; where it cannot, the job process makes
 it and forks the supervisor into it), so the program cannot signal it, and when it exits the kernel kills
 whatever is left there. The supervisor enters new mount and IPC namespaces, mounts a private /tmp, /dev/shm and
-/proc, and forks the program's processes, which take uids of their own (UID_BASE + 2 * server pid for the
-program, + 1 for its tests; unless in a user namespace) and drop every capability. The job's files are
+/proc, and forks the program's processes, which take uids of their own per program (`job_ids`; unless in a user
+namespace), drop every capability, join a fresh session keyring and load the seccomp filter
+(seccomp_filter.py). The job's files are
 opened through a descriptor of the temporary folder taken before any namespace change. Isolation "guard": the
 job process is the supervisor. A namespace that cannot be set up is reported as `setup_error` in
 status.json; the program does not run.
@@ -164,7 +166,9 @@ def _load_sibling(name: str):
 
 
 CALLS = _load_sibling("remote_calls")
-UID_BASE = 2_000_000_000  # programs run as UID_BASE + 2 * (server pid), their tests' process as that + 1
+SECCOMP = _load_sibling("seccomp_filter")
+UID_BASE = 2_000_000_000  # programs run as UID_BASE + 2 * slot, their tests' process as that + 1 (`job_ids`)
+JOBS_PER_SERVER_CYCLE = 256  # a server's uids repeat after this many programs
 PR_SET_DUMPABLE = 4
 
 
@@ -202,12 +206,21 @@ def _run_tests(tests_fd: int, report_fd: int, requests: int, replies: int) -> No
     channel = CALLS.CandidateChannel(requests, replies)
     stage = "candidate"
     try:
-        namespace = CALLS.tests_namespace(channel, channel.start())
+        wanted = CALLS.names_the_tests_need(tests)  # from the trusted tests only
+        announced = channel.start()  # untrusted: only the wanted names are looked up in it
+        namespace: dict = {"__name__": "__tests__", "__builtins__": builtins}
+        if tests["kind"] == "humaneval":  # the prompt's helpers, defined here from the trusted prompt
+            stage = "prompt"
+            exec(compile(tests.get("prompt", ""), "<prompt>", "exec"), namespace)
+            namespace.pop(tests["entry_point"], None)  # the prompt's stub: the candidate's or nothing
+        CALLS.bind_candidate(namespace, channel, announced, wanted)
         stage = "tests"
         if tests["kind"] == "humaneval":
             exec(compile(tests["test"], "<tests>", "exec"), namespace)
-            candidate = eval(compile(tests["entry_point"], "<entry point>", "eval"), namespace)
-            namespace["check"](candidate)
+            entry = tests["entry_point"]
+            if entry not in namespace:
+                raise NameError(f"the program defines no function {entry!r}")
+            namespace["check"](namespace[entry])
         else:
             for i, line in enumerate(tests["asserts"]):
                 stage = f"assert {i}"
@@ -305,6 +318,7 @@ def _spawn(
         _set_limits(job)
         if ns is not None:
             ns.drop_privileges(ids, dumpable=dumpable)
+            SECCOMP.confine(job["_rules"])  # a fresh session keyring, then the seccomp filter
         elif not dumpable:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         run()
@@ -403,6 +417,17 @@ def _run_job(job: dict, isolation: str, base_fd: int, ns, worker_error: str, ids
     return os.waitstatus_to_exitcode(status)
 
 
+def job_ids(server_pid: int, job_number: int) -> dict:
+    """The uid/gid of a program and of its tests' process (as root, outside a user namespace): a slot of its
+    own per program, from the server's pid (unique among live servers, below 2**22) and the job's number, so
+    that no two programs running at once share a uid, and a server's programs in a row never do (for
+    `JOBS_PER_SERVER_CYCLE` jobs): RLIMIT_NPROC bounds one program, and nothing a program leaves keyed by its
+    uid is visible to the next."""
+    slot = (server_pid & 0x3FFFFF) * JOBS_PER_SERVER_CYCLE + job_number % JOBS_PER_SERVER_CYCLE
+    uid = UID_BASE + 2 * slot  # at most 2e9 + 2**31 - 1 < 2**32 - 1
+    return {"program": (uid, uid), "tests": (uid + 1, uid + 1)}
+
+
 def main() -> None:
     """Serve jobs: one JSON line in on stdin -> fork a supervisor -> one line "done <code>" out on stdout."""
     import posix  # noqa: F401  - pre-import what the guard touches, so each fork starts warm
@@ -413,14 +438,15 @@ def main() -> None:
         raise SystemExit("usage: sandbox_server.py guard|namespaces TEMP_DIR")
     isolation = sys.argv[1]
     base_fd = os.open(sys.argv[2], os.O_PATH | os.O_DIRECTORY)  # where the parent makes each job's folder
-    ns, worker_error, own_pid_ns = None, "", None
-    ids: dict = {"program": None, "tests": None}
+    ns, worker_error, own_pid_ns, rules, own_uids = None, "", None, None, False
+    no_ids: dict = {"program": None, "tests": None}
     if isolation == "namespaces":
         try:
+            rules = SECCOMP.build()  # before the root is switched: it loads libseccomp
             ns = _load_sibling("namespaces")
-            if not ns.enter_worker_namespaces():  # no user namespace: programs get uids of their own
-                uid = UID_BASE + 2 * os.getpid()  # unique among live servers, so RLIMIT_NPROC is per program
-                ids = {"program": (uid, uid), "tests": (uid + 1, uid + 1)}
+            own_uids = (
+                not ns.enter_worker_namespaces()
+            )  # no user namespace: each program gets uids of its own
             own_pid_ns = ns.pid_namespace_switch()  # None: each job process makes the PID namespace
         except (OSError, AttributeError) as exc:  # AttributeError: a libc without unshare (not Linux)
             worker_error = str(exc) or type(exc).__name__  # every job reports it and does not run
@@ -431,8 +457,10 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.close(devnull)
-    for line in requests:
+    for number, line in enumerate(requests):
         job = json.loads(line)
+        job["_rules"] = rules
+        ids = job_ids(os.getpid(), number) if own_uids else no_ids
         if own_pid_ns is not None:
             ns.next_child_in_new_pid_namespace()
         pid = os.fork()

@@ -127,7 +127,9 @@ def pass_at_k(
         max_new_tokens=options.max_new_tokens, batch_size=1 if speculative else options.batch_size, seed=seed,
         speculative=speculative, speculative_stats=stats,
     )  # fmt: skip
-    rows, summary = score_samples(problems, samples, ks=options.k, timeout_s=options.timeout)
+    rows, summary = score_samples(
+        problems, samples, ks=options.k, timeout_s=options.timeout, isolation=options.isolation
+    )
     summary = {"dataset": dataset, "split": split, **summary}
     summary["per_problem"] = per_problem_pass_at_k(rows, [k for k in options.k if f"pass@{k}" in summary])
     if stats is not None:

@@ -65,6 +65,12 @@ class EvaluationOptions:
     timeout: float = field(default=10.0, metadata={"help": "seconds per sandboxed program"})
     speculative: bool = field(default=True, metadata={"help": "measure self-speculative tokens per forward"})
     inspect_examples: int = field(default=16, metadata={"help": "held-out examples for the weight plots"})
+    isolation: str = field(
+        default="namespaces",
+        metadata={
+            "help": "sandbox for pass@k: namespaces (fails closed where unavailable) or guard (weaker)"
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "n_problems"):
@@ -82,6 +88,8 @@ class EvaluationOptions:
             raise ConfigError(f"evaluation.k: expected a list of positive integers, got {self.k}")
         if self.inspect_examples < 0:
             raise ConfigError(f"evaluation.inspect_examples: expected >= 0, got {self.inspect_examples}")
+        if self.isolation not in ("namespaces", "guard"):
+            raise ConfigError(f"evaluation.isolation: expected namespaces or guard, got {self.isolation!r}")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..data.io import atomic_write_json
 from ..fileio import atomic_write_text
+from ..train.config import ConfigError
 from .plan import ExperimentPlan
 from .plots import plot_heldout_ce, plot_training_loss
 from .report import build_report, render_markdown
@@ -33,8 +34,24 @@ def make_plots(plan: ExperimentPlan, summary: dict[str, dict[str, Any]]) -> dict
     return {title: str(path) for title, path in plots.items()}
 
 
+def check_isolation(plan: ExperimentPlan) -> None:
+    """ConfigError (one line) where a run's pass@k needs a sandbox mode that cannot be had here: nothing
+    runs under a weaker mode than `evaluation.isolation` asks for."""
+    from ..evaluation.problems import DEFAULT_SPLITS
+    from ..execution.sandbox import resolve_isolation
+    from .measure import COMPARED_STAGES
+
+    if not any(s.stage in COMPARED_STAGES and s.config.dataset in DEFAULT_SPLITS for s in plan.stages):
+        return
+    try:
+        resolve_isolation(plan.evaluation.isolation, "evaluation.isolation")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def run_experiment(plan: ExperimentPlan, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the plan; returns the report (also written to `report.json` / `report.md`)."""
+    check_isolation(plan)  # fails closed before anything is trained or written
     check_output_dir(plan.output_dir)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan.output_dir / MARKER, {"config": plan.source, "plan": plan.raw})
