@@ -84,11 +84,13 @@ def test_default_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
-    assert threads.evaluate_default_threads() == 4 and threads.train_default_threads() == 16
+    assert threads.evaluate_default_threads() == 4 and threads.train_default_threads() == 8  # half the cores
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert threads.train_default_threads() == 4  # 16 cores shared by 4 training processes
+    assert threads.train_default_threads() == 2  # half of 16 cores shared by 4 training processes
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    assert threads.evaluate_default_threads() == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    assert threads.evaluate_default_threads() == 2 and threads.train_default_threads() == 1
+    assert threads.evaluate_default_threads() == 1 and threads.train_default_threads() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
     assert threads.evaluate_default_threads() == 3 and threads.train_default_threads() == 3
 

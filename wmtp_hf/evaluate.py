@@ -58,7 +58,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="weights' dtype for generation (auto: the checkpoint's)",
     )
     p.add_argument(
-        "--threads", type=int, help="torch CPU threads (default: $OMP_NUM_THREADS, else min(cores, 4))"
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: $OMP_NUM_THREADS, else half the cores, 1 to 4)",
     )
     return p.parse_args(argv)
 

@@ -1,8 +1,11 @@
 """CPU threads for torch (`--threads` of train and evaluate): explicit, `$OMP_NUM_THREADS`, or a default
-that leaves room for the other processes on the machine (docs/evaluation.md, docs/training.md).
+of half the cores (shared among a machine's training processes; evaluate at most 4), at least 1.
 
-torch's own default is one thread per core in every process; with several processes on few cores (data
-parallel workers, other jobs, the sandbox) the threads contend and each step gets much slower.
+torch's own default is one thread per core in every process. When other processes want the same cores
+(other jobs, data-parallel workers, the sandbox) its spinning threads contend: measured on a busy 2-core
+machine (scripts/bench_threads.py, docs/evaluation.md), 2 threads instead of 1 made SmolLM2-135M
+generation 2-13x and micro-model training 8-21x slower, while 1 thread on an idle machine costs at most
+the second core. Losing a little when alone beats losing most when shared.
 """
 
 from __future__ import annotations
@@ -29,16 +32,16 @@ def env_threads() -> int | None:
 
 
 def evaluate_default_threads() -> int:
-    """`$OMP_NUM_THREADS`, else min(cores, 4)."""
-    return env_threads() or min(available_cores(), EVALUATE_MAX_THREADS)
+    """`$OMP_NUM_THREADS`, else half the cores, between 1 and 4."""
+    return env_threads() or max(1, min(available_cores() // 2, EVALUATE_MAX_THREADS))
 
 
 def train_default_threads() -> int:
-    """`$OMP_NUM_THREADS`, else the cores shared among this machine's training processes
+    """`$OMP_NUM_THREADS`, else half the cores divided among this machine's training processes
     (`$LOCAL_WORLD_SIZE` under torchrun / accelerate launch), at least 1."""
     local = os.environ.get("LOCAL_WORLD_SIZE", "1")
     per_machine = int(local) if local.isdigit() and int(local) > 0 else 1
-    return env_threads() or max(1, available_cores() // per_machine)
+    return env_threads() or max(1, available_cores() // (2 * per_machine))
 
 
 def set_threads(threads: int | None, *, default: int, option: str = "--threads") -> int:

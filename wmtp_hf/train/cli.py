@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=None,
-        help="torch CPU threads per process (default: $OMP_NUM_THREADS, else the cores divided among the "
-        "machine's training processes)",
+        help="torch CPU threads per process (default: $OMP_NUM_THREADS, else half the cores divided among "
+        "the machine's training processes, at least 1)",
     )  # fmt: skip
     return parser
 
