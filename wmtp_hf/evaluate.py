@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> dict:
         )
     selected = problems
     problems, trained_report = leave_out_trained_problems(args, problems)
+    note = trained_report.pop("note")
     if args.samples:
         known = {p.task_id: p.task_id for p in selected}
         known.update({alias: p.task_id for p in selected for alias in p.aliases})
@@ -132,6 +133,8 @@ def run(args: argparse.Namespace) -> dict:
         summary["tokens_per_forward"] = summary["speculative"]["tokens_per_forward"]
     write_outputs(args.output, rows, summary)
     log_to_mlflow(params, summary, args.output)
+    if note:  # after the run, so that a bad-input error stays the only line on stderr
+        print(f"note: {note}", file=sys.stderr)
     return summary
 
 
@@ -140,7 +143,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def leave_out_trained_problems(args: argparse.Namespace, problems: list) -> tuple[list, dict]:
     """The problems to score and the summary's `trained_problems_*` entries: problems in the model's
-    trained_problems.json are left out (one line on stderr) unless --include-trained-problems."""
+    trained_problems.json are left out unless --include-trained-problems. The entry "note" (removed by
+    the caller) is the line printed on stderr once the run succeeded."""
     from wmtp_hf.evaluation.contamination import leave_out_trained
     from wmtp_hf.trained_problems import TRAINED_PROBLEMS_FILE, read_record
 
@@ -155,22 +159,22 @@ def leave_out_trained_problems(args: argparse.Namespace, problems: list) -> tupl
     )
     kept, report = leave_out_trained(problems, record, include=args.include_trained_problems, missing=missing)
     n = report["n_trained_problems_evaluated"]
+    if report["trained_problems_excluded"] and not kept:
+        raise ValueError(
+            f"--dataset {args.dataset}: the model was trained on all {n} selected problems "
+            f"({record.location}); evaluate other problems (e.g. a held-out split) or pass "
+            "--include-trained-problems"
+        )
     if report["trained_problems_excluded"]:
-        if not kept:
-            raise ValueError(
-                f"--dataset {args.dataset}: the model was trained on all {n} selected problems "
-                f"({record.location}); evaluate other problems (e.g. a held-out split) or pass "
-                "--include-trained-problems"
-            )
-        print(
-            f"note: left out {n} of {len(problems)} problems the model was trained on ({record.location}); "
-            "--include-trained-problems keeps them",
-            file=sys.stderr,
+        note = (
+            f"left out {n} of {len(problems)} problems the model was trained on ({record.location}); "
+            "--include-trained-problems keeps them"
         )
     elif n:
-        print(f"note: the model was trained on {n} of the {len(problems)} problems (kept)", file=sys.stderr)
-    elif record is None:
-        print(f"note: trained problems {missing}", file=sys.stderr)
+        note = f"the model was trained on {n} of the {len(problems)} problems (kept)"
+    else:
+        note = f"trained problems {missing}" if record is None else ""
+    report["note"] = note
     return kept, report
 
 
