@@ -113,6 +113,15 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
         summary = json.loads((out / "evaluation" / name / "pass_at_k" / "summary.json").read_text())
         assert 1.0 <= run["heldout"]["tokens_per_forward"] <= 2.0  # self-speculative, n_future = 2
         assert run["heldout"]["tokens_per_forward"] == summary["speculative"]["tokens_per_forward"]
+        # Held-out problems are disjoint from the trained ones (the offline split by problem id).
+        assert summary["n_trained_problems_evaluated"] == 0 and summary["trained_problems_record"].endswith(
+            f"{name}/final/trained_problems.json"
+        )
+    trained = {
+        name: json.loads((out / name / "final" / "trained_problems.json").read_text()) for name in RUNS
+    }
+    assert [r["stage"] for r in trained["verifiable"]["runs"]] == ["baseline", "critic", "verifiable"]
+    assert set(trained["baseline"]["problem_ids"]) <= set(trained["verifiable"]["problem_ids"])
     # Every model is measured the same way; the numbers equal a one-row-at-a-time computation.
     assert report["runs"]["baseline"]["heldout"]["ce_per_head"] == pytest.approx(
         naive_heldout_ce(out / "baseline" / "final", 10), rel=1e-4

@@ -145,7 +145,8 @@ def adapter_weights(out):
 def test_lora_run_writes_the_adapter_and_the_merged_model(env, lora_run):
     final = lora_run / "final"
     assert sorted(p.name for p in final.iterdir()) == ["README.md", "adapter_config.json",
-        "adapter_model.safetensors", "merged", "tokenizer.json", "tokenizer_config.json", "training_args.bin"]  # fmt: skip
+        "adapter_model.safetensors", "merged", "tokenizer.json", "tokenizer_config.json", "trained_problems.json",
+        "training_args.bin"]  # fmt: skip
     adapter_config = json.loads((final / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(env["critic"].resolve())
     assert adapter_config["modules_to_save"] == ["value_head"] and adapter_config["task_type"] == "CAUSAL_LM"
@@ -239,7 +240,7 @@ def test_adapter_publishes_with_its_base_model_and_loads_from_the_hub(
     (commit,) = hub.commits
     files = commit["files"]
     assert set(files) == {"README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
-                          "tokenizer_config.json"}  # fmt: skip
+                          "tokenizer_config.json", "trained_problems.json"}  # fmt: skip
     assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "org/critic"
     card = ModelCard(files["README.md"].decode())
     assert card.data.base_model == "org/critic" and card.data.library_name == "peft"

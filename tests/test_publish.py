@@ -25,7 +25,7 @@ from wmtp_hf.train.cli import main as train_main
 
 TOKENS = torch.randint(3, 200, (2, 11), generator=torch.Generator().manual_seed(0))
 MODEL_FILES = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-               "tokenizer_config.json", *remote_code_files()}  # fmt: skip
+               "tokenizer_config.json", "trained_problems.json", *remote_code_files()}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

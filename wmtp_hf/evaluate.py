@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -39,6 +40,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "guard: the weaker mode, only when asked for (docs/sandbox.md)",
     )
     p.add_argument("--output", required=True, help="directory for results.jsonl and summary.json")
+    # contamination guard and CPU practicalities (docs/evaluation.md)
+    p.add_argument(
+        "--include-trained-problems",
+        action="store_true",
+        help="keep the problems the model was trained on (its trained_problems.json) in pass@k",
+    )
+    p.add_argument(
+        "--trained-problems",
+        metavar="PATH",
+        help="the model folder or trained_problems.json whose problems are left out (default: --model's; "
+        "name the model that wrote a --samples file)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights' dtype for generation (auto: the checkpoint's)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: $OMP_NUM_THREADS, else half the cores, 1 to 4)",
+    )
     return p.parse_args(argv)
 
 
@@ -58,6 +82,7 @@ def run(args: argparse.Namespace) -> dict:
     from wmtp_hf.evaluation.runner import log_to_mlflow, score_samples, write_outputs
     from wmtp_hf.evaluation.samples import read_samples
     from wmtp_hf.execution.sandbox import resolve_isolation
+    from wmtp_hf.threads import evaluate_default_threads, set_threads
 
     ks = _parse_ks(args.k)
     for name in ("n_samples", "max_new_tokens", "batch_size"):
@@ -70,6 +95,7 @@ def run(args: argparse.Namespace) -> dict:
             "--speculative: decodes greedily with a model; expected --model and --temperature 0, got "
             + (f"--temperature {args.temperature:g}" if args.temperature > 0 else "--samples")
         )
+    set_threads(args.threads, default=evaluate_default_threads(), option="--threads")
     problems = load_problems(args.dataset, args.path, args.split)
     if args.limit is not None:
         problems = problems[: args.limit]
@@ -77,15 +103,19 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(
             f"--dataset {args.dataset}: no problems found (path={args.path}, split={args.split})"
         )
+    selected = problems
+    problems, trained_report = leave_out_trained_problems(args, problems)
+    note = trained_report.pop("note")
     if args.samples:
-        known = {p.task_id: p.task_id for p in problems}
-        known.update({alias: p.task_id for p in problems for alias in p.aliases})
-        samples = read_samples(args.samples, known)
+        known = {p.task_id: p.task_id for p in selected}
+        known.update({alias: p.task_id for p in selected for alias in p.aliases})
+        kept = {p.task_id for p in problems}
+        samples = [s for s in read_samples(args.samples, known) if s.task_id in kept]
     isolation = resolve_isolation(args.isolation, "--isolation")  # fails closed, before a long generation
     if not args.samples:
         from wmtp_hf.evaluation.generation import SpeculativeStats, load_model, sample_problems
 
-        model, tokenizer = load_model(args.model, device=args.device)
+        model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
         speculative_stats = SpeculativeStats() if args.speculative else None
         samples = sample_problems(
             model, tokenizer, problems, n_samples=args.n_samples, temperature=args.temperature,
@@ -97,13 +127,56 @@ def run(args: argparse.Namespace) -> dict:
     )
     params = {k: v for k, v in vars(args).items() if v is not None}
     split = args.split or DEFAULT_SPLITS[args.dataset]
-    summary = {"dataset": args.dataset, "split": split, "source": args.model or args.samples, **summary}
+    summary = {"dataset": args.dataset, "split": split, "source": args.model or args.samples, **summary,
+               **trained_report}  # fmt: skip
     if args.speculative:
         summary["speculative"] = speculative_stats.summary()
         summary["tokens_per_forward"] = summary["speculative"]["tokens_per_forward"]
     write_outputs(args.output, rows, summary)
     log_to_mlflow(params, summary, args.output)
+    if note:  # after the run, so that a bad-input error stays the only line on stderr
+        print(f"note: {note}", file=sys.stderr)
     return summary
+
+
+# ----------------------------------------------------------------- contamination guard (docs/evaluation.md)
+
+
+def leave_out_trained_problems(args: argparse.Namespace, problems: list) -> tuple[list, dict]:
+    """The problems to score and the summary's `trained_problems_*` entries: problems in the model's
+    trained_problems.json are left out unless --include-trained-problems. The entry "note" (removed by
+    the caller) is the line printed on stderr once the run succeeded."""
+    from wmtp_hf.evaluation.contamination import leave_out_trained
+    from wmtp_hf.trained_problems import TRAINED_PROBLEMS_FILE, read_record
+
+    owner = args.trained_problems or args.model
+    if args.trained_problems and not Path(args.trained_problems).exists():
+        raise ValueError(f"--trained-problems '{args.trained_problems}': no such file or folder")
+    record = read_record(owner)
+    missing = (
+        f"none recorded: {owner} has no {TRAINED_PROBLEMS_FILE}"
+        if owner
+        else "none recorded: scoring a samples file (name its model with --trained-problems)"
+    )
+    kept, report = leave_out_trained(problems, record, include=args.include_trained_problems, missing=missing)
+    n = report["n_trained_problems_evaluated"]
+    if report["trained_problems_excluded"] and not kept:
+        raise ValueError(
+            f"--dataset {args.dataset}: the model was trained on all {n} selected problems "
+            f"({record.location}); evaluate other problems (e.g. a held-out split) or pass "
+            "--include-trained-problems"
+        )
+    if report["trained_problems_excluded"]:
+        note = (
+            f"left out {n} of {len(problems)} problems the model was trained on ({record.location}); "
+            "--include-trained-problems keeps them"
+        )
+    elif n:
+        note = f"the model was trained on {n} of the {len(problems)} problems (kept)"
+    else:
+        note = f"trained problems {missing}" if record is None else ""
+    report["note"] = note
+    return kept, report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 - per-head cross-entropy, teacher-forced on the held-out *correct* solutions (a plain causal LM, such as
   the reference, has head 0 only);
 - the critic's AUROC: the last value of each held-out response against is_correct (models with a value head);
-- pass@k of sampled completions on the held-out problems, through the `wmtp_hf.evaluate` machinery.
+- pass@k of sampled completions on the held-out problems, through the `wmtp_hf.evaluate` machinery,
+  leaving out any problem in the model's trained_problems.json.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..data import WmtpDataCollator
 from ..loading import load_for_inference
 from ..losses import mtp_target_mask
 from ..train.config import ConfigError
+from ..trained_problems import TrainedProblems, read_record
 from ..weighting import binary_auroc, reference_token_losses, value_positions
 from .plan import EvaluationOptions
 
@@ -106,13 +108,19 @@ def pass_at_k(
     options: EvaluationOptions,
     out_dir: Path,
     seed: int = 0,
+    trained: TrainedProblems | None = None,
 ) -> dict[str, Any]:
     """Sample completions for the held-out problems and score them in the sandbox; writes OUT/summary.json.
+
+    Problems in `trained` (the model's trained_problems.json) are left out, and counted in the summary
+    (`n_trained_problems_evaluated`); the held-out splits of the named sources share no problem with
+    their training splits, so this only drops problems when a model was trained on other data too.
 
     With `options.speculative` (greedy, WMTP model) the completions are decoded self-speculatively, one
     prompt at a time so every row's drafts count; the output is token-for-token plain greedy's, and the
     summary gains `speculative` (forwards, accepted drafts, `tokens_per_forward`).
     """
+    from ..evaluation.contamination import leave_out_trained
     from ..evaluation.generation import SpeculativeStats, sample_problems
     from ..evaluation.problems import DEFAULT_SPLITS, load_problems
     from ..evaluation.runner import score_samples, write_outputs
@@ -120,6 +128,9 @@ def pass_at_k(
     if dataset not in DEFAULT_SPLITS:
         return {"skipped": f"pass@k needs a named source, not the prepared folder '{dataset}'"}
     problems = load_problems(dataset, dataset_path, split)[: options.n_problems]
+    problems, trained_report = leave_out_trained(problems, trained)
+    if not problems:
+        return {"skipped": f"the model was trained on every one of the {split} problems", **trained_report}
     speculative = options.speculative and options.temperature == 0 and is_wmtp(model)
     stats = SpeculativeStats() if speculative else None
     samples = sample_problems(
@@ -130,7 +141,7 @@ def pass_at_k(
     rows, summary = score_samples(
         problems, samples, ks=options.k, timeout_s=options.timeout, isolation=options.isolation
     )
-    summary = {"dataset": dataset, "split": split, **summary}
+    summary = {"dataset": dataset, "split": split, **summary, **trained_report}
     summary["per_problem"] = per_problem_pass_at_k(rows, [k for k in options.k if f"pass@{k}" in summary])
     if stats is not None:
         summary["speculative"] = stats.summary()
@@ -195,11 +206,12 @@ def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
     if stage.stage in COMPARED_STAGES:
         summary = pass_at_k(
             model, tokenizer, config.dataset, config.dataset_path, split, options, out_dir / "pass_at_k",
-            seed=config.seed,
+            seed=config.seed, trained=read_record(stage.final_dir),
         )  # fmt: skip
         metrics["pass_at_k"] = {k: v for k, v in summary.items() if k.startswith("pass@")}
         metrics["pass_at_k_problems"] = summary.get("per_problem")
         metrics["n_problems"] = summary.get("n_problems")
+        metrics["n_trained_problems_evaluated"] = summary.get("n_trained_problems_evaluated")
         metrics["isolation"] = summary.get("isolation")
         if "speculative" in summary:
             metrics["tokens_per_forward"] = summary["speculative"]["tokens_per_forward"]

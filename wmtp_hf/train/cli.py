@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..data import DataError
+from ..threads import set_threads, train_default_threads
 from .config import (
     ConfigError,
     WmtpTrainingConfig,
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume", nargs="?", const="last", default=None,
         help="resume from CHECKPOINT, or from the last checkpoint in the output dir",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch CPU threads per process (default: $OMP_NUM_THREADS, else half the cores divided among "
+        "the machine's training processes, at least 1)",
     )  # fmt: skip
     return parser
 
@@ -140,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         args, config = resolve(argv)
+        try:
+            set_threads(args.threads, default=train_default_threads())
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         summary = run(args.stage, config, dry_run=args.dry_run, resume=args.resume)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from transformers import TrainingArguments
 from transformers.trainer_utils import HubStrategy, SchedulerType
@@ -152,10 +153,23 @@ class WmtpTrainingConfig(TrainingArguments):
         if self.loss_chunk_size is not None and self.loss_chunk_size <= 0:
             raise ConfigError(f"loss_chunk_size: expected a positive integer, got {self.loss_chunk_size}")
         self._check_lora_options()
+        self._bf16_without_accelerator()
         self._take_cpu_fsdp()
         if self.push_to_hub:
             _check_repo_id("hub_model_id", self.hub_model_id)
         super().__post_init__()
+
+    def _bf16_without_accelerator(self) -> None:
+        """bf16 asked for on a machine with no accelerator: train on the CPU (`use_cpu`), where torch runs
+        bf16 autocast, instead of transformers' "You need to assign use_cpu" error."""
+        from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+        if not (self.bf16 or self.bf16_full_eval) or self.use_cpu:
+            return
+        accelerator = getattr(torch, "accelerator", None)
+        has_accelerator = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+        if not has_accelerator and not is_torch_bf16_gpu_available() and not is_torch_xla_available():
+            self.use_cpu = True
 
     def _take_cpu_fsdp(self) -> None:
         """FSDP asked for on CPU: validated into `cpu_fsdp` (the trainer shards the model itself, see

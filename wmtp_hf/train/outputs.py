@@ -7,6 +7,7 @@ from typing import Any
 
 from ..hub import check_model_folder, push_folder
 from ..model_card import write_model_card
+from ..trained_problems import TrainedProblems, write_record
 from .config import WmtpTrainingConfig, config_to_dict
 from .lora import MERGED_DIR, save_merged
 
@@ -58,10 +59,11 @@ def write_final_folder(
     tokenizer: Any,
     n_heads: int,
     final_loss: float | None,
+    trained: TrainedProblems | None = None,
 ) -> Path:
-    """Save `<output_dir>/final` (the adapter with `use_peft`), its tokenizer and card, and with
-    `merge_lora` the merged full model in `final/merged`. Returns the folder a push publishes: the merged
-    model when there is one, else `final`."""
+    """Save `<output_dir>/final` (the adapter with `use_peft`), its tokenizer, card and `trained` (the
+    problems trained on, `trained_problems.json`), and with `merge_lora` the merged full model in
+    `final/merged`. Returns the folder a push publishes: the merged model when there is one, else `final`."""
     final_dir = Path(config.output_dir) / FINAL_DIR
     # `_internal_call`: transformers would push right after saving, before the tokenizer and card exist.
     trainer.save_model(str(final_dir), _internal_call=True)
@@ -80,12 +82,16 @@ def write_final_folder(
     publish = final_dir
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(final_dir)
+        if trained is not None:
+            write_record(final_dir, trained)
         write_model_card(
             final_dir, base_model=base or config.model_name_or_path, adapter=config.use_peft, **card
         )
         if config.use_peft and config.merge_lora:
             publish = save_merged(final_dir, final_dir / MERGED_DIR, model.get_base_model().config, tokenizer)
             write_model_card(publish, base_model=config.model_name_or_path, **card)
+            if trained is not None:
+                write_record(publish, trained)
     elif config.use_peft and config.merge_lora:
         publish = final_dir / MERGED_DIR
     return publish

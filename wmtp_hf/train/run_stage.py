@@ -16,6 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..data import DataError, WmtpDataCollator
 from ..fileio import atomic_write_text
 from ..messages import first_line
+from ..trained_problems import TRAINED_PROBLEMS_FILE
 from .components import build_train_dataset
 from .config import (
     ConfigError,
@@ -25,6 +26,7 @@ from .config import (
 from .lora import wrap_with_lora
 from .mlflow_setup import ResolvedConfigCallback, configure_mlflow
 from .outputs import FINAL_DIR, write_final_folder
+from .problem_record import TrainedProblemsCallback, run_record
 from .stages import STAGE_TRAINERS
 
 logger = logging.getLogger("wmtp_hf.train")
@@ -60,6 +62,7 @@ def run(
     tokenizer = trainer_cls.start_tokenizer(config, model_path)
     # Data errors surface before a (possibly large) model is loaded.
     train_dataset, data_report = build_train_dataset(config, tokenizer, trainer_cls.sample_order)
+    trained = run_record(config, stage, model_path, train_dataset)  # trained_problems.json of every save
     try:
         eval_dataset = trainer_cls.build_eval_dataset(config, tokenizer)
     except DataError as err:
@@ -86,7 +89,11 @@ def run(
             eval_dataset=eval_dataset,
             data_collator=WmtpDataCollator(tokenizer),
             processing_class=tokenizer,
-            callbacks=[ResolvedConfigCallback(config_to_dict(config), data_report), *(callbacks or [])],
+            callbacks=[
+                ResolvedConfigCallback(config_to_dict(config), data_report),
+                TrainedProblemsCallback(trained),
+                *(callbacks or []),
+            ],
             **trainer_kwargs,
         )
     except Exception as err:
@@ -103,7 +110,7 @@ def run(
         (h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), result.training_loss
     )
     final_dir = Path(config.output_dir) / FINAL_DIR
-    trainer.final_folder = write_final_folder(trainer, config, stage, tokenizer, n_heads, final_loss)
+    trainer.final_folder = write_final_folder(trainer, config, stage, tokenizer, n_heads, final_loss, trained)
     trainer.accelerator.wait_for_everyone()  # final/ is complete for every process (e.g. the next stage)
     if config.push_to_hub:
         try:
@@ -129,6 +136,8 @@ def run(
         "merged_model": str(trainer.final_folder) if config.use_peft and config.merge_lora else None,
         "pushed_to": config.hub_model_id if config.push_to_hub else None,
         "dropped_examples": data_report["dropped"],
+        "trained_problems": str(final_dir / TRAINED_PROBLEMS_FILE),
+        "n_trained_problems": len(trained.problem_ids),
         "distributed": trainer.distributed_info(),
     }
     if trainer.is_world_process_zero():
