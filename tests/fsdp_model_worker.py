@@ -19,6 +19,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction
 from wmtp_hf.train.fsdp import (
     full_model_state_dict,
+    load_full_model,
     load_optimizer,
     load_sharded_model,
     save_pretrained_gathered,
@@ -113,6 +114,14 @@ def main() -> None:
             torch.equal(v, reference_state[k].to(torch.bfloat16)) for k, v in saved.items()
         )
         result["parameters"] = sum(p.numel() for p in reference.parameters())
+    # A FULL checkpoint's weights into an already sharded model (accelerate's FSDP2 resume): read by
+    # process 0, broadcast.
+    save_pretrained_gathered(sharded, folder / "full", is_main=rank == 0)
+    dist.barrier()
+    loaded = shard_model(model(2), {"WmtpDecoderLayer"})
+    result["full_before_load_diff"] = max_diff(full(loaded), reference_state)
+    load_full_model(loaded, folder / "full")
+    result["full_load_diff"] = max_diff(full(loaded), reference_state)
     # Rank 1's numbers reach rank 0 for the report.
     box = [{k: v for k, v in result.items() if k.endswith("rank1")}]
     dist.broadcast_object_list(box, src=1)

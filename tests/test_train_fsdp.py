@@ -103,6 +103,8 @@ def test_fully_shard_model_equals_one_process(tmp_path):
     # With a dtype (a bf16 run's final/), the weights are the fp32 master cast, and config.json says so.
     assert check["bf16_dtypes"] == ["torch.bfloat16"] and check["bf16_config_dtype"] == "bfloat16"
     assert check["bf16_equal_cast"] is True
+    # A FULL checkpoint loaded into an already sharded model (accelerate's FSDP2 resume) is exact.
+    assert check["full_before_load_diff"] > 1e-2 and check["full_load_diff"] == 0
 
 
 @pytest.mark.parametrize("job", STAGE_JOBS)
