@@ -209,7 +209,10 @@ def test_bf16_run_saves_its_final_model_in_bf16(tmp_path, fixtures):
     bf16, and config.json says bfloat16, so `from_pretrained` loads it as bf16."""
     model_dir, data = fixtures
     out = tmp_path / "out"
-    assert main(train_args(model_dir, data, out, **{"max-steps": 2}, save_steps=2, bf16="true", use_cpu="true")) == 0
+    assert (
+        main(train_args(model_dir, data, out, **{"max-steps": 2}, save_steps=2, bf16="true", use_cpu="true"))
+        == 0
+    )
     master = load_file(str(out / "checkpoint-2" / "model.safetensors"))
     final = weights(out)
     assert {v.dtype for v in master.values()} == {torch.float32}
