@@ -220,3 +220,15 @@ def test_bf16_run_saves_its_final_model_in_bf16(tmp_path, fixtures):
     assert all(torch.equal(final[k], master[k].to(torch.bfloat16)) for k in final)
     assert json.loads((out / "final" / "config.json").read_text())["dtype"] == "bfloat16"
     assert AutoModelForCausalLM.from_pretrained(out / "final").dtype == torch.bfloat16
+
+
+def test_training_dtype_reads_the_training_arguments_and_the_accelerate_config():
+    from types import SimpleNamespace
+
+    from wmtp_hf.train.fsdp import training_dtype
+
+    plain = SimpleNamespace(bf16=False, fp16=False)
+    assert training_dtype(plain, "no") is None and training_dtype(plain) is None
+    assert training_dtype(plain, "bf16") == torch.bfloat16  # `mixed_precision: bf16` in the accelerate config
+    assert training_dtype(SimpleNamespace(bf16=True, fp16=False), "no") == torch.bfloat16
+    assert training_dtype(SimpleNamespace(bf16=False, fp16=True), "no") == torch.float16

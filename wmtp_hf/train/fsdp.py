@@ -419,9 +419,12 @@ class Fsdp2TrainerMixin:
 
     # ------------------------------------------------------------------ the final model
 
-    def save_final_model(self, output_dir: str, dtype: torch.dtype | None) -> None:
-        """The run's final `save_pretrained` folder with its weights and config.json in `dtype` (None: the
-        parameters' own). Under FSDP2 the weights are gathered in CPU memory on process 0 only."""
+    def save_final_model(self, output_dir: str, keep_training_dtype: bool = True) -> None:
+        """The run's final `save_pretrained` folder; with `keep_training_dtype`, its weights and config.json
+        in the dtype the run computed in (`training_dtype`; else the parameters' own). Under FSDP2 the
+        weights are gathered in CPU memory on process 0 only."""
+        precision = str(getattr(self.accelerator, "mixed_precision", "no"))
+        dtype = training_dtype(self.args, precision) if keep_training_dtype else None
         if dtype is None:
             return self.save_model(output_dir, _internal_call=True)
         if is_fsdp2_model(self.model) and self.uses_fsdp2():
@@ -438,12 +441,13 @@ class Fsdp2TrainerMixin:
         return None
 
 
-def training_dtype(args: Any) -> torch.dtype | None:
-    """The dtype a run computed in (`bf16`/`fp16` mixed precision), which its final folder keeps; None
-    when it trained in its parameters' own dtype."""
-    if getattr(args, "bf16", False):
+def training_dtype(args: Any, accelerator_precision: str | None = None) -> torch.dtype | None:
+    """The dtype a run computed in (`bf16`/`fp16` mixed precision, from the training arguments or from
+    the accelerate config, e.g. `mixed_precision: bf16` in accelerate_configs/fsdp_4xa100.yaml), which its
+    final folder keeps; None when it trained in its parameters' own dtype."""
+    if getattr(args, "bf16", False) or accelerator_precision == "bf16":
         return torch.bfloat16
-    if getattr(args, "fp16", False):
+    if getattr(args, "fp16", False) or accelerator_precision == "fp16":
         return torch.float16
     return None
 

@@ -8,7 +8,6 @@ from typing import Any
 from ..hub import check_model_folder, push_folder
 from ..model_card import write_model_card
 from .config import WmtpTrainingConfig, config_to_dict
-from .fsdp import training_dtype
 from .lora import MERGED_DIR, save_merged
 
 FINAL_DIR = "final"
@@ -66,7 +65,7 @@ def write_final_folder(
     final_dir = Path(config.output_dir) / FINAL_DIR
     # The full model keeps the dtype it trained in (bf16 stays bf16; the adapter of use_peft keeps its own).
     # Never transformers' push here: it would run before the tokenizer and card exist.
-    trainer.save_final_model(str(final_dir), None if config.use_peft else training_dtype(config))
+    trainer.save_final_model(str(final_dir), keep_training_dtype=not config.use_peft)
     model = trainer.accelerator.unwrap_model(trainer.model)
     base = model.peft_config["default"].base_model_name_or_path if config.use_peft else None
     card = {
