@@ -1,17 +1,28 @@
-"""One-command GPU check (no Hub: every model is built from a config): prints a table and writes JSON.
+"""One-command GPU check of the real path (no Hub: every model is built from a config): prints a table and
+writes JSON after each section, so a run cut short keeps what it measured.
 
-    python scripts/gpu_check.py [--output gpu_check.json]      # ~1B models on one H100/H200-class GPU
-    python scripts/gpu_check.py --tiny                          # the same code at tiny size (CPU, CI)
+    python scripts/gpu_check.py [--output gpu_check.json]   # one H100/H200-class GPU (or several), < 8 min
+    python scripts/gpu_check.py --tiny                       # the same code at tiny size on CPU (CI runs it)
 
 Sections (each independent: one that fails records its error and the rest still run):
-1. `fsdp2_train`: bf16 FSDP2 (`fully_shard`, one process) training of a ~1B WMTP (n=4): tokens/s, MFU
-   (6 x parameters x tokens/s over the GPU's dense bf16 peak), peak memory.
-2. `heads_memory`: peak memory of one training step, n=4 vs n=1, at 4096 tokens.
-3. `chunked_loss`: the model's chunked loss vs a plain loss over `[B, T, n, V]` logits (time, memory, and
-   that they agree).
-4. `attention_parity`: sdpa vs flash_attention_2 logits (if flash-attn is installed).
-5. `speculative`: self-speculative decoding speed-up on the heads-agree (cycle) model at ~1B parameters,
-   and that its tokens equal plain greedy decoding.
+1. `train_path`: rho1 with a LLaMA reference on a ~0.66B WMTP (n=4) through `python -m wmtp_hf.train`
+   under `accelerate launch --config_file accelerate_configs/fsdp_4xa100.yaml` on the GPUs present, bf16
+   (on CPU: torchrun with configs/fsdp_cpu.yaml, float32): run_summary says fsdp2 on every process, a
+   SHARDED checkpoint, a resume from it matching the uninterrupted losses, and `final/` loading with
+   `trust_remote_code` where `wmtp_hf` cannot be imported, in the dtype the run trained in
+   (scripts/gpu_check_path.py).
+2. `precision`: the same fixed batch trained in fp32 and in bf16 autocast: bf16 loss goes down and stays
+   near fp32's.
+3. `mfu`: bf16 FSDP2 (`fully_shard`) training of a ~1.2B WMTP (n=4): tokens/s and MFU with the model
+   FLOPs of `wmtp_hf.flops` (unembedding x n heads, attention included, embedding excluded), timed with
+   CUDA events after warm-up; peak memory.
+4. `heads_memory`: peak memory of one training step, n=4 vs n=1, at 4096 tokens.
+5. `chunked_loss`: the model's chunked loss vs a plain loss over `[B, T, n, V]` logits.
+6. `attention_parity`: sdpa vs flash_attention_2 logits (if flash-attn is installed).
+7. `speculative`: self-speculative decoding on cycle models whose heads always agree and whose extra
+   heads agree only partly: acceptance rate and speed-up, median of 3 after a warm-up, tokens equal to
+   greedy decoding.
+Every section on CUDA also records its peak memory.
 """
 
 from __future__ import annotations
@@ -20,7 +31,10 @@ import argparse
 import contextlib
 import json
 import os
+import random
+import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +43,14 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_check_path import train_path  # noqa: E402
 
 from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction  # noqa: E402
 from wmtp_hf.cycle_model import build_cycle_model  # noqa: E402
+from wmtp_hf.fileio import atomic_write_text  # noqa: E402
+from wmtp_hf.flops import mfu, training_flops_per_token  # noqa: E402
 
 # Dense bf16 peak FLOP/s by device name (MFU's denominator).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -39,10 +58,20 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
 SIZES = {
     "full": {"hidden_size": 2048, "intermediate_size": 5632, "trunk": 16, "heads": 4, "vocab": 32000,
              "attention_heads": 16, "batch": 4, "seq": 2048, "steps": 10, "memory_seq": 4096,
-             "cycle_vocab": 2048, "cycle_trunk": 16, "new_tokens": 256},
+             "cycle_vocab": 2048, "cycle_trunk": 16, "new_tokens": 256,
+             "precision": {"hidden_size": 1024, "intermediate_size": 2816, "trunk": 12, "batch": 4, "seq": 512,
+                           "steps": 8},
+             "path": {"hidden": 1536, "intermediate": 4096, "trunk": 16, "heads": 4, "vocab": 32000,
+                      "attention_heads": 12, "ref_hidden": 1024, "ref_intermediate": 2816, "ref_layers": 8,
+                      "batch": 8, "max_length": 512, "steps": 6}},
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "trunk": 2, "heads": 4, "vocab": 256,
              "attention_heads": 4, "batch": 2, "seq": 64, "steps": 2, "memory_seq": 128,
-             "cycle_vocab": 64, "cycle_trunk": 2, "new_tokens": 16},
+             "cycle_vocab": 64, "cycle_trunk": 2, "new_tokens": 24,
+             "precision": {"hidden_size": 64, "intermediate_size": 128, "trunk": 2, "batch": 2, "seq": 32,
+                           "steps": 6},
+             "path": {"hidden": 32, "intermediate": 64, "trunk": 2, "heads": 2, "vocab": 2048,
+                      "attention_heads": 4, "ref_hidden": 32, "ref_intermediate": 64, "ref_layers": 2,
+                      "batch": 2, "max_length": 256, "steps": 4}},
 }  # fmt: skip
 
 
@@ -72,12 +101,20 @@ def peak_memory_of(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, fl
 
 
 def timed(device: torch.device, fn: Callable[[], Any], repeat: int = 1) -> tuple[Any, float]:
-    synchronize(device)
-    start = time.perf_counter()
+    """`(last result, seconds per call)`: CUDA events on a GPU (the device's own clock), else wall time."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(repeat):
+            result = fn()
+        end.record()
+        torch.cuda.synchronize()
+        return result, start.elapsed_time(end) / 1000 / repeat
+    begin = time.perf_counter()
     for _ in range(repeat):
         result = fn()
-    synchronize(device)
-    return result, (time.perf_counter() - start) / repeat
+    return result, (time.perf_counter() - begin) / repeat
 
 
 def ensure_process_group(device: torch.device) -> None:
@@ -88,17 +125,49 @@ def ensure_process_group(device: torch.device) -> None:
         torch.distributed.init_process_group(backend, rank=0, world_size=1)
 
 
-def fsdp2_train(size: dict, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def precision(size: dict, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """The same fixed batch, the same start: fp32 throughout vs fp32 weights with bf16 autocast."""
+    small = {**size, **size["precision"]}
+    ids = torch.randint(
+        0, size["vocab"], (small["batch"], small["seq"]), generator=torch.Generator().manual_seed(0)
+    )
+    ids = ids.to(device)
+    curves = {}
+    for name, autocast in (("fp32", False), ("bf16", True)):
+        torch.manual_seed(0)
+        model = WmtpForMultiTokenPrediction(wmtp_config(small, size["heads"])).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+        losses = []
+        for _ in range(small["steps"]):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(round(float(loss.detach()), 4))
+        curves[name] = losses
+        model = optimizer = None
+    result = {"fp32": curves["fp32"], "bf16": curves["bf16"],
+              "final_rel_diff": round(abs(curves["bf16"][-1] - curves["fp32"][-1]) / curves["fp32"][-1], 4)}  # fmt: skip
+    if not curves["bf16"][-1] < curves["bf16"][0] - 0.1:
+        raise RuntimeError(f"bf16 loss does not go down on a fixed batch: {curves['bf16']}")
+    if result["final_rel_diff"] > 0.1:
+        raise RuntimeError(f"bf16 ends {result['final_rel_diff']:.1%} away from fp32: {result}")
+    return result
+
+
+def mfu_section(size: dict, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     ensure_process_group(device)
     torch.manual_seed(0)
+    config = wmtp_config(size, size["heads"])
     with torch.device(device):
-        model = WmtpForMultiTokenPrediction(wmtp_config(size, size["heads"]))
+        model = WmtpForMultiTokenPrediction(config)
     n_params = sum(p.numel() for p in model.parameters())
-    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype)  # accelerate's bf16 policy
     for layer in model.model.modules():
-        if type(layer).__name__ == "WmtpDecoderLayer":
+        if type(layer).__name__ in model._no_split_modules:
             fully_shard(layer, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -109,22 +178,25 @@ def fsdp2_train(size: dict, device: torch.device, dtype: torch.dtype) -> dict[st
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return loss.detach()
 
-    step()  # warm-up (allocations, kernels)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):  # warm-up: allocations, kernel selection, the optimizer's state
+        step()
+    synchronize(device)
     _, seconds = timed(device, step, repeat=size["steps"])
     tokens_per_s = ids.numel() / seconds
+    flops = training_flops_per_token(config, size["seq"])
     peak = PEAK_BF16.get(next((k for k in PEAK_BF16 if k in device_name(device)), ""), None)
+    naive = 6 * n_params  # the old count: every parameter once, embedding included, attention left out
     return {
         "parameters": n_params,
         "tokens_per_step": ids.numel(),
+        "step_s": round(seconds, 4),
         "tokens_per_s": round(tokens_per_s, 1),
-        "mfu": round(6 * n_params * tokens_per_s / peak, 4) if peak and device.type == "cuda" else None,
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        if device.type == "cuda"
-        else None,
+        "flops_per_token": flops,
+        "flops_vs_6N": round(flops / naive, 3),
+        "mfu": round(mfu(flops, tokens_per_s, peak), 4) if peak and device.type == "cuda" else None,
+        "peak_bf16_flops": peak,
     }
 
 
@@ -207,21 +279,56 @@ def attention_parity(size: dict, device: torch.device, dtype: torch.dtype) -> di
     return {"max_abs_diff": float((a - b).abs().max()), "logit_std": float(a.std())}
 
 
+def partly_agreeing_cycle_model(size: dict, swaps: float = 0.15) -> WmtpForMultiTokenPrediction:
+    """A cycle model whose head 0 walks one cycle and whose extra heads follow a cycle with a fraction
+    `swaps` of neighbours exchanged: their drafts are right only part of the time."""
+    vocab = size["cycle_vocab"]
+    cycle = list(range(1, vocab))
+    other = cycle.copy()
+    for i in sorted(random.Random(0).sample(range(0, len(cycle) - 1, 2), int(swaps * len(cycle) / 2))):
+        other[i], other[i + 1] = other[i + 1], other[i]
+    build = dict(vocab_size=vocab, n_future_tokens=size["heads"], trunk_layers=size["cycle_trunk"])
+    model, drafts = build_cycle_model(cycle, **build), build_cycle_model(other, **build)
+    for k in range(1, size["heads"]):
+        model.model.prediction_heads[k].load_state_dict(drafts.model.prediction_heads[k].state_dict())
+    return model
+
+
+def decode_stats(model: Any, device: torch.device, options: dict) -> dict[str, Any]:
+    """Plain greedy vs self-speculative decoding: one warm-up each, then 3 timed runs each (median)."""
+    ids = torch.tensor([[1, 2, 3, 4]], device=device)
+    with torch.no_grad():
+        model.generate(ids, **options)
+        model.generate(ids, mtp_speculative=True, **options)
+        plain = [timed(device, lambda: model.generate(ids, **options)) for _ in range(3)]
+        fast = [timed(device, lambda: model.generate(ids, mtp_speculative=True, return_dict_in_generate=True,
+                                                     **options)) for _ in range(3)]  # fmt: skip
+    rates = [out.accepted_draft_tokens / max(out.draft_tokens, 1) for out, _ in fast]
+    t_plain, t_fast = statistics.median(t for _, t in plain), statistics.median(t for _, t in fast)
+    return {"acceptance_rate": round(statistics.median(rates), 4), "plain_s": round(t_plain, 4),
+            "speculative_s": round(t_fast, 4), "speedup": round(t_plain / t_fast, 2),
+            "tokens_per_forward": round(fast[0][0].tokens_per_forward, 3),
+            "same_tokens": bool(torch.equal(plain[0][0], fast[0][0].sequences))}  # fmt: skip
+
+
 def speculative(size: dict, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     vocab = size["cycle_vocab"]
-    model = build_cycle_model(list(range(1, vocab)), vocab_size=vocab, n_future_tokens=size["heads"],
-                              trunk_layers=size["cycle_trunk"])  # fmt: skip
-    model = model.to(device=device, dtype=dtype).eval()
-    n_params = sum(p.numel() for p in model.parameters())
-    ids = torch.tensor([[1, 2, 3, 4]], device=device)
     options = {"max_new_tokens": size["new_tokens"], "do_sample": False, "min_new_tokens": size["new_tokens"]}
-    with torch.no_grad():
-        model.generate(ids, **options)  # warm-up
-        plain, t_plain = timed(device, lambda: model.generate(ids, **options))
-        fast, t_fast = timed(device, lambda: model.generate(ids, mtp_speculative=True, **options))
-    return {"parameters": n_params, "new_tokens": size["new_tokens"], "plain_s": round(t_plain, 4),
-            "speculative_s": round(t_fast, 4), "speedup": round(t_plain / t_fast, 2),
-            "same_tokens": bool(torch.equal(plain, fast))}  # fmt: skip
+    agree = build_cycle_model(list(range(1, vocab)), vocab_size=vocab, n_future_tokens=size["heads"],
+                              trunk_layers=size["cycle_trunk"])  # fmt: skip
+    result = {"parameters": sum(p.numel() for p in agree.parameters()), "new_tokens": size["new_tokens"]}
+    for name, model in (("heads_agree", agree), ("heads_partly_agree", partly_agreeing_cycle_model(size))):
+        result[name] = decode_stats(model.to(device=device, dtype=dtype).eval(), device, options)
+        if not result[name]["same_tokens"]:
+            raise RuntimeError(f"{name}: speculative decoding differs from greedy decoding")
+    if (
+        not 0
+        < result["heads_partly_agree"]["acceptance_rate"]
+        < result["heads_agree"]["acceptance_rate"]
+        == 1
+    ):
+        raise RuntimeError(f"acceptance rates are not as built: {result}")
+    return result
 
 
 def device_name(device: torch.device) -> str:
@@ -241,8 +348,10 @@ def print_table(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny models (runs on CPU in seconds; for CI)")
-    parser.add_argument("--output", default="gpu_check.json", help="JSON report path")
+    parser.add_argument("--tiny", action="store_true", help="tiny models (runs on CPU; for CI)")
+    parser.add_argument(
+        "--output", default="gpu_check.json", help="JSON report path (written after each section)"
+    )
     parser.add_argument("--only", nargs="*", default=None, help="run only these sections")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -251,23 +360,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     size = SIZES["tiny" if args.tiny else "full"]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    sections = {"fsdp2_train": fsdp2_train, "heads_memory": heads_memory, "chunked_loss": chunked_loss,
-                "attention_parity": attention_parity, "speculative": speculative}  # fmt: skip
-    report = {"device": device_name(device), "size": "tiny" if args.tiny else "full", "dtype": str(dtype),
-              "torch": torch.__version__, "sections": {}}  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    sections = {"train_path": lambda s, d, t: train_path(s, d, work), "precision": precision, "mfu": mfu_section,
+                "heads_memory": heads_memory, "chunked_loss": chunked_loss, "attention_parity": attention_parity,
+                "speculative": speculative}  # fmt: skip
+    report = {"device": device_name(device), "gpus": torch.cuda.device_count(), "size": "tiny" if args.tiny else "full",
+              "dtype": str(dtype), "torch": torch.__version__, "sections": {}}  # fmt: skip
     for name, fn in sections.items():
         if args.only and name not in args.only:
             continue
         start = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         try:
             report["sections"][name] = fn(size, device, dtype)
         except Exception as err:  # one failing check must not hide the others
-            report["sections"][name] = {"error": f"{type(err).__name__}: {err}"[:500]}
+            report["sections"][name] = {"error": f"{type(err).__name__}: {err}"[:1500]}
         report["sections"][name]["wall_s"] = round(time.perf_counter() - start, 2)
+        if device.type == "cuda":
+            report["sections"][name]["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        atomic_write_text(
+            args.output, json.dumps(report, indent=2) + "\n"
+        )  # a cut-short run keeps its sections
     with contextlib.suppress(Exception):
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print_table(report)
     failed = [n for n, v in report["sections"].items() if "error" in v]
     if failed:

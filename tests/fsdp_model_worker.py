@@ -17,7 +17,15 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction
-from wmtp_hf.train.fsdp import load_optimizer, load_sharded_model, save_sharded, shard_model
+from wmtp_hf.train.fsdp import (
+    full_model_state_dict,
+    load_full_model,
+    load_optimizer,
+    load_sharded_model,
+    save_pretrained_gathered,
+    save_sharded,
+    shard_model,
+)
 
 CONFIG = WmtpConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                     num_key_value_heads=2, n_future_tokens=2, loss_chunk_size=16)  # fmt: skip
@@ -89,6 +97,50 @@ def main() -> None:
         step(i, sharded, opt, batches[i][rows], world)
         step(i, restored, opt2, batches[i][rows], world)
     result["resumed_diff"] = max_diff(full(restored), full(sharded))
+
+    # The final-folder save: gathered in CPU memory on process 0 only; with a dtype, weights and config in it.
+    gathered = full_model_state_dict(sharded)
+    result[f"gathered_elements_rank{rank}"] = sum(v.numel() for v in gathered.values())
+    result[f"gathered_devices_rank{rank}"] = sorted({v.device.type for v in gathered.values()})
+    save_pretrained_gathered(sharded, folder / "bf16", is_main=rank == 0, dtype=torch.bfloat16)
+    reference_state = full(sharded)  # a collective: every process
+    if rank == 0:
+        from safetensors.torch import load_file
+
+        saved = load_file(str(folder / "bf16" / "model.safetensors"))
+        result["bf16_dtypes"] = sorted({str(v.dtype) for v in saved.values()})
+        result["bf16_config_dtype"] = json.loads((folder / "bf16" / "config.json").read_text())["dtype"]
+        result["bf16_equal_cast"] = all(
+            torch.equal(v, reference_state[k].to(torch.bfloat16)) for k, v in saved.items()
+        )
+        result["parameters"] = sum(p.numel() for p in reference.parameters())
+    # A FULL checkpoint's weights into an already sharded model (accelerate's FSDP2 resume): read by
+    # process 0, broadcast.
+    save_pretrained_gathered(sharded, folder / "full", is_main=rank == 0)
+    dist.barrier()
+    loaded = shard_model(model(2), {"WmtpDecoderLayer"})
+    result["full_before_load_diff"] = max_diff(full(loaded), reference_state)
+    load_full_model(loaded, folder / "full")
+    result["full_load_diff"] = max_diff(full(loaded), reference_state)
+    # FSDP's own activation checkpointing (accelerate wraps each decoder layer in a CheckpointWrapper before
+    # sharding): the gathered save has the model's own key names and loads back exactly.
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    checkpointed = model(0)
+    apply_activation_checkpointing(checkpointed, check_fn=lambda m: type(m).__name__ == "WmtpDecoderLayer")
+    checkpointed = shard_model(checkpointed, {"CheckpointWrapper"})
+    opt3 = torch.optim.AdamW(checkpointed.parameters(), lr=1e-3)
+    for i in range(3):
+        step(i, checkpointed, opt3, batches[i][rows], world)
+    save_pretrained_gathered(checkpointed, folder / "ac", is_main=rank == 0)
+    dist.barrier()
+    reloaded = shard_model(model(2), {"WmtpDecoderLayer"})
+    load_full_model(reloaded, folder / "ac")
+    result["ac_vs_plain_diff"] = max_diff(full(reloaded), reference.state_dict())  # both after 3 steps
+    # Rank 1's numbers reach rank 0 for the report.
+    box = [{k: v for k, v in result.items() if k.endswith("rank1")}]
+    dist.broadcast_object_list(box, src=1)
+    result.update(box[0])
     if rank == 0:
         (out / "model_check.json").write_text(json.dumps(result))
     dist.barrier()

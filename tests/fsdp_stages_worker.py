@@ -12,13 +12,15 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+import torch.distributed.checkpoint.state_dict as dcp_state
+
+import wmtp_hf.train.fsdp as fsdp_module
 from wmtp_hf.train.cli import resolve, run
 from wmtp_hf.train.fsdp import destroy_process_group
 
 REPO = Path(__file__).resolve().parents[1]
-SHARDED = (
-    "{version: 2, state_dict_type: SHARDED_STATE_DICT, transformer_layer_cls_to_wrap: [WmtpDecoderLayer]}"
-)
+SHARDED = "{version: 2, state_dict_type: SHARDED_STATE_DICT}"
 
 
 def jobs(fx: Path, out: Path) -> list[tuple[str, str, dict, str | None]]:
@@ -56,14 +58,58 @@ def argv(stage: str, options: dict, fx: Path, out: Path, fsdp: bool) -> list[str
     return args
 
 
+# What each full-state-dict save left in this process: job, kind, elements, devices.
+GATHERED: list[dict] = []
+
+
+def record_gathers(job: list[str]) -> None:
+    """Wrap the gathers of full-state-dict saves (model: final/ and FULL checkpoints; optimizer: FULL
+    checkpoints) to record how many elements of the gathered state this process holds, and where."""
+
+    def note(kind: str, state: dict) -> None:
+        tensors = [v for v in _leaves(state) if isinstance(v, torch.Tensor)]
+        GATHERED.append({"job": job[0], "kind": kind, "elements": sum(t.numel() for t in tensors),
+                         "devices": sorted({t.device.type for t in tensors})})  # fmt: skip
+
+    model_gather, optimizer_gather = fsdp_module.full_model_state_dict, dcp_state.get_optimizer_state_dict
+
+    def full_model_state_dict(model):
+        state = model_gather(model)
+        note("model", state)
+        return state
+
+    def get_optimizer_state_dict(model, optimizers, *, submodules=None, options=None):
+        state = optimizer_gather(model, optimizers, submodules=submodules, options=options)
+        if options is not None and options.full_state_dict:
+            note("optimizer", state)
+        return state
+
+    fsdp_module.full_model_state_dict = full_model_state_dict
+    dcp_state.get_optimizer_state_dict = get_optimizer_state_dict
+
+
+def _leaves(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
 def main() -> None:
     fx, out, fsdp = Path(sys.argv[1]), Path(sys.argv[2]), "--fsdp" in sys.argv
-    results = {}
+    results, job = {}, [""]
+    record_gathers(job)
     for name, stage, options, resume in jobs(fx, out):
+        job[0] = name
         args, config = resolve(argv(stage, options, fx, out / name, fsdp))
         results[name] = run(args.stage, config, resume=resume)
     if config.process_index == 0:
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / f"gathered_rank{config.process_index}.json").write_text(json.dumps(GATHERED))
     destroy_process_group()
 
 

@@ -96,6 +96,17 @@ def test_fully_shard_model_equals_one_process(tmp_path):
     assert check["weight_change"] > 1e-3 and check["weight_diff"] < 1e-5  # after 3 AdamW steps
     assert check["before_load_diff"] > 1e-2  # the restored model started elsewhere ...
     assert check["resumed_diff"] < 1e-7  # ... and is identical after the sharded load and 2 more steps
+    # A full-state-dict save gathers into CPU memory on process 0; process 1 holds none of the gathered model.
+    assert check["gathered_elements_rank0"] == check["parameters"]
+    assert check["gathered_devices_rank0"] == ["cpu"]
+    assert check["gathered_elements_rank1"] == 0
+    # With a dtype (a bf16 run's final/), the weights are the fp32 master cast, and config.json says so.
+    assert check["bf16_dtypes"] == ["torch.bfloat16"] and check["bf16_config_dtype"] == "bfloat16"
+    assert check["bf16_equal_cast"] is True
+    # A FULL checkpoint loaded into an already sharded model (accelerate's FSDP2 resume) is exact.
+    assert check["full_before_load_diff"] > 1e-2 and check["full_load_diff"] == 0
+    # Under FSDP's activation checkpointing the save has the plain names and the same training.
+    assert check["ac_vs_plain_diff"] < 1e-5
 
 
 @pytest.mark.parametrize("job", STAGE_JOBS)
@@ -125,6 +136,22 @@ def test_resume_under_fsdp2_is_exact(stage_runs, kind):
     )
     assert sharded_files == ((True, False) if kind == "sharded" else (False, True))
     assert_close_weights(two / f"baseline_{kind}", two / f"resume_{kind}", atol=1e-7)
+
+
+def test_full_saves_gather_on_process_0_only(stage_runs):
+    """Every full-state-dict gather of the trainer's saves (final/, FULL checkpoints' model and optimizer)
+    leaves the whole state in CPU memory on process 0 and nothing on process 1."""
+    _, two, _ = stage_runs
+    ranks = [json.loads((two / f"gathered_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(g["job"], g["kind"]) for g in ranks[0]] == [(g["job"], g["kind"]) for g in ranks[1]]
+    full_job = [(g0, g1) for g0, g1 in zip(*ranks, strict=True) if g0["job"] == "baseline_full"]
+    kinds = [g0["kind"] for g0, _ in full_job]
+    assert kinds.count("model") == 3 and kinds.count("optimizer") == 2  # checkpoint-2, checkpoint-4, final/
+    parameters = json.loads((two / "baseline_full" / "run_summary.json").read_text())["parameters"]
+    for g0, g1 in full_job:
+        assert g1["elements"] == 0, g1
+        assert g0["devices"] == ["cpu"] and g0["elements"] >= parameters  # AdamW: two moments per weight
+    assert all(g["elements"] == 0 for g in ranks[1])  # every stage's final/ too
 
 
 LOAD_SCRIPT = (
@@ -166,7 +193,7 @@ def test_fsdp_cpu_config_holds_only_distributed_settings():
     values = yaml.safe_load((REPO / "configs" / "fsdp_cpu.yaml").read_text())
     assert set(values) == {"use_cpu", "fsdp", "fsdp_config"}
     assert values["fsdp_config"]["version"] == 2
-    assert "WmtpDecoderLayer" in values["fsdp_config"]["transformer_layer_cls_to_wrap"]
+    assert "transformer_layer_cls_to_wrap" not in values["fsdp_config"]  # each model's _no_split_modules
 
 
 def test_fsdp_where_it_cannot_run_stops_with_one_line(capsys, monkeypatch, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -27,6 +28,10 @@ def fixtures(tmp_path, tiny_tokenizer):
 
 def weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(output_dir / "final" / "model.safetensors"))
+
+
+def summary_of(output_dir: Path) -> dict:
+    return json.loads((output_dir / "run_summary.json").read_text())
 
 
 def assert_same_weights(a: Path, b: Path, atol: float) -> None:
@@ -135,6 +140,8 @@ def test_two_processes_equal_one_process(tmp_path, fixtures):
     )  # fmt: skip
     assert double.returncode == 0, double.stderr[-3000:]
     assert double.stdout.count("trained stage") == 1  # only rank 0 prints the summary
+    assert summary_of(two)["distributed"] == {"mode": "ddp", "world_size": 2, "sharded_parameters": False}
+    assert summary_of(one)["distributed"]["mode"] == "single"
     losses_one, losses_two = log_losses(one), log_losses(two)
     assert sorted(losses_two) == [1, 2, 3]
     for step in (1, 2, 3):
@@ -154,6 +161,11 @@ def test_accelerate_launch_equals_python_module(tmp_path, fixtures):
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert summary_of(launched)["distributed"] == {
+        "mode": "single",
+        "world_size": 1,
+        "sharded_parameters": False,
+    }
     assert log_losses(launched) == pytest.approx(log_losses(plain), abs=1e-6)
     assert_same_weights(plain, launched, atol=1e-6)
 
@@ -190,3 +202,33 @@ def test_training_starts_from_a_plain_llama_checkpoint(tmp_path, tiny_tokenizer)
     trained = AutoModelForCausalLM.from_pretrained(out / "final")
     assert trained.config.model_type == "wmtp" and trained.config.n_future_tokens == 3
     assert len(trained.model.layers) == 3 and len(trained.model.extra_heads) == 2
+
+
+def test_bf16_run_saves_its_final_model_in_bf16(tmp_path, fixtures):
+    """final/ keeps the dtype the run computed in: the fp32 master weights (the last checkpoint) cast to
+    bf16, and config.json says bfloat16, so `from_pretrained` loads it as bf16."""
+    model_dir, data = fixtures
+    out = tmp_path / "out"
+    assert (
+        main(train_args(model_dir, data, out, **{"max-steps": 2}, save_steps=2, bf16="true", use_cpu="true"))
+        == 0
+    )
+    master = load_file(str(out / "checkpoint-2" / "model.safetensors"))
+    final = weights(out)
+    assert {v.dtype for v in master.values()} == {torch.float32}
+    assert final.keys() == master.keys() and {v.dtype for v in final.values()} == {torch.bfloat16}
+    assert all(torch.equal(final[k], master[k].to(torch.bfloat16)) for k in final)
+    assert json.loads((out / "final" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert AutoModelForCausalLM.from_pretrained(out / "final").dtype == torch.bfloat16
+
+
+def test_training_dtype_reads_the_training_arguments_and_the_accelerate_config():
+    from types import SimpleNamespace
+
+    from wmtp_hf.train.fsdp import training_dtype
+
+    plain = SimpleNamespace(bf16=False, fp16=False)
+    assert training_dtype(plain, "no") is None and training_dtype(plain) is None
+    assert training_dtype(plain, "bf16") == torch.bfloat16  # `mixed_precision: bf16` in the accelerate config
+    assert training_dtype(SimpleNamespace(bf16=True, fp16=False), "no") == torch.bfloat16
+    assert training_dtype(SimpleNamespace(bf16=False, fp16=True), "no") == torch.float16

@@ -166,21 +166,46 @@ def gathered_root(model: torch.nn.Module | None) -> Iterator[None]:
 
 
 def full_model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The full (unsharded) state dict on process 0, `{}` on the others; every process must call it."""
+    """The full (unsharded) state dict in CPU memory on process 0, `{}` on the others; every process must
+    call it. Each parameter is all-gathered in turn and only process 0 keeps it (moved to CPU), so no
+    process ever holds the gathered model on its accelerator and the others hold none of it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
-    if torch.distributed.get_rank() != 0:
-        return {}
-    return {k: v.detach().cpu().clone() for k, v in state.items()}
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options)
 
 
-def save_pretrained_gathered(model: torch.nn.Module, output_dir: str | Path, is_main: bool) -> None:
-    """`save_pretrained` of the full model (gathered on process 0), named by its own class."""
+def cast_floating(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """`state` with its floating-point tensors in `dtype` (None: unchanged)."""
+    if dtype is None:
+        return state
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
+def write_config_dtype(folder: str | Path, dtype: torch.dtype) -> None:
+    """Record `dtype` in a saved folder's config.json (`save_pretrained` writes the parameters' dtype,
+    which is float32 for a model trained with an fp32 master copy)."""
+    import json
+
+    from ..fileio import atomic_write_text
+
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def save_pretrained_gathered(
+    model: torch.nn.Module, output_dir: str | Path, is_main: bool, dtype: torch.dtype | None = None
+) -> None:
+    """`save_pretrained` of the full model (gathered in CPU memory on process 0), named by its own class;
+    `dtype`: the weights and config.json in that dtype (else the parameters' own)."""
     state = full_model_state_dict(model)
     if is_main:
         with plain_class(model):
-            model.save_pretrained(str(output_dir), state_dict=state)
+            model.save_pretrained(str(output_dir), state_dict=cast_floating(state, dtype))
+        if dtype is not None and (Path(output_dir) / "config.json").is_file():
+            write_config_dtype(output_dir, dtype)
 
 
 def save_sharded(model: torch.nn.Module, optimizer: Any, folder: Path, full: bool, is_main: bool) -> None:
@@ -215,8 +240,40 @@ def load_sharded_model(model: torch.nn.Module, folder: Path) -> None:
     set_model_state_dict(model, state["model"])
 
 
+def read_full_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights of a `save_pretrained` folder (one safetensors file or an index of several), in CPU memory."""
+    import json
+
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(str(folder / name), device="cpu"))
+    return state
+
+
+def has_full_weights(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+
+
+def load_full_model(model: torch.nn.Module, folder: Path) -> None:
+    """Load a FULL checkpoint's `save_pretrained` weights into a sharded model: process 0 reads the file,
+    and the shards are broadcast from it (the other processes never hold the whole model)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    state = read_full_weights(folder) if torch.distributed.get_rank() == 0 else {}
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+    set_model_state_dict(model, state, options=options)
+
+
 def load_optimizer(model: torch.nn.Module, optimizer: Any, folder: Path) -> None:
-    """Restore what `save_sharded` wrote (either format)."""
+    """Restore what `save_sharded` wrote (either format); a gathered `optimizer.pt` is read by process 0
+    only and broadcast."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -225,8 +282,11 @@ def load_optimizer(model: torch.nn.Module, optimizer: Any, folder: Path) -> None
     )
 
     if (folder / FULL_OPTIMIZER_FILE).is_file():
-        state = torch.load(folder / FULL_OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        state = {}
+        if torch.distributed.get_rank() == 0:
+            state = torch.load(folder / FULL_OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_optimizer_state_dict(model, optimizer, state, options=options)
         return
     state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
     dcp.load(state, checkpoint_id=str(folder / SHARDED_OPTIMIZER_DIR))
@@ -317,8 +377,14 @@ class Fsdp2TrainerMixin:
         finally:
             self._saving_sharded_checkpoint = False
 
+    def _owns_fsdp2_checkpoints(self) -> bool:
+        """Whether this project writes and reads the checkpoints (any FSDP2 run: CPU mode or accelerate's):
+        FULL writes the model once (`save_model`) and a gathered optimizer; SHARDED one shard per process.
+        Accelerate's own FSDP save would write a FULL model a second time (`pytorch_model_fsdp.bin`)."""
+        return self.uses_fsdp2() and is_fsdp2_model(self.model)
+
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        if self.cpu_fsdp is None:
+        if not self._owns_fsdp2_checkpoints():
             return super()._save_optimizer_and_scheduler(output_dir)
         folder = Path(output_dir)
         save_sharded(
@@ -332,13 +398,16 @@ class Fsdp2TrainerMixin:
     def _load_from_checkpoint(
         self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
     ) -> None:
-        # Sharded checkpoints are loaded once the model is sharded (`_load_optimizer_and_scheduler`).
-        if self.cpu_fsdp is not None and (Path(resume_from_checkpoint) / SHARDED_MODEL_DIR).is_dir():
-            return None
+        folder = Path(resume_from_checkpoint)
+        if self.uses_fsdp2() and (folder / SHARDED_MODEL_DIR).is_dir():
+            return None  # loaded once the model is sharded, in `_load_optimizer_and_scheduler`
+        target = model if model is not None else self.model
+        if self.uses_fsdp2() and is_fsdp2_model(target) and has_full_weights(folder):
+            return load_full_model(target, folder)  # accelerate's FSDP2: the model is sharded already
         return super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        if self.cpu_fsdp is None or checkpoint is None:
+        if checkpoint is None or not self._owns_fsdp2_checkpoints():
             return super()._load_optimizer_and_scheduler(checkpoint)
         folder = Path(checkpoint)
         if (folder / SHARDED_MODEL_DIR).is_dir():
@@ -347,6 +416,40 @@ class Fsdp2TrainerMixin:
         from transformers.trainer import SCHEDULER_NAME
 
         self.lr_scheduler.load_state_dict(torch.load(folder / SCHEDULER_NAME, weights_only=True))
+
+    # ------------------------------------------------------------------ the final model
+
+    def save_final_model(self, output_dir: str, keep_training_dtype: bool = True) -> None:
+        """The run's final `save_pretrained` folder; with `keep_training_dtype`, its weights and config.json
+        in the dtype the run computed in (`training_dtype`; else the parameters' own). Under FSDP2 the
+        weights are gathered in CPU memory on process 0 only."""
+        precision = str(getattr(self.accelerator, "mixed_precision", "no"))
+        dtype = training_dtype(self.args, precision) if keep_training_dtype else None
+        if dtype is None:
+            return self.save_model(output_dir, _internal_call=True)
+        if is_fsdp2_model(self.model) and self.uses_fsdp2():
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+            save_pretrained_gathered(self.model, output_dir, self.args.should_save, dtype)
+        elif self.args.should_save:
+            model = self.accelerator.unwrap_model(self.model)
+            state = cast_floating({k: v.detach().cpu() for k, v in model.state_dict().items()}, dtype)
+            model.save_pretrained(output_dir, state_dict=state)
+            write_config_dtype(output_dir, dtype)
+        if self.args.should_save and self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        return None
+
+
+def training_dtype(args: Any, accelerator_precision: str | None = None) -> torch.dtype | None:
+    """The dtype a run computed in (`bf16`/`fp16` mixed precision, from the training arguments or from
+    the accelerate config, e.g. `mixed_precision: bf16` in accelerate_configs/fsdp_4xa100.yaml), which its
+    final folder keeps; None when it trained in its parameters' own dtype."""
+    if getattr(args, "bf16", False) or accelerator_precision == "bf16":
+        return torch.bfloat16
+    if getattr(args, "fp16", False) or accelerator_precision == "fp16":
+        return torch.float16
+    return None
 
 
 def destroy_process_group() -> None:

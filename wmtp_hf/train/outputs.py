@@ -65,8 +65,9 @@ def write_final_folder(
     problems trained on, `trained_problems.json`), and with `merge_lora` the merged full model in
     `final/merged`. Returns the folder a push publishes: the merged model when there is one, else `final`."""
     final_dir = Path(config.output_dir) / FINAL_DIR
-    # `_internal_call`: transformers would push right after saving, before the tokenizer and card exist.
-    trainer.save_model(str(final_dir), _internal_call=True)
+    # The full model keeps the dtype it trained in (bf16 stays bf16; the adapter of use_peft keeps its own).
+    # Never transformers' push here: it would run before the tokenizer and card exist.
+    trainer.save_final_model(str(final_dir), keep_training_dtype=not config.use_peft)
     model = trainer.accelerator.unwrap_model(trainer.model)
     base = model.peft_config["default"].base_model_name_or_path if config.use_peft else None
     card = {

@@ -23,7 +23,9 @@ from .config import (
     WmtpTrainingConfig,
     config_to_dict,
 )
+from .launch import check_launch
 from .lora import wrap_with_lora
+from .main_process_work import run_on_main_process, upload_timeout_s
 from .mlflow_setup import ResolvedConfigCallback, configure_mlflow
 from .outputs import FINAL_DIR, write_final_folder
 from .problem_record import TrainedProblemsCallback, run_record
@@ -56,6 +58,7 @@ def run(
     callbacks: list[TrainerCallback] | None = None,
 ) -> dict[str, Any]:
     """Train one stage; returns a summary (steps, tokens/s, final loss, output folders)."""
+    check_launch(config)  # before any work: a launch that would train otherwise than asked stops here
     checkpoint = resume_checkpoint(config, resume)
     trainer_cls = STAGE_TRAINERS[stage]
     model_path = trainer_cls.resolve_model_path(config)
@@ -113,8 +116,12 @@ def run(
     trainer.final_folder = write_final_folder(trainer, config, stage, tokenizer, n_heads, final_loss, trained)
     trainer.accelerator.wait_for_everyone()  # final/ is complete for every process (e.g. the next stage)
     if config.push_to_hub:
-        try:
-            trainer.push_to_hub(commit_message=f"wmtp_hf: stage {stage}, {trainer.state.global_step} steps")
+        message = f"wmtp_hf: stage {stage}, {trainer.state.global_step} steps"
+        try:  # process 0 uploads; the others wait for it under a timeout sized to the upload, not ddp_timeout
+            run_on_main_process(
+                lambda: trainer.push_to_hub(commit_message=message),
+                lambda: upload_timeout_s(trainer.final_folder),
+            )
         except Exception as err:
             if not is_hub_failure(err):
                 raise
@@ -139,6 +146,7 @@ def run(
         "trained_problems": str(final_dir / TRAINED_PROBLEMS_FILE),
         "n_trained_problems": len(trained.problem_ids),
         "distributed": trainer.distributed_info(),
+        "device": trainer.args.device.type,
     }
     if trainer.is_world_process_zero():
         atomic_write_text(Path(config.output_dir) / RUN_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
