@@ -35,12 +35,23 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .configuration_wmtp import WmtpConfig
 from .convert_llama import wmtp_from_llama, wmtp_to_llama
 from .generation_wmtp import CACHE_NAME, WmtpSpeculativeOutput, mtp_speculative_greedy
-from .losses import mtp_target_mask, mtp_token_losses, weighted_mtp_loss
+from .losses import mtp_target_mask, mtp_token_losses, packed_segment_ids, weighted_mtp_loss
 
 # The name of the cache argument of transformers' mask helpers (`cache` from 5.25, before `past_key_values`).
 _MASK_CACHE_ARG = (
     "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 )
+
+
+def _packed_segments(
+    position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, cache: Cache | None
+) -> torch.Tensor | None:
+    """`[B, T]` example ids of a packed batch (examples flattened into a row, `position_ids` restarting at
+    each, no attention mask, no cache: transformers then keeps attention inside each example), else None."""
+    if position_ids is None or attention_mask is not None or cache is not None:
+        return None
+    segments = packed_segment_ids(position_ids)
+    return segments if bool(segments[:, -1].any()) else None
 
 
 def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
@@ -416,7 +427,10 @@ class WmtpModel(WmtpPreTrainedModel):
         cache = _one_cache(cache, past_key_values)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache is None:  # a packed batch runs without a cache, or attention would cross examples
+            use_cache = (
+                self.config.use_cache and _packed_segments(position_ids, attention_mask, cache) is None
+            )
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if use_cache and cache is None:
@@ -546,11 +560,14 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         if value_only and self.value_head is None:
             raise ValueError("value_only=True needs a value head (use_value_head=True or add_value_head())")
         has_targets = labels is not None or shift_labels is not None
+        cache = _one_cache(cache, past_key_values)
+        # Packed examples: no head's target comes from the next example (docs/design.md §6).
+        segments = _packed_segments(position_ids, attention_mask, cache) if has_targets else None
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=_one_cache(cache, past_key_values),
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             return_all_heads=return_all_heads or has_targets,
@@ -588,8 +605,9 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
                 labels,
                 self.config.loss_chunk_size,
                 shift_labels,
+                segments,
             )
-            target_mask = mtp_target_mask(labels, n_heads, shift_labels)
+            target_mask = mtp_target_mask(labels, n_heads, shift_labels, segments)
             loss = weighted_mtp_loss(token_losses, target_mask, num_items=num_items_in_batch)
         mtp_logits = None
         if return_all_heads:
