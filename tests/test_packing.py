@@ -112,10 +112,15 @@ def test_head_targets_never_come_from_another_example():
 # ------------------------------------------------------------------------------------------ the model
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_model_packed_equals_each_example_alone_and_the_padded_batch(env, attn):
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "sdpa-block-mask"])
+def test_model_packed_equals_each_example_alone_and_the_padded_batch(env, attn, monkeypatch):
     from transformers import AutoModelForCausalLM
 
+    import wmtp_hf.modeling_wmtp as modeling
+
+    if attn == "sdpa-block-mask":  # transformers' own packed path: one row, a block-diagonal mask
+        monkeypatch.setattr(modeling, "PER_EXAMPLE_ATTENTION", ())
+        attn = "sdpa"
     tok = env["tokenizer"]
     model = AutoModelForCausalLM.from_pretrained(env["critic"], attn_implementation=attn).eval()
     features = make_features(len(tok), tok.eos_token_id)
