@@ -261,6 +261,15 @@ def test_stage_loss_and_gradients_with_packing_equal_the_padded_batch(env, name)
             torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
 
 
+def test_critic_evaluation_with_packing_equals_the_padded_one(env):
+    per_row = {}
+    for packing in (False, True):
+        trainer, features, _ = stage_trainer(env, "critic_lambda", packing)
+        per_row[packing] = trainer._per_row_eval(datasets.Dataset.from_list(features))
+    assert per_row[False].shape == (len(LENGTHS), 10)
+    torch.testing.assert_close(per_row[True], per_row[False], atol=1e-5, rtol=0)
+
+
 def per_example_outputs(model, tok, features, **kwargs):
     """Each example run alone (no padding, no neighbour): its labels and the model outputs."""
     outs = []
