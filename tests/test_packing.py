@@ -335,7 +335,7 @@ def test_packed_run_equals_the_padded_run_and_counts_its_tokens(env, tmp_path):
         out = tmp_path / ("packed" if packing else "padded")
         argv = ["--stage", "baseline", "--model", str(env["model"]), "--dataset", str(data), "--output-dir",
                 str(out), "--max-steps", "3", "--per_device_train_batch_size", "2", "--report_to", "none",
-                "--logging_steps", "1", "--save_steps", "100", "--learning_rate", "1e-2", "--warmup_steps", "0",
+                "--logging_steps", "1", "--save_steps", "2", "--learning_rate", "1e-2", "--warmup_steps", "0",
                 *packing]  # fmt: skip
         assert main(argv) == 0
         runs[bool(packing)] = out
@@ -353,6 +353,13 @@ def test_packed_run_equals_the_padded_run_and_counts_its_tokens(env, tmp_path):
     assert summaries[False]["tokens"] == {"non_padding": real, "padding": padding - real}
     assert summaries[True]["tokens"] == {"non_padding": real, "padding": 0}
     assert summaries[True]["packing"] is True and summaries[False]["packing"] is False
+    # a resumed run continues the counts from its checkpoint
+    resumed = tmp_path / "resumed"
+    argv = ["--stage", "baseline", "--model", str(env["model"]), "--dataset", str(data), "--output-dir", str(resumed),
+            "--max-steps", "3", "--per_device_train_batch_size", "2", "--report_to", "none", "--save_steps", "100",
+            "--resume", str(runs[False] / "checkpoint-2")]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((resumed / "run_summary.json").read_text())["tokens"] == summaries[False]["tokens"]
 
 
 def test_packing_option_on_the_command_line_and_in_a_config():
