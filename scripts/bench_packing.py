@@ -279,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
                             batch != 8 or result["speedup"] >= GOAL_SPEEDUP_BATCH8
                         )
                         results.append(result)
+                        print(
+                            f"  padded fraction {fraction:.3f} -> 0, packed/padded {result['speedup']:.2f}",
+                            flush=True,
+                        )
     print()
     print_table(
         ["dataset:<14", "tokenizer:<10", "stage:<10", "batch:>6", "padded frac:>12", "packed frac:>12",
