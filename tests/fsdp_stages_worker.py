@@ -4,6 +4,7 @@
 `torchrun --nproc_per_node 2 tests/fsdp_stages_worker.py FIXTURES OUT --fsdp` runs them under FSDP2 on CPU
 (configs/fsdp_cpu.yaml) with half the per-process batch, so both see the same global batches (rho1, which
 selects tokens per micro-batch and process, gets the same micro-batches through gradient accumulation).
+Under FSDP2 one packed run per stage follows (`<job>_packed`, `packing: true`), to equal the padded job.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def jobs(fx: Path, out: Path) -> list[tuple[str, str, dict, str | None]]:
         ("rho1_cached", "rho1", {"reference_model": llama, "precompute_reference": "true"}, None),
         ("reference", "reference", {"model": llama}, None),
     ]  # fmt: skip
+
+
+PACKED = ("baseline_full", "lora", "critic", "verifiable", "rho1_live", "reference")  # one per stage
+
+
+def packed_jobs(fx: Path, out: Path) -> list[tuple[str, str, dict, str | None]]:
+    """The `PACKED` jobs again with `packing: true` (no checkpoints, no MLflow)."""
+    return [(f"{name}_packed", stage, {**options, "packing": "true", "save_steps": 100, "report_to": "none"}, None)
+            for name, stage, options, _ in jobs(fx, out) if name in PACKED]  # fmt: skip
 
 
 def argv(stage: str, options: dict, fx: Path, out: Path, fsdp: bool) -> list[str]:
@@ -103,7 +113,7 @@ def main() -> None:
     fx, out, fsdp = Path(sys.argv[1]), Path(sys.argv[2]), "--fsdp" in sys.argv
     results, job = {}, [""]
     record_gathers(job)
-    for name, stage, options, resume in jobs(fx, out):
+    for name, stage, options, resume in jobs(fx, out) + (packed_jobs(fx, out) if fsdp else []):
         job[0] = name
         args, config = resolve(argv(stage, options, fx, out / name, fsdp))
         results[name] = run(args.stage, config, resume=resume)

@@ -24,6 +24,7 @@ REPORT_KEYS = {  # one key each bench's JSON report must have
     "bench_eval.py": "per_sample_disagreements",
     "bench_generate.py": "results",
     "bench_model.py": "targets",
+    "bench_packing.py": "within_goal",
     "bench_stages.py": "results",
     "bench_train.py": "results",
 }

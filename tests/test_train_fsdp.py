@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fsdp_stages_worker import PACKED
 from no_wmtp_hf import BLOCK_WMTP_HF
 from safetensors.torch import load_file
 from train_fixtures import write_llama, write_marker_dataset, write_tiny_model
@@ -124,6 +125,17 @@ def test_stage_under_fsdp2_equals_one_process(stage_runs, job):
         start = load_file(str(fx / ("llama" if job == "reference" else "model") / "model.safetensors"))
         trained = final_weights(two / job)
         assert max((trained[k] - start[k]).abs().max().item() for k in start if k in trained) > 1e-3
+
+
+@pytest.mark.parametrize("job", PACKED)
+def test_packed_stage_under_fsdp2_equals_the_padded_one_process_run(stage_runs, job):
+    one, two, _ = stage_runs
+    packed = json.loads((two / f"{job}_packed" / "run_summary.json").read_text())
+    padded = json.loads((one / job / "run_summary.json").read_text())
+    assert packed["distributed"]["mode"] == "fsdp2" and packed["packing"] and not padded["packing"]
+    assert packed["tokens"] == {"non_padding": padded["tokens"]["non_padding"], "padding": 0}
+    assert padded["tokens"]["padding"] > 0
+    assert_close_weights(one / job, two / f"{job}_packed", atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["full", "sharded"])

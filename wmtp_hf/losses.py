@@ -17,6 +17,7 @@ __all__ = [
     "IGNORE_INDEX",
     "chunked_cross_entropy",
     "head_targets",
+    "packed_segment_ids",
     "mtp_token_losses",
     "mtp_target_mask",
     "shift_labels_for_head",
@@ -117,20 +118,42 @@ def shift_labels_for_head(labels: torch.Tensor, head: int) -> torch.Tensor:
     return _shift_left(labels, head + 1)
 
 
+def packed_segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """`[B, T]` long: which packed example each position belongs to (0, 1, ... along a row).
+
+    A new example starts wherever the position id does not grow by exactly one, as transformers'
+    `find_packed_sequence_indices` reads restarting `position_ids` (examples flattened into one row).
+    """
+    position_ids = position_ids.reshape(-1, position_ids.shape[-1])
+    steps = torch.diff(position_ids, dim=-1, prepend=position_ids[:, :1] - 1)
+    return (steps != 1).long().cumsum(dim=-1)
+
+
 def head_targets(
-    labels: torch.Tensor | None, n_heads: int, shift_labels: torch.Tensor | None = None
+    labels: torch.Tensor | None,
+    n_heads: int,
+    shift_labels: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`[B, T, n]` target ids: entry `[b, t, k]` is what head k predicts at position t, -100 for none.
 
     From `labels` (not shifted) head k reads `labels[:, t + 1 + k]`. `shift_labels` (already shifted by
     one, `shift_labels[:, t] = labels[:, t + 1]`, as `Trainer` passes them under context parallelism)
-    take precedence: head 0 reads them as they are, head k reads `shift_labels[:, t + k]`.
+    take precedence: head k reads `shift_labels[:, t + k]`. With `segment_ids` (`[B, T]`, packed examples,
+    see `packed_segment_ids`) a target in another example than position t is -100: near the end of an
+    example head k would otherwise predict the next example's tokens.
     """
     if shift_labels is not None:
-        return torch.stack([_shift_left(shift_labels, k) for k in range(n_heads)], dim=-1)
-    if labels is None:
+        targets = torch.stack([_shift_left(shift_labels, k) for k in range(n_heads)], dim=-1)
+    elif labels is None:
         raise ValueError("head_targets: pass labels or shift_labels")
-    return torch.stack([shift_labels_for_head(labels, k) for k in range(n_heads)], dim=-1)
+    else:
+        targets = torch.stack([shift_labels_for_head(labels, k) for k in range(n_heads)], dim=-1)
+    if segment_ids is not None:
+        segment_ids = segment_ids.to(targets.device).expand(targets.shape[:2])
+        later = torch.stack([_shift_left(segment_ids, k + 1) for k in range(n_heads)], dim=-1)
+        targets = targets.masked_fill(later != segment_ids[..., None], IGNORE_INDEX)
+    return targets
 
 
 def mtp_token_losses(
@@ -139,22 +162,28 @@ def mtp_token_losses(
     labels: torch.Tensor | None,
     chunk_size: int = 1024,
     shift_labels: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`[B, T, n]` per-token CE: entry `[b, t, k]` is `CE_k(t) = -log p_k(x_{t+1+k} | x_<=t)`, 0 without target.
 
     All heads go through one chunked call, so the unembedding gradient is accumulated in one buffer.
-    Targets come from `labels` or `shift_labels` as in `head_targets`.
+    Targets come from `labels` or `shift_labels` as in `head_targets` (none across packed examples when
+    `segment_ids` are given).
     """
     hidden = torch.stack(tuple(head_hidden), dim=2)  # [B, T, n, D]
-    targets = head_targets(labels, len(head_hidden), shift_labels)
+    targets = head_targets(labels, len(head_hidden), shift_labels, segment_ids)
     return chunked_cross_entropy(hidden, weight, targets, chunk_size)
 
 
 def mtp_target_mask(
-    labels: torch.Tensor | None, n_heads: int, shift_labels: torch.Tensor | None = None
+    labels: torch.Tensor | None,
+    n_heads: int,
+    shift_labels: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`[B, T, n]` bool: `m_k(t)`, whether head k at position t has a (response) target."""
-    return head_targets(labels, n_heads, shift_labels) != IGNORE_INDEX
+    """`[B, T, n]` bool: `m_k(t)`, whether head k at position t has a (response) target (in its own
+    example when `segment_ids` mark packed examples)."""
+    return head_targets(labels, n_heads, shift_labels, segment_ids) != IGNORE_INDEX
 
 
 def weighted_mtp_loss(

@@ -35,12 +35,28 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .configuration_wmtp import WmtpConfig
 from .convert_llama import wmtp_from_llama, wmtp_to_llama
 from .generation_wmtp import CACHE_NAME, WmtpSpeculativeOutput, mtp_speculative_greedy
-from .losses import mtp_target_mask, mtp_token_losses, weighted_mtp_loss
+from .losses import mtp_target_mask, mtp_token_losses, packed_segment_ids, weighted_mtp_loss
 
 # The name of the cache argument of transformers' mask helpers (`cache` from 5.25, before `past_key_values`).
 _MASK_CACHE_ARG = (
     "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 )
+
+
+# Attention backends that run a packed row example by example here; flash attention takes the packed row
+# itself (varlen, from `cu_seq_lens_*` or `position_ids`), others transformers' block-diagonal mask.
+PER_EXAMPLE_ATTENTION = ("sdpa", "eager")
+
+
+def _packed_segments(
+    position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, cache: Cache | None
+) -> torch.Tensor | None:
+    """`[B, T]` example ids of a packed batch (examples flattened into a row, `position_ids` restarting at
+    each, no attention mask, no cache: transformers then keeps attention inside each example), else None."""
+    if position_ids is None or attention_mask is not None or cache is not None:
+        return None
+    segments = packed_segment_ids(position_ids)
+    return segments if bool(segments[:, -1].any()) else None
 
 
 def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
@@ -189,6 +205,10 @@ class WmtpAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
+        lengths = kwargs.pop("packed_lengths", None)
+        if lengths is not None:  # a packed row: attention inside each example, one example at a time
+            attn_output = self._per_example(attention_interface, query, key, value, lengths, **kwargs)
+            return self.o_proj(attn_output.reshape(*input_shape, -1).contiguous()), None
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -201,6 +221,31 @@ class WmtpAttention(nn.Module):
         )
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
+
+    def _per_example(
+        self,
+        attention_interface: Callable,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        lengths: tuple[int, ...],
+        **kwargs,
+    ) -> torch.Tensor:
+        """Causal attention of each packed example on its own (`[1, N, heads, d]`): sum of L_i^2 work instead
+        of the N^2 a block-diagonal mask over the whole row costs with sdpa or eager."""
+        outputs = []
+        for q, k, v in zip(*(t.split(list(lengths), dim=2) for t in (query, key, value)), strict=True):
+            mask = None  # sdpa: is_causal
+            if self.config._attn_implementation != "sdpa":
+                n = q.shape[2]
+                mask = torch.full((n, n), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu(1)
+                mask = mask[None, None]
+            out, _ = attention_interface(
+                self, q, k, v, mask,
+                dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling, **kwargs,
+            )  # fmt: skip
+            outputs.append(out)
+        return torch.cat(outputs, dim=1)
 
 
 class WmtpMLP(nn.Module):
@@ -416,7 +461,9 @@ class WmtpModel(WmtpPreTrainedModel):
         cache = _one_cache(cache, past_key_values)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        packed = _packed_segments(position_ids, attention_mask, cache)
+        if use_cache is None:  # a packed batch runs without a cache, or attention would cross examples
+            use_cache = self.config.use_cache and packed is None
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if use_cache and cache is None:
@@ -426,13 +473,21 @@ class WmtpModel(WmtpPreTrainedModel):
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen)[
                 None
             ]
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **{_MASK_CACHE_ARG: cache},
+        per_example = (
+            self.config._attn_implementation in PER_EXAMPLE_ATTENTION and inputs_embeds.shape[0] == 1
         )
+        if packed is not None and not use_cache and per_example:
+            # One packed row, attention example by example (no [N, N] mask is built).
+            kwargs["packed_lengths"] = tuple(torch.bincount(packed.reshape(-1)).tolist())
+            causal_mask = None
+        else:
+            causal_mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                **{_MASK_CACHE_ARG: cache},
+            )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         block_kwargs = dict(
             attention_mask=causal_mask,
@@ -546,11 +601,14 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         if value_only and self.value_head is None:
             raise ValueError("value_only=True needs a value head (use_value_head=True or add_value_head())")
         has_targets = labels is not None or shift_labels is not None
+        cache = _one_cache(cache, past_key_values)
+        # Packed examples: no head's target comes from the next example (docs/design.md §6).
+        segments = _packed_segments(position_ids, attention_mask, cache) if has_targets else None
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=_one_cache(cache, past_key_values),
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             return_all_heads=return_all_heads or has_targets,
@@ -588,8 +646,9 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
                 labels,
                 self.config.loss_chunk_size,
                 shift_labels,
+                segments,
             )
-            target_mask = mtp_target_mask(labels, n_heads, shift_labels)
+            target_mask = mtp_target_mask(labels, n_heads, shift_labels, segments)
             loss = weighted_mtp_loss(token_losses, target_mask, num_items=num_items_in_batch)
         mtp_logits = None
         if return_all_heads:

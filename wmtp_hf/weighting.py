@@ -116,8 +116,13 @@ def reference_token_losses(
     attention_mask: torch.Tensor | None,
     labels: torch.Tensor,
     chunk_size: int = 1024,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`[B, T]` float32 `CE_ref(j) = -log p_ref(x_j | x_<j)` of a causal LM, 0 where `labels[j] == -100`.
+
+    A packed row (examples back to back, `position_ids` restarting at each, no attention mask; its labels
+    -100 on each example's first token, as `WmtpDataCollator(packing=True)` writes them) runs without a
+    cache, so attention and targets stay inside each example.
 
     The cross-entropy is computed `chunk_size` positions at a time from the model's final hidden states
     and its output projection, so a 32k–128k vocabulary never materialises `[B, T, V]` logits. Models
@@ -136,13 +141,18 @@ def reference_token_losses(
     )
     if plain_projection:
         base = getattr(model, model.base_model_prefix)
-        hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = base(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         losses = chunked_cross_entropy(hidden, head.weight, targets, chunk_size)
     else:
         rows = []
         for b in range(input_ids.shape[0]):
             mask = attention_mask[b : b + 1] if attention_mask is not None else None
-            logits = model(input_ids=input_ids[b : b + 1], attention_mask=mask, use_cache=False).logits
+            positions = position_ids[b : b + 1] if position_ids is not None else None
+            logits = model(
+                input_ids=input_ids[b : b + 1], attention_mask=mask, position_ids=positions, use_cache=False
+            ).logits
             logits = logits.float()
             row_targets = targets[b : b + 1]
             row = torch.nn.functional.cross_entropy(

@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
     parser.add_argument("--dry-run", action="store_true", help="check config, data and model, then exit")
     parser.add_argument(
+        "--packing", nargs="?", const="true", default=None, metavar="BOOL",
+        help="padding-free batches: the examples back to back in one row (the config key packing)",
+    )  # fmt: skip
+    parser.add_argument(
         "--resume", nargs="?", const="last", default=None,
         help="resume from CHECKPOINT, or from the last checkpoint in the output dir",
     )  # fmt: skip
@@ -114,7 +118,8 @@ def resolve(argv: list[str] | None) -> tuple[argparse.Namespace, WmtpTrainingCon
     args, extra = build_parser().parse_known_args(argv)
     overrides = parse_overrides(extra)
     named = {"model_name_or_path": args.model, "dataset": args.dataset, "output_dir": args.output_dir,
-             "max_steps": args.max_steps}  # fmt: skip
+             "max_steps": args.max_steps, "packing": parse_overrides(["--packing", args.packing]).get("packing")
+             if args.packing is not None else None}  # fmt: skip
     overrides.update({k: v for k, v in named.items() if v is not None})
     return args, build_config(args.stage, args.config, overrides)
 

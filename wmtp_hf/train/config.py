@@ -74,6 +74,14 @@ class WmtpTrainingConfig(TrainingArguments):
     attn_implementation: str | None = field(
         default=None, metadata=_help("Attention backend: sdpa (default), eager, flash_attention_2.")
     )
+    packing: bool = field(
+        default=False,
+        metadata=_help(
+            "Padding-free batches: the batch's examples back to back in one row, position ids restarting at "
+            "each, attention and every target kept inside its example (per_device_train_batch_size stays "
+            "examples per batch; the stage's sampler still picks them)."
+        ),
+    )
     use_peft: bool = field(
         default=False,
         metadata=_help(

@@ -90,7 +90,9 @@ def run(
             args=config,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
-            data_collator=WmtpDataCollator(tokenizer),
+            data_collator=WmtpDataCollator(
+                tokenizer, packing=config.packing, flash_attn_kwargs=passes_flash_kwargs(config)
+            ),
             processing_class=tokenizer,
             callbacks=[
                 ResolvedConfigCallback(config_to_dict(config), data_report),
@@ -130,6 +132,7 @@ def run(
                 f"model is saved in {final_dir}, publish it with python -m wmtp_hf.publish"
             ) from None
     tokens = trainer.state.num_input_tokens_seen or 0
+    tokens_seen = trainer.token_totals()  # {"non_padding": N, "padding": M} over the run, all processes
     summary = {
         "stage": stage,
         "steps": trainer.state.global_step,
@@ -145,12 +148,20 @@ def run(
         "dropped_examples": data_report["dropped"],
         "trained_problems": str(final_dir / TRAINED_PROBLEMS_FILE),
         "n_trained_problems": len(trained.problem_ids),
+        "packing": config.packing,
+        "tokens": tokens_seen,
         "distributed": trainer.distributed_info(),
         "device": trainer.args.device.type,
     }
     if trainer.is_world_process_zero():
         atomic_write_text(Path(config.output_dir) / RUN_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def passes_flash_kwargs(config: WmtpTrainingConfig) -> bool:
+    """Whether packed batches carry flash attention's varlen arguments (`cu_seq_lens_q/k`, `max_length_q/k`,
+    which every transformers of the supported range takes), so it need not derive them from `position_ids`."""
+    return config.packing and (config.attn_implementation or "").startswith("flash_attention")
 
 
 def is_hub_failure(err: BaseException) -> bool:

@@ -19,13 +19,15 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..data.packing import EXAMPLE_LENGTHS, PACKED_INPUTS, is_packed, padded_view, unpack
 from ..data.sampling import order_indices
 from ..losses import mtp_target_mask, resolve_head_weights, weighted_mtp_loss
 from . import components
 from .fsdp import Fsdp2TrainerMixin
 from .outputs import FinalFolderPush
+from .tokens import TokenCountMixin
 
-BATCH_EXTRAS = ("reward", "difficulty", "ref_token_losses", "row_id")
+BATCH_EXTRAS = ("reward", "difficulty", "ref_token_losses", "row_id", EXAMPLE_LENGTHS)
 STAGE_STATE_FILE = "wmtp_stage_state.json"
 
 
@@ -95,8 +97,35 @@ class StageHooks:
         return train_dataset, {}
 
 
-class WeightedMTPTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, Trainer):
-    """Trains a `WmtpForMultiTokenPrediction` on `sum_k alpha_k sum_t w_k(t) m_k(t) CE_k(t) / N_k`."""
+def forward_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The batch entries a model's forward takes; a packed batch (`data/packing.py`) runs without a cache,
+    the condition under which transformers keeps attention inside each example."""
+    batch = inputs.get(PACKED_INPUTS, inputs)
+    out = {k: v for k, v in batch.items() if k not in BATCH_EXTRAS}
+    if is_packed(batch):
+        out["use_cache"] = False
+    return out
+
+
+def unpack_outputs(outputs: Any, inputs: dict[str, Any]) -> Any:
+    """Model outputs of a packed batch with their per-token fields (`token_losses`, `value`) in the padded
+    layout `[B, W, ...]` (`data.packing.padded_view`); a padded batch's outputs as they are."""
+    batch = inputs.get(PACKED_INPUTS, inputs)
+    if not is_packed(batch):
+        return outputs
+    for name in ("token_losses", "value"):
+        if getattr(outputs, name, None) is not None:
+            setattr(outputs, name, unpack(getattr(outputs, name), batch[EXAMPLE_LENGTHS]))
+    return outputs
+
+
+class WeightedMTPTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, TokenCountMixin, Trainer):
+    """Trains a `WmtpForMultiTokenPrediction` on `sum_k alpha_k sum_t w_k(t) m_k(t) CE_k(t) / N_k`.
+
+    With `packing` the model runs on the packed row and every stage computes on the padded view of the
+    batch (`data/packing.py`): `window_counts`, `token_weights`, `policy_mask` and `auxiliary_loss` see
+    `[B, W]` tensors and `[B, W, ...]` outputs exactly as without packing.
+    """
 
     # compute_loss already divides by the accumulation window's counts; Trainer must not rescale.
     loss_is_scaled_for_ga = True
@@ -144,8 +173,8 @@ class WeightedMTPTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, Trainer
         return {"targets": self.policy_mask(batch, mtp_target_mask(labels, self.n_heads)).sum(dim=(0, 1))}
 
     def model_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch entries the model's forward takes."""
-        return {k: v for k, v in inputs.items() if k not in BATCH_EXTRAS}
+        """The batch entries the model's forward takes (the packed row of a packed batch)."""
+        return forward_inputs(inputs)
 
     def on_optimizer_step_end(self) -> None:
         """Called once after every optimizer step (e.g. to update running statistics)."""
@@ -167,7 +196,7 @@ class WeightedMTPTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, Trainer
             return None
         totals: dict[str, torch.Tensor] = {}
         for batch in batch_samples:
-            for name, value in self.window_counts(batch).items():
+            for name, value in self.window_counts(padded_view(batch)).items():
                 value = torch.as_tensor(value, dtype=torch.float64).cpu()
                 totals[name] = totals[name] + value if name in totals else value
         names = list(totals)
@@ -181,8 +210,10 @@ class WeightedMTPTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, Trainer
         self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], counts: dict[str, Any]
     ) -> tuple[torch.Tensor, Any]:
         """The stage's loss of one micro-batch, normalised by the window `counts`, and the model outputs."""
-        labels = inputs["labels"]
         outputs = model(**self.model_inputs(inputs))
+        inputs = padded_view(inputs)
+        outputs = unpack_outputs(outputs, inputs)
+        labels = inputs["labels"]
         target_mask = mtp_target_mask(labels, self.n_heads)
         weights = self.token_weights(model, inputs, outputs, target_mask)
         loss = weighted_mtp_loss(
@@ -209,7 +240,7 @@ class WeightedMTPTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, Trainer
     ):
         counts = num_items_in_batch
         if counts is None:  # e.g. `Trainer.evaluate`: this batch alone
-            counts = self._get_num_items_in_batch([inputs], inputs["labels"].device)
+            counts = self._get_num_items_in_batch([inputs], inputs["input_ids"].device)
         loss, outputs = self.stage_loss(model, inputs, counts)
         if num_items_in_batch is not None and self.args.world_size > 1:
             # Each process normalised by the global count; DDP/FSDP average gradients over processes.

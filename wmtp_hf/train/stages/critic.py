@@ -17,6 +17,7 @@ import datasets
 import numpy as np
 import torch
 
+from ...data.packing import padded_view
 from ...data.sampling import pair_indices, read_metadata, read_problem_ids
 from ...losses import value_error_terms, value_regression_loss
 from ...weighting import (
@@ -30,7 +31,7 @@ from ...weighting import (
 )
 from ..components import held_out_split, load_model, tokenized_rows
 from ..config import ConfigError, WmtpTrainingConfig, _help
-from ..trainer import WeightedMTPTrainer
+from ..trainer import WeightedMTPTrainer, forward_inputs, unpack_outputs
 
 CRITIC_LOSSES = ("mse", "huber", "pairwise")
 
@@ -173,11 +174,17 @@ class CriticTrainer(WeightedMTPTrainer):
             return mc_returns(rewards, mask, self.args.gamma)
         return lambda_returns(values.detach(), rewards, mask, self.args.gamma, self.args.lam)
 
+    @staticmethod
+    def value_forward(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The trunk-only forward (`value_only`) of a padded or packed batch: `(outputs, padded view)`,
+        `outputs.value` in the padded layout `[B, W]`."""
+        batch = {k: v for k, v in forward_inputs(inputs).items() if k != "labels"}
+        view = padded_view(inputs)
+        return unpack_outputs(model(**batch, value_only=True), view), view
+
     def stage_loss(self, model, inputs, counts):
+        outputs, inputs = self.value_forward(model, inputs)
         labels, rewards = inputs["labels"], inputs["reward"]
-        outputs = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), value_only=True
-        )
         values = outputs.value.float()
         mask = value_positions(labels)
         if self.args.critic_loss == "pairwise":
@@ -236,10 +243,9 @@ class CriticTrainer(WeightedMTPTrainer):
         model.eval()
         parts = []
         for batch in loader:
+            outputs, batch = self.value_forward(model, batch)
             labels, rewards = batch["labels"], batch["reward"]
-            values = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], value_only=True
-            ).value.float()
+            values = outputs.value.float()
             mask = value_positions(labels)
             targets = self.value_targets(values, rewards, mask).float()
             kind = "mse" if self.args.critic_loss == "pairwise" else self.args.critic_loss

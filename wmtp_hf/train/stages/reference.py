@@ -23,7 +23,8 @@ from ..components import build_preset, resolve_model_path
 from ..config import ConfigError, WmtpTrainingConfig, _help
 from ..fsdp import Fsdp2TrainerMixin
 from ..outputs import FinalFolderPush
-from ..trainer import BATCH_EXTRAS, StageHooks
+from ..tokens import TokenCountMixin
+from ..trainer import StageHooks, forward_inputs
 
 
 @dataclass
@@ -59,8 +60,11 @@ def build_micro_llama(output_dir: Path, seed: int = 0, tokenizer: Any = None) ->
     return output_dir
 
 
-class ReferenceTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, Trainer):
-    """Stock causal-LM training; drops the batch entries a plain causal LM does not take."""
+class ReferenceTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, TokenCountMixin, Trainer):
+    """Stock causal-LM training; drops the batch entries a plain causal LM does not take.
+
+    A packed batch needs nothing more: its labels are -100 on each example's first token, so the stock
+    shifted loss never predicts across examples, and it runs without a cache (`forward_inputs`)."""
 
     @classmethod
     def resolve_model_path(cls, config: ReferenceConfig) -> str:
@@ -87,5 +91,5 @@ class ReferenceTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, Trainer):
         return model
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = {k: v for k, v in inputs.items() if k not in BATCH_EXTRAS}
+        inputs = forward_inputs(inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

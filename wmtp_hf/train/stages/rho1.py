@@ -26,6 +26,7 @@ import datasets
 import torch
 
 from ...data.io import cache_root
+from ...data.packing import EXAMPLE_LENGTHS, PACKED_INPUTS, is_packed, unpack
 from ...fileio import atomic_directory
 from ...losses import mtp_target_mask
 from ...micro import is_model_dir
@@ -220,10 +221,13 @@ class Rho1Trainer(WeightedMTPTrainer):
         """`[B, T]` `CE_ref(j)`: the cached column, or the live reference's chunked cross-entropy."""
         if "ref_token_losses" in inputs:
             return inputs["ref_token_losses"].float()
+        batch = inputs.get(PACKED_INPUTS, inputs)  # a packed batch: the reference runs on the packed row
         with gathered_root(self.ref_model):  # it calls the model's trunk and head weights directly
-            return reference_token_losses(
-                self.ref_model, inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"]
-            ).float()
+            losses = reference_token_losses(
+                self.ref_model, batch["input_ids"], batch.get("attention_mask"), batch["labels"],
+                position_ids=batch.get("position_ids"),
+            ).float()  # fmt: skip
+        return unpack(losses, batch[EXAMPLE_LENGTHS]) if is_packed(batch) else losses
 
     def token_weights(self, model, inputs, outputs, target_mask):
         ref = self.reference_losses(inputs)

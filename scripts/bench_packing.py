@@ -1,0 +1,313 @@
+"""Benchmark packing (padding-free batches, docs/training.md "Packing") against right padding, in one run.
+
+For each dataset x tokenizer x stage x batch size, the same batches of the same rows go through the stage's
+real loss (`Trainer.compute_loss`, on the micro model with the tokenizer's vocabulary) and its backward,
+once right-padded and once packed (`WmtpDataCollator(packing=True)`), alternating round by round so load
+on the machine hits both alike. Reported:
+
+- padded fraction: padding tokens / all tokens of the batches, over every batch of the run order (packed:
+  always 0, no padding is made);
+- non-padding tokens/s: the non-padding tokens of the timed batches / their summed wall time (forward +
+  backward of the stage loss; the optimizer step, identical in both, is left out);
+- packed/padded: median over rounds of the paired step-time ratio padded / packed (same batch, same load),
+  i.e. the gain in non-padding tokens/s; and that the packed loss equals the padded one.
+
+Datasets: the offline training rows (baseline's order: correct rows, seeded shuffle) and the CodeContests
+sample in `../shared/data` (30 real problems; the file has no solutions, so each row is the problem's real
+prompt with an empty response, i.e. the EOS; rows in a seeded shuffle). Tokenizers: the micro tokenizer
+(2048 entries) and SmolLM2's (49152, from /tmp/smol/llama or --smol-tokenizer; skipped with the reason
+when absent). Stages: baseline and rho1 (with cached reference losses: a `ref_token_losses` column of
+seeded values, as `python -m wmtp_hf.data reference-losses` would add; selecting costs the same).
+
+Goals (issue 27, CPU): padded fraction <= 5%, packed/padded >= 1.5 at batch 8.
+CPU default (a few minutes on 2 cores): `python scripts/bench_packing.py`.
+GPU: `python scripts/bench_packing.py --device cuda --steps 10`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import StepTimer, environment  # noqa: E402
+from bench_report import add_tiny_option, apply_tiny, print_table, run_config, write_report  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CODECONTESTS = REPO.parent / "shared" / "data" / "code_contests" / "train_sample30_partial.jsonl"
+SMOL_TOKENIZER = Path("/tmp/smol/llama")
+GOAL_PADDED_FRACTION = 0.05
+GOAL_SPEEDUP_BATCH8 = 1.5
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows and tokenizers
+# --------------------------------------------------------------------------------------------------
+
+
+def load_tokenizers(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """`({name: tokenizer}, {name: why skipped})` for `args.tokenizers`."""
+    from transformers import AutoTokenizer
+
+    from wmtp_hf.micro import build_micro_tokenizer
+    from wmtp_hf.tokenizer import train_code_tokenizer
+
+    out: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for name in args.tokenizers.split(","):
+        if name == "micro":
+            out[name] = build_micro_tokenizer()
+        elif name == "tiny":  # --tiny: a 296-entry BPE trained in a second
+            out[name] = train_code_tokenizer(
+                ["def f(x):\n    return x + 1\n", "print(i)\n"] * 20, vocab_size=296
+            )
+        elif name == "smollm2":
+            folder = Path(args.smol_tokenizer)
+            if not (folder / "tokenizer.json").is_file():
+                skipped[name] = f"no tokenizer at {folder} (python -m wmtp_hf.models fetch smollm2-135m)"
+                continue
+            out[name] = AutoTokenizer.from_pretrained(folder)
+        else:
+            raise SystemExit(f"--tokenizers: unknown tokenizer '{name}' (micro, smollm2, tiny)")
+        if out[name].pad_token_id is None:
+            out[name].pad_token = out[name].eos_token
+    return out, skipped
+
+
+def dataset_rows(name: str, args: argparse.Namespace) -> tuple[Any, str | None]:
+    """Unified rows of a bench dataset, or `(None, why)` when it is absent."""
+    import datasets
+
+    from wmtp_hf.data import load_source
+
+    if name == "offline":
+        rows = load_source("offline", split="train")
+        return rows.filter(lambda r: r["is_correct"]), None  # baseline / rho1 train on correct rows
+    if name == "codecontests":
+        path = Path(args.codecontests)
+        if not path.is_file():
+            return None, f"{path} absent (see ../shared/data/README.md)"
+        from wmtp_hf.data.sources.codecontests import iter_records, problem_rows_from
+
+        return datasets.Dataset.from_list(list(problem_rows_from(iter_records(path)))), None
+    raise SystemExit(f"--datasets: unknown dataset '{name}' (offline, codecontests)")
+
+
+def tokenized(rows: Any, tokenizer: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Tokenized features in a seeded order (the first `--max-rows`), with a seeded `ref_token_losses`."""
+    from wmtp_hf.data import tokenize_dataset
+    from wmtp_hf.data.formatting import format_prompt
+
+    if all(not out for out in rows["output"]):  # CodeContests sample: the real prompt, then only the EOS
+        data = []
+        for row in rows:
+            prompt = tokenizer(format_prompt(row))["input_ids"]
+            if len(prompt) < args.max_length:
+                data.append({"input_ids": [*prompt, tokenizer.eos_token_id], "prompt_length": len(prompt)})
+    else:
+        data, _ = tokenize_dataset(rows, tokenizer, max_length=args.max_length)
+    order = np.random.default_rng(args.seed).permutation(len(data))[: args.max_rows]
+    rng = np.random.default_rng(args.seed + 1)
+    features = []
+    for i in order.tolist():
+        row = data[i]
+        losses = rng.uniform(0.0, 4.0, len(row["input_ids"])).astype(np.float32)
+        losses[: row["prompt_length"]] = 0.0
+        features.append({"input_ids": row["input_ids"], "prompt_length": row["prompt_length"],
+                         "is_correct": True, "difficulty": -1, "ref_token_losses": losses.tolist()})  # fmt: skip
+    return features
+
+
+def batches_of(features: list[dict[str, Any]], batch: int) -> list[list[dict[str, Any]]]:
+    return [features[i : i + batch] for i in range(0, len(features), batch)]
+
+
+def padded_fraction(features: list[dict[str, Any]], batch: int) -> tuple[float, int, int]:
+    """`(padding / all tokens, non-padding, padding)` of right-padded batches of `batch` rows."""
+    real = pad = 0
+    for part in batches_of(features, batch):
+        lengths = [len(f["input_ids"]) for f in part]
+        real += sum(lengths)
+        pad += len(lengths) * max(lengths) - sum(lengths)
+    return pad / max(real + pad, 1), real, pad
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage's loss, padded and packed
+# --------------------------------------------------------------------------------------------------
+
+
+def build_trainer(
+    stage: str, tokenizer: Any, features: list[dict[str, Any]], args: argparse.Namespace, tmp: Path
+):
+    """The stage's trainer on the micro model (vocabulary = the tokenizer's), seeded."""
+    import datasets
+
+    from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction
+    from wmtp_hf.micro import MICRO_CONFIG
+    from wmtp_hf.train.stages import STAGE_TRAINERS, build_config
+
+    sizes = {**MICRO_CONFIG, "vocab_size": len(tokenizer), "max_position_embeddings": args.max_length}
+    if args.tiny:
+        sizes.update(hidden_size=32, intermediate_size=64, num_hidden_layers=4, n_future_tokens=2)
+    torch.manual_seed(args.seed)
+    model = WmtpForMultiTokenPrediction(WmtpConfig(**sizes, pad_token_id=tokenizer.pad_token_id)).to(
+        args.device
+    )
+    overrides = {"output_dir": str(tmp / stage), "report_to": "none", "use_cpu": args.device == "cpu"}
+    config = build_config(stage, None, overrides)
+    rows = datasets.Dataset.from_list(features[:2])
+    extra = {"reference": None} if stage == "rho1" else {}
+    return STAGE_TRAINERS[stage](model=model, args=config, train_dataset=rows, **extra)
+
+
+def step(trainer: Any, batch: dict[str, Any], timer: StepTimer) -> tuple[float, float]:
+    """One forward + backward of the stage loss: `(wall seconds, loss)`."""
+    model = trainer.model
+    batch = trainer._prepare_inputs(batch)
+    timer.start()
+    counts = trainer._get_num_items_in_batch([batch], trainer.args.device)
+    loss = trainer.compute_loss(model, batch, num_items_in_batch=counts)
+    loss.backward()
+    wall = timer.stop()["wall_s"]
+    model.zero_grad(set_to_none=True)
+    return wall, float(loss.detach())
+
+
+def measure(
+    trainer: Any, features: list[dict[str, Any]], batch: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Padded vs packed on the first `--steps` batches (after one warm-up round), alternating."""
+    from wmtp_hf.data import WmtpDataCollator
+
+    collators = {
+        "padded": WmtpDataCollator(pad_token_id=0),
+        "packed": WmtpDataCollator(pad_token_id=0, packing=True),
+    }
+    parts = [p for p in batches_of(features, batch) if len(p) == batch] or batches_of(features, batch)[:1]
+    timer = StepTimer(torch.device(args.device))
+    trainer.model.train()
+    for collate in collators.values():  # warm-up
+        step(trainer, collate(parts[0]), timer)
+    rounds = [parts[i % len(parts)] for i in range(args.steps)]
+    walls: dict[str, list[float]] = {"padded": [], "packed": []}
+    loss_diff = 0.0
+    real = 0
+    for part in rounds:
+        losses = {}
+        for name, collate in collators.items():
+            wall, losses[name] = step(trainer, collate(part), timer)
+            walls[name].append(wall)
+        loss_diff = max(
+            loss_diff, abs(losses["packed"] - losses["padded"]) / max(abs(losses["padded"]), 1e-9)
+        )
+        real += sum(len(f["input_ids"]) for f in part)
+    out = {f"{name}_tokens_per_s": real / sum(w) for name, w in walls.items()}
+    out["speedup"] = statistics.median(a / b for a, b in zip(walls["padded"], walls["packed"], strict=True))
+    out["max_rel_loss_diff"] = loss_diff
+    out["step_time_s"] = {name: statistics.median(w) for name, w in walls.items()}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--steps", type=int, default=3, help="timed rounds (one padded and one packed step each)")
+    p.add_argument("--batches", default="8,32", help="batch sizes (examples per batch)")
+    p.add_argument("--stages", default="baseline,rho1")
+    p.add_argument("--datasets", default="offline,codecontests")
+    p.add_argument("--tokenizers", default="micro,smollm2")
+    p.add_argument("--smol-tokenizer", default=str(SMOL_TOKENIZER), help="folder with SmolLM2's tokenizer")
+    p.add_argument("--codecontests", default=str(CODECONTESTS), help="the CodeContests sample (JSONL)")
+    p.add_argument("--max-length", type=int, default=2048, help="longer rows are dropped, as in training")
+    p.add_argument("--max-rows", type=int, default=None, help="rows per dataset (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", type=Path, default=Path("bench_results/bench_packing.json"))
+    add_tiny_option(p)
+    args = apply_tiny(
+        p.parse_args(argv), steps=1, batches="2,4", tokenizers="tiny", max_rows=6, max_length=4096
+    )
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
+    args = parse_args(argv)
+    start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    tokenizers, skipped = load_tokenizers(args)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench_packing.") as tmp:
+        for data_name in args.datasets.split(","):
+            rows, why = dataset_rows(data_name, args)
+            if rows is None:
+                skipped[data_name] = why
+                continue
+            for tok_name, tokenizer in tokenizers.items():
+                features = tokenized(rows, tokenizer, args)
+                if not features:
+                    skipped[f"{data_name}/{tok_name}"] = f"no row within --max-length {args.max_length}"
+                    continue
+                for stage in args.stages.split(","):
+                    trainer = build_trainer(stage, tokenizer, features, args, Path(tmp))
+                    for batch in (int(b) for b in args.batches.split(",")):
+                        print(
+                            f"[bench_packing] {data_name} / {tok_name} / {stage} / batch {batch} ...",
+                            flush=True,
+                        )
+                        fraction, real, pad = padded_fraction(features, batch)
+                        result = {"dataset": data_name, "tokenizer": tok_name, "stage": stage, "batch": batch,
+                                  "rows": len(features), "padded_fraction_padded": fraction,
+                                  "padded_fraction_packed": 0.0, "tokens": {"non_padding": real, "padding": pad},
+                                  **measure(trainer, features, batch, args)}  # fmt: skip
+                        result["within_goal"] = result["padded_fraction_packed"] <= GOAL_PADDED_FRACTION and (
+                            batch != 8 or result["speedup"] >= GOAL_SPEEDUP_BATCH8
+                        )
+                        results.append(result)
+                        print(
+                            f"  padded fraction {fraction:.3f} -> 0, packed/padded {result['speedup']:.2f}",
+                            flush=True,
+                        )
+    print()
+    print_table(
+        ["dataset:<14", "tokenizer:<10", "stage:<10", "batch:>6", "padded frac:>12", "packed frac:>12",
+         "padded tok/s:>13", "packed tok/s:>13", "packed/padded:>14", "loss diff:>10"],
+        [[r["dataset"], r["tokenizer"], r["stage"], r["batch"], f"{r['padded_fraction_padded']:.3f}",
+          f"{r['padded_fraction_packed']:.3f}", f"{r['padded_tokens_per_s']:.0f}", f"{r['packed_tokens_per_s']:.0f}",
+          f"{r['speedup']:.2f}", f"{r['max_rel_loss_diff']:.1e}"] for r in results],
+    )  # fmt: skip
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    wall = time.perf_counter() - start
+    print(f"\ngoals: padded fraction <= {GOAL_PADDED_FRACTION}, packed/padded >= {GOAL_SPEEDUP_BATCH8} at batch 8; "
+          f"met: {all(r['within_goal'] for r in results)}; total wall time {wall:.0f} s")  # fmt: skip
+    report = {
+        "config": run_config(args),
+        **environment(args.device),
+        "goals": {"padded_fraction_max": GOAL_PADDED_FRACTION, "speedup_batch8_min": GOAL_SPEEDUP_BATCH8},
+        "within_goal": all(r["within_goal"] for r in results),
+        "skipped": skipped,
+        "wall_time_s": wall,
+        "results": results,
+    }
+    write_report(args.output, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
