@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folders = named_folders(args.name)
     except ModelError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: '{args.name}': {err}", file=sys.stderr)
         return 1
     if args.command == "path":
         print(folders.pick(args.kind))

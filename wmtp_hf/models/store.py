@@ -28,7 +28,7 @@ DONE_FILE = "source.json"  # written last: the folders are complete when it exis
 
 
 class ModelError(ValueError):
-    """A named model or GGUF file that cannot be fetched or converted (one line)."""
+    """A named model or GGUF file that cannot be fetched or converted (one line; callers prefix the name)."""
 
 
 def cache_root() -> Path:
@@ -101,7 +101,7 @@ def load_gguf(gguf_file: Path) -> tuple[Any, Any]:
     except (
         Exception
     ) as err:  # ImportError without `gguf`, an architecture transformers cannot read, a bad file
-        raise ModelError(f"'{gguf_file}': cannot load it as a GGUF causal LM ({first_line(err)})") from None
+        raise ModelError(f"cannot load it as a GGUF causal LM ({first_line(err)})") from None
     return model, tokenizer
 
 

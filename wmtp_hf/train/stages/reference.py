@@ -64,7 +64,7 @@ class ReferenceTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, Trainer):
 
     @classmethod
     def resolve_model_path(cls, config: ReferenceConfig) -> str:
-        return resolve_model_path(config, preset_folder="micro-llama-init")
+        return resolve_model_path(config, preset_folder="micro-llama-init", kind="llama")
 
     @classmethod
     def build_preset(cls, config: ReferenceConfig, path: str, tokenizer: Any) -> None:
