@@ -178,3 +178,13 @@ def test_wrong_sha256_or_missing_wheel_is_one_line_and_writes_nothing(
     ):
         load_for_inference("tiny-test", device="cpu")
     assert not (cache / "models" / "tiny-test").exists()
+
+
+def test_experiment_model_by_name_gives_the_reference_stage_its_llama(cache):
+    from wmtp_hf.experiment.plan import build_plan
+
+    data = {"model": "smollm2-135m", "stages": {"baseline": {}, "rho1": {}}}
+    plan = build_plan(data, "exp.yaml", "out")  # checks the name; fetches nothing
+    starts = {run.name: run.config.model_name_or_path for run in plan.stages}
+    assert starts == {"reference": "smollm2-135m", "baseline": "smollm2-135m", "rho1": "smollm2-135m"}
+    assert not cache.exists()

@@ -2,7 +2,8 @@
 
 `configs/experiment.yaml`:
 
-    model: null          # start model of baseline and rho1 (null: the micro preset)
+    model: null          # start model of baseline and rho1 (null: the micro preset); a registered
+                         # name (smollm2-135m) or .gguf file also starts the reference stage (its LLaMA)
     matched_baseline: true  # also continue baseline for verifiable's steps (a fair comparison)
     shared: {...}        # options every stage gets (dataset, seed, max_length, report_to, ...)
     stages:              # the stages to run, each with its own overrides; run in the fixed order

@@ -35,7 +35,8 @@ class ReferenceConfig(WmtpTrainingConfig):
     model_name_or_path: str | None = field(
         default=None,
         metadata=_help(
-            "Any causal LM (folder or Hub id), loaded with AutoModelForCausalLM. None builds the micro "
+            "Any causal LM (folder, Hub id, registered name or .gguf file: its plain LLaMA), loaded with "
+            "AutoModelForCausalLM. None builds the micro "
             "LLaMA (the micro preset's next-token path) under `<output_dir>/micro-llama-init`."
         ),
     )

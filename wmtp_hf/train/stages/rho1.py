@@ -55,7 +55,8 @@ class Rho1Config(WmtpTrainingConfig):
     reference_model: str | None = field(
         default=None,
         metadata=_help(
-            "Reference causal LM (Hub id or folder, AutoModelForCausalLM) with the policy's tokenizer. None "
+            "Reference causal LM (Hub id, folder, registered name or .gguf file; AutoModelForCausalLM) with "
+            "the policy's tokenizer. None "
             "on the micro defaults: the micro reference (the reference stage on the offline data), built "
             "once and cached."
         ),
