@@ -46,6 +46,7 @@ def test_gguf_file_loads_as_wmtp_with_its_tokenizer_once(tmp_path, cache, capfd)
         torch.testing.assert_close(model(TOKENS).logits, llama(TOKENS).logits, atol=1e-5, rtol=0)
     assert tokenizer(TEXT).input_ids == reference_tokenizer().encode(TEXT).ids
     assert tokenizer.chat_template == CHAT_TEMPLATE and tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.bos_token == "<|im_start|>" and tokenizer.pad_token == "<|im_end|>"
     again, _ = load_for_inference(str(tmp_path / "tiny.gguf"), device="cpu")  # cached: no second conversion
     assert "converting" not in capfd.readouterr().err
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)

@@ -105,6 +105,20 @@ def load_gguf(gguf_file: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def align_special_tokens(tokenizer: Any, config: Any) -> Any:
+    """Set the tokenizer's bos/eos/pad/unk tokens to the ids the GGUF metadata gives (the model config's).
+
+    transformers 5.13's GGUF tokenizer conversion takes the BOS token for EOS too (fixed by 5.25, where
+    this changes nothing); generation would then never stop at the model's real end token."""
+    for name in ("bos", "eos", "pad", "unk"):
+        token_id = getattr(config, f"{name}_token_id", None)
+        if isinstance(token_id, int) and 0 <= token_id < len(tokenizer):
+            token = tokenizer.convert_ids_to_tokens(token_id)
+            if getattr(tokenizer, f"{name}_token", None) != token:
+                setattr(tokenizer, f"{name}_token", token)
+    return tokenizer
+
+
 def plain_copy(model: Any, name_or_path: str) -> Any:
     """A saveable copy of a GGUF-loaded model: the same class and config without `quantization_config`,
     holding the dequantised weights (tied embeddings tied again)."""
@@ -125,6 +139,7 @@ def write_folders(gguf_file: Path, root: Path, n_future_tokens: int, source: dic
     from ..modeling_wmtp import WmtpForMultiTokenPrediction
 
     gguf_model, tokenizer = load_gguf(gguf_file)
+    align_special_tokens(tokenizer, gguf_model.config)
     llama = plain_copy(gguf_model, source.get("hub_id") or gguf_file.name)
     del gguf_model
     is_llama = llama.config.model_type == "llama"
