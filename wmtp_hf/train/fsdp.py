@@ -178,6 +178,10 @@ def full_model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_pretrained_gathered(model: torch.nn.Module, output_dir: str | Path, is_main: bool) -> None:
     """`save_pretrained` of the full model (gathered on process 0), named by its own class."""
     state = full_model_state_dict(model)
+    # The gathered copy of a tied weight (lm_head = embed_tokens) is a tensor of its own: save it once,
+    # as save_pretrained does for the unsharded model (loading ties it again).
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    state = {k: v for k, v in state.items() if k not in tied}
     if is_main:
         with plain_class(model):
             model.save_pretrained(str(output_dir), state_dict=state)
