@@ -121,13 +121,20 @@ def align_special_tokens(tokenizer: Any, config: Any) -> Any:
 
 def plain_copy(model: Any, name_or_path: str) -> Any:
     """A saveable copy of a GGUF-loaded model: the same class and config without `quantization_config`,
-    holding the dequantised weights (tied embeddings tied again)."""
+    sharing the dequantised tensors (built on the meta device, so nothing is initialised or duplicated;
+    tied embeddings tied again)."""
+    import torch
+
     config = model.config.__class__.from_dict(
         {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
     )
     config._name_or_path = name_or_path
-    copy = type(model)(config)
-    copy.load_state_dict(model.state_dict(), strict=True)
+    with torch.device("meta"):
+        copy = type(model)(config)
+    copy.load_state_dict(model.state_dict(), strict=True, assign=True)
+    for name, buffer in model.named_buffers():  # also the non-persistent ones (RoPE frequencies)
+        owner, _, leaf = name.rpartition(".")
+        copy.get_submodule(owner)._buffers[leaf] = buffer
     if getattr(config, "tie_word_embeddings", False):
         copy.tie_weights()
     copy.generation_config = model.generation_config
