@@ -225,3 +225,10 @@ def test_torchrun_fsdp2_from_a_gguf_converts_once_and_saves_tied(tmp_path, cache
     assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_models_cli_unknown_name_is_one_line(cache, capsys):
+    assert models_main(["fetch", "no-such-model"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == "error: 'no-such-model': not a registered model (smollm2-135m) nor a .gguf file"
+    assert not cache.exists()
