@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -190,41 +189,6 @@ def test_experiment_model_by_name_gives_the_reference_stage_its_llama(cache):
     starts = {run.name: run.config.model_name_or_path for run in plan.stages}
     assert starts == {"reference": "smollm2-135m", "baseline": "smollm2-135m", "rho1": "smollm2-135m"}
     assert not cache.exists()
-
-
-@pytest.mark.slow
-def test_torchrun_fsdp2_from_a_gguf_converts_once_and_saves_tied(tmp_path, cache):
-    """Two FSDP2 processes name the same GGUF: one converts (the other waits on the lock), the trained tied
-    model is saved with its matrix once and loads tied."""
-    import os
-    import socket
-    import subprocess
-
-    from safetensors import safe_open
-    from train_fixtures import train_args, write_mbpp_fixture
-
-    repo = Path(__file__).resolve().parents[1]
-    write_tiny_gguf(tmp_path / "tiny.gguf")
-    data = write_mbpp_fixture(tmp_path / "mbpp.jsonl", n=8)
-    argv = train_args(tmp_path / "tiny.gguf", data, tmp_path / "run", **{"max-steps": 1},
-                      per_device_train_batch_size=2, max_length=1024)  # fmt: skip
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "wmtp_hf.train", *argv, "--config", str(repo / "configs/fsdp_cpu.yaml")]  # fmt: skip
-    pythonpath = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath, "WMTP_HF_CACHE": str(cache)}
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("wmtp_hf: converting tiny.gguf") == 1
-    with safe_open(str(tmp_path / "run" / "final" / "model.safetensors"), "pt") as f:
-        names = set(f.keys())
-    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
-    assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
 def test_models_cli_unknown_name_is_one_line(cache, capsys):
