@@ -196,3 +196,15 @@ def test_models_cli_unknown_name_is_one_line(cache, capsys):
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == "error: 'no-such-model': not a registered model (smollm2-135m) nor a .gguf file"
     assert not cache.exists()
+
+
+def test_build_in_a_subprocess_reports_the_childs_one_line_error(tmp_path):
+    """Under torch.distributed the folders are built in a fresh Python (transformers saves only on rank 0);
+    its error comes back as one line (the torchrun test in test_train_fsdp.py covers the success)."""
+    from wmtp_hf.models import ModelError
+    from wmtp_hf.models.store import _write_in_subprocess
+
+    (tmp_path / "junk.gguf").write_bytes(b"x" * 100)
+    with pytest.raises(ModelError, match=r"^cannot load it as a GGUF causal LM \(.*not a GGUF file\.?\)$"):
+        _write_in_subprocess(tmp_path / "junk.gguf", tmp_path / "out", 4, {})
+    assert not (tmp_path / "out").exists()

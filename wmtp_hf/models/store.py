@@ -141,10 +141,44 @@ def plain_copy(model: Any, name_or_path: str) -> Any:
     return copy.eval()
 
 
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+                   "MASTER_PORT", "TORCHELASTIC_RUN_ID", "ACCELERATE_USE_FSDP")  # fmt: skip
+
+
+def _distributed() -> bool:
+    import torch.distributed
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _write_in_subprocess(gguf_file: Path, root: Path, n_future_tokens: int, source: dict[str, Any]) -> None:
+    """`write_folders` in a fresh Python: with torch.distributed initialised (torchrun), transformers'
+    `save_pretrained` writes only on global rank 0, and the process holding the lock may be another."""
+    import subprocess
+
+    args = json.dumps([str(gguf_file), str(root), n_future_tokens, source])
+    code = (
+        "import json, sys; from pathlib import Path; from wmtp_hf.models.store import ModelError, write_folders\n"
+        "g, r, n, s = json.loads(sys.argv[1])\n"
+        "try:\n    write_folders(Path(g), Path(r), n, s)\nexcept ModelError as err:\n    sys.exit(str(err))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", code, args], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        lines = [x for x in done.stderr.strip().splitlines() if x.strip()] or ["no output"]
+        raise ModelError(lines[-1].strip())  # the child's one-line error (or its exception's last line)
+
+
 def write_folders(gguf_file: Path, root: Path, n_future_tokens: int, source: dict[str, Any]) -> ModelFolders:
-    """Build `root/llama` and (for a LLaMA) `root/wmtp` from `gguf_file`, then `root/source.json`."""
+    """Build `root/llama` and (for a LLaMA) `root/wmtp` from `gguf_file`, then `root/source.json` (in a
+    fresh subprocess when this one is part of a torch.distributed group)."""
     from ..modeling_wmtp import WmtpForMultiTokenPrediction
 
+    if _distributed():
+        _write_in_subprocess(gguf_file, root, n_future_tokens, source)
+        return read_folders(root)
     gguf_model, tokenizer = load_gguf(gguf_file)
     align_special_tokens(tokenizer, gguf_model.config)
     llama = plain_copy(gguf_model, source.get("hub_id") or gguf_file.name)
