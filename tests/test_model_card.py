@@ -73,3 +73,15 @@ def test_adapter_card_and_rerender_merges_results():
     assert scores == {("mbpp", "pass@1"): 0.2, ("openai_humaneval", "pass@1"): 0.3}
     assert again.data.wmtp["config"] == {"lora_r": 8} and again.data.wmtp["n_future_tokens"] == 2
     assert again.data.base_model == "org/base" and 'from_pretrained("me/x"' in again.text
+
+
+def test_registered_model_name_is_credited_by_its_hub_id(tmp_path):
+    from wmtp_hf.model_card import card_data
+
+    data = card_data(stage="baseline", config={}, n_heads=4, base_model="smollm2-135m")
+    assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert data.wmtp["base_model"] == "smollm2-135m"  # what the run was given
+    assert (
+        card_data(stage="baseline", config={}, n_heads=4, base_model=str(tmp_path / "m.gguf")).base_model
+        is None
+    )

@@ -37,7 +37,7 @@ def tiny(**overrides) -> WmtpForMultiTokenPrediction:
         ({"hidden_size": -32}, "hidden_size"),
         ({"vocab_size": 89.5}, "vocab_size"),
         ({"use_value_head": "yes"}, "use_value_head"),
-        ({"tie_word_embeddings": True}, "tie_word_embeddings"),
+        ({"tie_word_embeddings": "yes"}, "tie_word_embeddings"),
         ({"hidden_act": "swishy"}, "hidden_act"),
         ({"rope_theta": -1.0}, "rope_parameters"),
         ({"attention_dropout": 1.5}, "attention_dropout"),

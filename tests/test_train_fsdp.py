@@ -16,7 +16,7 @@ import yaml
 from fsdp_stages_worker import PACKED
 from no_wmtp_hf import BLOCK_WMTP_HF
 from safetensors.torch import load_file
-from train_fixtures import write_llama, write_marker_dataset, write_tiny_model
+from train_fixtures import train_args, write_llama, write_marker_dataset, write_mbpp_fixture, write_tiny_model
 
 from wmtp_hf.train.cli import main
 from wmtp_hf.train.config import ConfigError
@@ -267,3 +267,25 @@ def test_default_reference_lookup_keeps_two_processes(tmp_path):
     )
     proc = torchrun(script, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_gguf_model_converts_once_and_saves_tied(tmp_path):
+    """Both processes name the same GGUF file (a tied LLaMA): one converts it (the other waits on the
+    lock); the trained model's tied matrix is saved once and loads tied."""
+    from gguf_fixtures import write_tiny_gguf
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    write_tiny_gguf(tmp_path / "tiny.gguf")
+    data = write_mbpp_fixture(tmp_path / "mbpp.jsonl", n=8)
+    argv = train_args(tmp_path / "tiny.gguf", data, tmp_path / "run", **{"max-steps": 1},
+                      per_device_train_batch_size=2, max_length=1024)  # fmt: skip
+    cli = [*argv, "--config", str(REPO / "configs/fsdp_cpu.yaml")]
+    proc = torchrun(Path("-m"), "wmtp_hf.train", *cli, cwd=tmp_path, WMTP_HF_CACHE=str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("wmtp_hf: converting tiny.gguf") == 1
+    with safe_open(str(tmp_path / "run" / "final" / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert model.lm_head.weight is model.model.embed_tokens.weight

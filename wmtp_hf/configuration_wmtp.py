@@ -29,6 +29,8 @@ class WmtpConfig(PretrainedConfig):
             or None for an untrained (fresh) head; the verifiable stage requires a trained one.
         loss_chunk_size: positions per chunk when computing the cross-entropy of each head, bounding
             the memory of logits to `loss_chunk_size x vocab_size` per head.
+        tie_word_embeddings: share one matrix between `embed_tokens` and `lm_head` (as LLaMA-family models
+            such as SmolLM2 do; `from_llama` keeps the LLaMA's choice). Meta's checkpoints are untied.
         Remaining arguments: as in `LlamaConfig`.
     """
 
@@ -170,9 +172,9 @@ class WmtpConfig(PretrainedConfig):
             f"expected a stage name or null, got {self.value_head_stage!r}",
         )
         _check(
-            not self.tie_word_embeddings,
+            isinstance(self.tie_word_embeddings, bool),
             "tie_word_embeddings",
-            "expected false: Meta's model has a separate output projection",
+            f"expected true or false, got {self.tie_word_embeddings!r}",
         )
 
 

@@ -37,7 +37,7 @@ def wmtp_from_llama(
 
     Trunk = the LLaMA's layers[:-1], head 0 = its last layer, extra heads = copies of the last layer
     (`head_init="copy_last"`) or freshly initialised blocks (`"random"`). Head 0 reproduces the LLaMA's
-    logits exactly.
+    logits exactly. Tied embeddings stay tied (`tie_word_embeddings`), untied ones untied.
     """
     if head_init not in ("copy_last", "random"):
         raise ValueError(f"head_init: expected 'copy_last' or 'random', got {head_init!r}")
@@ -54,13 +54,14 @@ def wmtp_from_llama(
         num_hidden_layers=lconf.num_hidden_layers + n_future_tokens - 1,
         n_future_tokens=n_future_tokens,
         use_value_head=use_value_head,
+        tie_word_embeddings=bool(getattr(lconf, "tie_word_embeddings", False)),
     )
     dtype = llama.lm_head.weight.dtype
     with torch.device("meta"):
         model = cls(config)
     state = {k: v.detach().clone() for k, v in llama.state_dict().items()}
-    if "lm_head.weight" not in state:  # tied embeddings: WMTP keeps a separate output projection
-        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    if config.tie_word_embeddings:  # one matrix, as in the LLaMA: tie_weights() below shares it again
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
     last = lconf.num_hidden_layers - 1
     generator = torch.Generator().manual_seed(0)
     std = config.initializer_range
@@ -79,6 +80,8 @@ def wmtp_from_llama(
         )
         state["value_head.bias"] = torch.zeros(1, dtype=dtype)
     model.load_state_dict(state, strict=True, assign=True)
+    if config.tie_word_embeddings:
+        model.tie_weights()  # `assign=True` replaced the shared parameter by two
     model.model.rotary_emb = type(model.model.rotary_emb)(config)  # buffers were on the meta device
     model.to(llama.lm_head.weight.device)
     model.config.dtype = dtype
@@ -91,7 +94,7 @@ def wmtp_to_llama(model) -> LlamaForCausalLM:
     lconf = LlamaConfig(
         **shared_llama_fields(model.config),
         num_hidden_layers=len(model.model.layers),
-        tie_word_embeddings=False,
+        tie_word_embeddings=bool(model.config.tie_word_embeddings),
     )
     with torch.device("meta"):
         llama = LlamaForCausalLM(lconf)
@@ -101,6 +104,8 @@ def wmtp_to_llama(model) -> LlamaForCausalLM:
         if not k.startswith(("model.extra_heads.", "value_head."))
     }
     llama.load_state_dict(state, strict=True, assign=True)
+    if lconf.tie_word_embeddings:
+        llama.tie_weights()
     llama.model.rotary_emb = type(llama.model.rotary_emb)(lconf)
     llama.to(model.lm_head.weight.device)
     llama.config.dtype = model.lm_head.weight.dtype

@@ -11,7 +11,7 @@ from pathlib import Path
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m wmtp_hf.evaluate", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="model directory or Hub id (AutoModelForCausalLM + AutoTokenizer)")
+    src.add_argument("--model", help="model directory, Hub id, registered name (smollm2-135m) or .gguf file")
     src.add_argument("--samples", help="JSONL with task_id, completion: score these instead of generating")
     p.add_argument("--dataset", required=True, choices=["humaneval", "mbpp", "codecontests", "offline"])
     p.add_argument("--path", help="local data file for the dataset (see wmtp_hf.data.load_source)")

@@ -22,9 +22,14 @@ DEFAULT_N = 3
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m wmtp_hf.inspect", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="WMTP model folder or Hub id")
     p.add_argument(
-        "--reference", help="reference causal LM (folder or Hub id) with the same tokenizer: rho1's view"
+        "--model",
+        required=True,
+        help="WMTP model folder, Hub id, registered name (smollm2-135m) or .gguf file",
+    )
+    p.add_argument(
+        "--reference",
+        help="reference causal LM (folder, Hub id, registered name or .gguf) with the same tokenizer: rho1's view",
     )
     p.add_argument(
         "--dataset",

@@ -1,6 +1,8 @@
-"""Load a saved model and its tokenizer: from a folder, a Hub id or a LoRA adapter folder, on a device.
+"""Load a saved model and its tokenizer: from a folder, a Hub id, a LoRA adapter folder, a registered
+model name (`smollm2-135m`) or a `.gguf` file, on a device.
 
-One place for what evaluation, the experiment, `inspect` and the Rho-1 reference all do before they use
+Registered names and GGUF files become local folders through `resolve_model` (wmtp_hf.models: fetched or
+converted once, cached), the one place a model name is turned into a path. One place for what evaluation, the experiment, `inspect` and the Rho-1 reference all do before they use
 a model: parse `--device` / `--dtype`, load the tokenizer (with the pad-token fallback), load the causal
 LM (a PEFT LoRA adapter folder is loaded on its base model and merged), move it to the device. Every
 failure is one line naming the option and the model; callers pass their own error class (`error=`) so
@@ -33,6 +35,7 @@ __all__ = [
     "parse_device",
     "parse_dtype",
     "read_model_type",
+    "resolve_model",
 ]
 
 
@@ -101,6 +104,33 @@ def move_to_device(
         raise error(f"{option} {device}: cannot move {what} there ({first_line(err)})") from None
 
 
+# ---------------------------------------------------------------------------------------- model names
+
+
+def resolve_model(
+    name_or_path: str | Path,
+    *,
+    kind: str = "wmtp",
+    n_future_tokens: int | None = None,
+    label: str | None = None,
+    error: type[ValueError] = LoadError,
+) -> str:
+    """The folder or Hub id to load for `name_or_path`: a registered name (`smollm2-135m`) or a `.gguf`
+    file becomes its local folder, fetched or converted on first use (a progress line on stderr); anything
+    else is returned as it is. `kind="wmtp"` asks for the WMTP model (training, evaluation; the plain LLaMA
+    folder when the WMTP one has another number of heads than `n_future_tokens`), `kind="llama"` for the
+    plain causal LM (a reference model)."""
+    from .models import ModelError, is_named_model
+    from .models import resolve_model as resolve
+
+    if not is_named_model(name_or_path):
+        return str(name_or_path)
+    try:
+        return resolve(name_or_path, kind, n_future_tokens)
+    except ModelError as err:
+        raise error(f"{label or repr(str(name_or_path))}: {err}") from None
+
+
 # ------------------------------------------------------------------------------------------------ tokenizer
 
 
@@ -127,14 +157,15 @@ def load_tokenizer(
     pad: bool = True,
     error: type[ValueError] = LoadError,
 ) -> Any:
-    """`AutoTokenizer` of a folder or Hub id; `pad` adds EOS as the pad token when it has none.
+    """`AutoTokenizer` of a folder, Hub id, registered name or `.gguf` file; `pad` adds EOS as the pad
+    token when it has none.
 
     An adapter folder saved without a tokenizer uses its base model's. `label` starts the error message
     (default: the name in quotes)."""
     from transformers import AutoTokenizer
 
     kwargs = {"revision": revision} if revision else {}
-    source = str(name_or_path)
+    source = resolve_model(name_or_path, kind="llama", label=label, error=error)
     if is_adapter(source) and not (Path(source) / "tokenizer_config.json").is_file():
         source = adapter_base(source) or source
     try:
@@ -165,13 +196,18 @@ def adapter_base(path: str | Path) -> str | None:
 
 
 def read_model_type(
-    name_or_path: str | Path, *, label: str | None = None, error: type[ValueError] = LoadError
+    name_or_path: str | Path,
+    *,
+    kind: str = "wmtp",
+    label: str | None = None,
+    error: type[ValueError] = LoadError,
 ) -> str:
-    """`model_type` of a folder's or Hub id's config."""
+    """`model_type` of a folder's or Hub id's config (a registered name or `.gguf` file: of its `kind`)."""
     from transformers import AutoConfig
 
+    source = resolve_model(name_or_path, kind=kind, label=label, error=error)
     try:
-        return AutoConfig.from_pretrained(str(name_or_path)).model_type
+        return AutoConfig.from_pretrained(source).model_type
     except (OSError, ValueError) as err:
         raise error(
             f"{label or repr(str(name_or_path))}: cannot load its config ({first_line(err)})"
@@ -195,20 +231,23 @@ def load_merged_adapter(
 def load_causal_lm(
     name_or_path: str | Path,
     *,
+    kind: str = "wmtp",
     label: str | None = None,
     error: type[ValueError] = LoadError,
     **kwargs: Any,
 ) -> Any:
     """Any causal LM via `AutoModelForCausalLM` (WMTP too: importing wmtp_hf registers it); an adapter
-    folder is merged into its base. `kwargs` go to `from_pretrained` (dtype, revision, attn_implementation)."""
+    folder is merged into its base; a registered name or `.gguf` file loads its `kind` folder (see
+    `resolve_model`). `kwargs` go to `from_pretrained` (dtype, revision, attn_implementation)."""
     import wmtp_hf  # noqa: F401  - registers the `wmtp` model type with the Auto classes
 
     if is_adapter(name_or_path):
         return load_merged_adapter(name_or_path, label=label, error=error, **kwargs)
     from transformers import AutoModelForCausalLM
 
+    source = resolve_model(name_or_path, kind=kind, label=label, error=error)
     try:
-        return AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as err:  # a missing folder, an unknown Hub id, a broken checkpoint
         raise error(
             f"{label or repr(str(name_or_path))}: cannot load a causal LM ({first_line(err)})"
@@ -223,7 +262,8 @@ def load_for_inference(
     label: str | None = None,
     error: type[ValueError] = LoadError,
 ) -> tuple[Any, Any]:
-    """`(model in eval mode on `device`, tokenizer with a pad token)` of a folder, Hub id or adapter folder.
+    """`(model in eval mode on `device`, tokenizer with a pad token)` of a folder, Hub id, adapter folder,
+    registered name or `.gguf` file (its WMTP folder when it is a LLaMA).
 
     `device` None is `default_device()`; `dtype` as `parse_dtype` reads it (None: from_pretrained's
     default)."""

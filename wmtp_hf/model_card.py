@@ -41,6 +41,16 @@ def is_hub_id(name: str | None) -> bool:
     return bool(name) and looks_like_hub_id(name) and not Path(name).exists()
 
 
+def hub_base_model(name: str | None) -> str | None:
+    """The Hub id to credit as `base_model`: a Hub id as it is, a registered model's Hub id
+    (`smollm2-135m` -> `HuggingFaceTB/SmolLM2-135M-Instruct`), else None (a local folder or GGUF file)."""
+    from .models import get_spec, is_registered
+
+    if name and is_registered(name):
+        return get_spec(name).hub_id
+    return name if is_hub_id(name) else None
+
+
 def pass_at_k_results(
     scores: dict[str, dict[str, float]], splits: dict[str, str] | None = None
 ) -> list[EvalResult]:
@@ -86,7 +96,8 @@ def card_data(
     model_name: str = "wmtp-model",
     adapter: bool = False,
 ) -> ModelCardData:
-    """Hub metadata of the card (`base_model` only when it is a Hub id; adapters are peft's library)."""
+    """Hub metadata of the card (`base_model` only as a Hub id, see `hub_base_model`; adapters are peft's
+    library)."""
     hub_datasets = [HUB_DATASETS[d] for d in datasets or [] if d in HUB_DATASETS]
     tags = ["wmtp", "multi-token-prediction", "custom_code", "code"]
     tags += [f"wmtp-{stage}"] if stage else []
@@ -99,7 +110,7 @@ def card_data(
         license="other",
         tags=tags,
         datasets=hub_datasets or None,
-        base_model=base_model if is_hub_id(base_model) else None,
+        base_model=hub_base_model(base_model),
         model_name=model_name,
         eval_results=eval_results or None,
         wmtp=wmtp,

@@ -531,7 +531,9 @@ class WmtpModel(WmtpPreTrainedModel):
 class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
     """Multi-token-prediction causal LM: `logits` are head 0's, so `generate` and pipelines work unchanged."""
 
-    _tied_weights_keys: dict[str, str] = {}
+    # As LlamaForCausalLM declares it (transformers 5.13 and 5.25): transformers ties `lm_head` to the input
+    # embeddings only when `config.tie_word_embeddings` is true, so untied checkpoints stay untied.
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: WmtpConfig) -> None:
         super().__init__(config)

@@ -31,7 +31,14 @@ from .data.collator import WmtpDataCollator
 from .data.io import atomic_write_json, cache_root, file_sha256
 from .data.schema import DataError
 from .fileio import atomic_directory
-from .loading import default_device, load_causal_lm, load_tokenizer, move_to_device, parse_device
+from .loading import (
+    default_device,
+    load_causal_lm,
+    load_tokenizer,
+    move_to_device,
+    parse_device,
+    resolve_model,
+)
 from .loading import pad_token_id as padding_id
 from .messages import first_line
 from .weighting import reference_token_losses
@@ -120,9 +127,12 @@ def model_fingerprint(name_or_path: str) -> dict[str, Any]:
     A folder gives `{"kind": "folder", "files": {name: sha256}}` over its weights, config and tokenizer
     files (not README.md or trainer files), so a copy elsewhere has the same fingerprint and any changed
     weight a different one. A Hub id gives `{"kind": "hub", "repo_id", "revision"}`, the revision resolved
-    through `huggingface_hub` (the local cache is enough with `HF_HUB_OFFLINE=1`).
+    through `huggingface_hub` (the local cache is enough with `HF_HUB_OFFLINE=1`). A registered name or a
+    `.gguf` file is its plain-LLaMA folder's fingerprint.
     """
-    path = Path(name_or_path)
+    path = Path(
+        resolve_model(name_or_path, kind="llama", label=f"reference '{name_or_path}'", error=DataError)
+    )
     if path.is_dir():
         names = sorted(p.name for p in path.iterdir() if p.is_file() and _is_model_file(p.name))
         if "config.json" not in names:
@@ -234,7 +244,8 @@ def load_reference_model(
         kwargs["attn_implementation"] = attn_implementation
     if revision:
         kwargs["revision"] = revision
-    model = load_causal_lm(name_or_path, label=f"reference '{name_or_path}'", error=DataError, **kwargs)
+    label = f"reference '{name_or_path}'"
+    model = load_causal_lm(name_or_path, kind="llama", label=label, error=DataError, **kwargs)
     model.eval()
     model.requires_grad_(False)
     return model, load_reference_tokenizer(name_or_path, revision=revision)
@@ -404,7 +415,7 @@ def _dataset_tokenizer(stats: Mapping[str, Any], dataset_dir: Path) -> tuple[Any
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name), str(name)
+        return AutoTokenizer.from_pretrained(resolve_model(name, kind="llama")), str(name)
     except Exception as err:
         logger.warning(
             "%s: could not load the dataset's tokenizer '%s' (%s); the reference tokenizer is not checked",

@@ -21,7 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--source", required=True, help=f"one of: {', '.join(SOURCES)}")
     prep.add_argument("--path", help="local file (JSONL/parquet/JSON); default: the source's default")
     prep.add_argument("--split", action="append", help="split to prepare (repeatable); default: all")
-    prep.add_argument("--tokenizer", help="local tokenizer folder; without it rows are saved untokenized")
+    prep.add_argument(
+        "--tokenizer",
+        help="local tokenizer folder, registered model name or .gguf file; without it rows are saved untokenized",
+    )
     prep.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="drop longer examples")
     prep.add_argument("--output", required=True, help="folder to write (<split>/ and stats.json)")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder")
@@ -30,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="add per-token reference losses (ref_token_losses) to a tokenized prepared folder",
     )
     ref.add_argument("--dataset", required=True, help="folder written by `prepare --tokenizer ...`")
-    ref.add_argument("--reference", required=True, help="reference causal LM: local folder or Hub id")
+    ref.add_argument(
+        "--reference",
+        required=True,
+        help="reference causal LM: local folder, Hub id, registered name or .gguf file",
+    )
     ref.add_argument("--batch-size", type=int, default=8, help="rows per reference forward pass")
     ref.add_argument("--split", action="append", help="split to process (repeatable); default: all")
     ref.add_argument("--device", help="where the reference runs (cuda, cuda:1, mps, cpu); default: auto")

@@ -65,11 +65,14 @@ def split_stats(ds: datasets.Dataset, loaded: int, dropped: Counter, tokenized: 
 
 
 def load_tokenizer(path: str) -> Any:
-    """A local HF tokenizer folder (no network)."""
+    """A local HF tokenizer folder (no network), or a registered model's / `.gguf` file's (wmtp_hf.models)."""
     from transformers import AutoTokenizer
 
+    from ..loading import resolve_model
+
+    source = resolve_model(path, kind="llama", label=f"--tokenizer {path}", error=DataError)
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"--tokenizer {path}: could not load a tokenizer ({first})") from None

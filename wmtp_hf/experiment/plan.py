@@ -2,7 +2,8 @@
 
 `configs/experiment.yaml`:
 
-    model: null          # start model of baseline and rho1 (null: the micro preset)
+    model: null          # start model of baseline and rho1 (null: the micro preset); a registered
+                         # name (smollm2-135m) or .gguf file also starts the reference stage (its LLaMA)
     matched_baseline: true  # also continue baseline for verifiable's steps (a fair comparison)
     shared: {...}        # options every stage gets (dataset, seed, max_length, report_to, ...)
     stages:              # the stages to run, each with its own overrides; run in the fixed order
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models import is_named_model
 from ..train.components import check_model_location
 from ..train.config import ConfigError, WmtpTrainingConfig, check_values, config_to_dict, read_yaml
 from ..train.stages import STAGE_CONFIGS
@@ -206,7 +208,9 @@ def build_plan(
         raise ConfigError(f"{source}: key 'matched_baseline' expects true or false, got {matched!r}")
     model = data.get("model")
     if model is not None and not isinstance(model, str):
-        raise ConfigError(f"{source}: key 'model' expects a folder or Hub id, got {model!r}")
+        raise ConfigError(
+            f"{source}: key 'model' expects a folder, Hub id, registered model name or .gguf file, got {model!r}"
+        )
     if model is not None:
         check_model_location(f"{source}: model", model)
     shared = _mapping(data.get("shared"), f"{source}: shared")
@@ -332,6 +336,8 @@ def _run_values(
         values["model_name_or_path"] = str(output_dir / upstream / "final")
     elif name in ("baseline", "rho1") and own.get("model_name_or_path") is None:
         values["model_name_or_path"] = model
+    elif name == "reference" and own.get("model_name_or_path") is None and is_named_model(model or ""):
+        values["model_name_or_path"] = model  # a registered name or .gguf file: its plain LLaMA folder
     elif name == "reference" and own.get("model_name_or_path") is None and model is not None:
         raise ConfigError(
             f"{source}: the reference stage needs a causal LM sharing the model's tokenizer: set "

@@ -34,7 +34,9 @@ def inspect_run(plan: Any, name: str) -> Inspection | None:
     reference = None
     if run.stage == "rho1":
         label = f"reference_model '{config.reference_model}'"
-        reference = load_causal_lm(config.reference_model, label=label, error=ConfigError).eval()
+        reference = load_causal_lm(
+            config.reference_model, kind="llama", label=label, error=ConfigError
+        ).eval()
     labels = {"model": name, "dataset": str(config.dataset), "split": split}
     if reference is not None:
         labels["reference"] = str(config.reference_model)

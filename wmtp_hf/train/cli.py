@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML config file (see configs/); repeat to combine, later files win (e.g. a stage's file, then "
         "configs/fsdp_cpu.yaml)",
     )  # fmt: skip
-    parser.add_argument("--model", default=None, help="model folder or Hub id (default: micro preset)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model folder, Hub id, registered name (smollm2-135m) or .gguf file (default: micro preset)",
+    )
     parser.add_argument("--dataset", default=None, help="source name or prepared folder (default: offline)")
     parser.add_argument(
         "--output-dir", default=None, help="checkpoints and final model (default: runs/STAGE)"

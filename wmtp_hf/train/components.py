@@ -23,22 +23,43 @@ logger = logging.getLogger(__name__)
 
 
 def check_model_location(option: str, name: str, made_by: str | None = None) -> None:
-    """One-line error for a model that is neither a folder nor a Hub id (`made_by`: the command making it)."""
-    if Path(name).is_dir() or looks_like_hub_id(name):
+    """One-line error for a model that is neither a folder, a registered model name (`smollm2-135m`), a
+    `.gguf` file nor a Hub id (`made_by`: the command making it). Fetches and converts nothing."""
+    from ..models import is_gguf, is_registered
+
+    if Path(name).is_dir() or is_registered(name):
+        return
+    if is_gguf(name):
+        if Path(name).expanduser().is_file():
+            return
+        raise ConfigError(f"{option} '{name}': no such GGUF file")
+    if looks_like_hub_id(name):
         return
     hint = f"; it is made by: {made_by}" if made_by else ""
     raise ConfigError(f"{option} '{name}': no such folder, and not a Hub id{hint}")
 
 
-def resolve_model_path(config: WmtpTrainingConfig, preset_folder: str = "micro-init") -> str:
+def resolve_model_path(
+    config: WmtpTrainingConfig, preset_folder: str = "micro-init", kind: str = "wmtp"
+) -> str:
     """The model to start from: `model_name_or_path` (checked), or where the micro preset is (to be) built.
 
-    Writes nothing: the preset is built by `build_preset` once the data has been checked.
+    A registered name (`smollm2-135m`) or a `.gguf` file becomes its local folder (`loading.resolve_model`:
+    fetched or converted once, under a file lock so that only one of several processes does it): the
+    WMTP one when it has `config.n_future_tokens` heads, else the plain LLaMA (converted on loading);
+    `kind="llama"` (the reference stage) always the plain LLaMA. The micro preset is not written here:
+    `build_preset` builds it once the data has been checked.
     """
     if config.model_name_or_path is not None:
         made_by = getattr(config, "model_made_by", {}).get(config.model_name_or_path)
         check_model_location("model_name_or_path", config.model_name_or_path, made_by)
-        return config.model_name_or_path
+        return loading.resolve_model(
+            config.model_name_or_path,
+            kind=kind,
+            n_future_tokens=config.n_future_tokens,
+            label=f"model_name_or_path '{config.model_name_or_path}'",
+            error=ConfigError,
+        )
     return str(Path(config.output_dir) / preset_folder)
 
 

@@ -42,7 +42,8 @@ class WmtpTrainingConfig(TrainingArguments):
     model_name_or_path: str | None = field(
         default=None,
         metadata=_help(
-            "WMTP model folder or Hub id; a plain LLaMA checkpoint is converted with `from_llama`. "
+            "WMTP model folder, Hub id, registered name (smollm2-135m) or .gguf file; a plain LLaMA "
+            "checkpoint is converted with `from_llama`. "
             "None builds the micro preset (offline) under `<output_dir>/micro-init`."
         ),
     )

