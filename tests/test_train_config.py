@@ -36,7 +36,9 @@ def test_fsdp_example_config_is_valid():
     it with transformers' and accelerate's loaders); on CPU, one process, FSDP stops with one line."""
     config = build_config("baseline", REPO / "configs" / "fsdp_7b.yaml", {"bf16": False, "fsdp": ""})
     assert config.gradient_accumulation_steps == 8 and config.max_length == 2048
-    with pytest.raises(ConfigError, match=r"^fsdp: FSDP on CPU needs several processes: launch with torchrun"):
+    with pytest.raises(
+        ConfigError, match=r"^fsdp: FSDP on CPU needs several processes: launch with torchrun"
+    ):
         build_config("baseline", REPO / "configs" / "fsdp_7b.yaml", {"bf16": False})
 
 
