@@ -59,7 +59,9 @@ def main() -> None:
 
     from wmtp_hf.data import encode_example, load_source
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True)
     parser.add_argument("--split", default="eval")
     parser.add_argument("--formats", default="alpaca,chat")
