@@ -63,7 +63,10 @@ def test_auto_resolution(chat_tokenizer):
 def test_prompt_texts(chat_tokenizer, humaneval_problems):
     p = humaneval_problems["HumanEval/0"]
     row = _humaneval_row(p)
-    request = f"Complete the following Python function:\n```python\n{p['prompt']}```"
+    request = (
+        "Please provide a self-contained Python script that solves the following problem in a markdown "
+        f"code block:\n```python\n{p['prompt']}```"
+    )
     assert user_message(row) == request
     assert render_prompt(row, "raw") == p["prompt"]
     assert render_prompt(row, "alpaca") == f"### Instruction:\n{p['prompt']}\n\n### Response:\n"

@@ -30,8 +30,13 @@ EVALUATION_NOTES = (
     "- Return Python source code that prints the required answer.\n"
     "- Hidden tests are present; rely on the stated constraints rather than memorising samples.\n\n"
 )
-# The chat user message of a function-completion problem (the wording of common HumanEval chat harnesses).
-FUNCTION_REQUEST = "Complete the following Python function:\n```python\n{prompt}```"
+# The chat user message of a function-completion problem: evalplus's request to instruct models (on the
+# first 20 HumanEval problems it did as well as or better than "Complete the following Python function:"
+# and the bare prompt with SmolLM2-135M-Instruct; docs/evaluation.md).
+FUNCTION_REQUEST = (
+    "Please provide a self-contained Python script that solves the following problem in a markdown code "
+    "block:\n```python\n{prompt}```"
+)
 
 
 def format_prompt(example: Mapping[str, Any]) -> str:
