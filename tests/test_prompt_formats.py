@@ -165,3 +165,27 @@ def test_training_records_the_format_and_evaluation_uses_it(tmp_path, chat_token
                 "--limit", "2", "--max-new-tokens", "4", "--isolation", "guard", "--output", str(result)]  # fmt: skip
         assert evaluate.main(argv) == 0
         assert json.loads((result / "summary.json").read_text())["prompt_format"] == expected
+
+
+def test_prepared_folder_records_its_format_and_training_keeps_it(tmp_path, chat_tokenizer, capsys):
+    from train_fixtures import train_args, write_mbpp_fixture, write_tiny_model
+
+    from wmtp_hf.data.__main__ import main as data_main
+    from wmtp_hf.train.cli import main as train
+
+    model = write_tiny_model(tmp_path / "model", chat_tokenizer)
+    data = write_mbpp_fixture(tmp_path / "mbpp.jsonl", n=8)
+    prepared = tmp_path / "prepared"
+    argv = ["prepare", "--source", "mbpp", "--path", str(data), "--split", "train", "--tokenizer", str(model),
+            "--output", str(prepared)]  # fmt: skip
+    assert data_main(argv) == 0
+    assert json.loads((prepared / "stats.json").read_text())["prompt_format"] == "chat"
+    args = train_args(
+        model, data, tmp_path / "out", dataset=prepared, dataset_path="null", prompt_format="alpaca"
+    )
+    assert train(args) == 2
+    assert "prompt_format: 'alpaca' but dataset" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "final").exists()
+    args = train_args(model, data, tmp_path / "auto", dataset=prepared, dataset_path="null", max_steps=1)
+    assert train(args) == 0
+    assert json.loads((tmp_path / "auto" / "run_summary.json").read_text())["prompt_format"] == "chat"
