@@ -16,6 +16,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", required=True, choices=["humaneval", "mbpp", "codecontests", "offline"])
     p.add_argument("--path", help="local data file for the dataset (see wmtp_hf.data.load_source)")
     p.add_argument("--split", help="default: test (offline: eval)")
+    p.add_argument(
+        "--prompt-format",
+        choices=["auto", "raw", "alpaca", "chat"],
+        default="auto",
+        help="raw, alpaca or chat (the model's chat template; code from the first fenced block); auto: the "
+        "format the model was trained with, else chat when its tokenizer has a chat template, else raw for "
+        "humaneval and alpaca otherwise (docs/evaluation.md)",
+    )
     p.add_argument("--n-samples", type=int, default=1, help="completions per problem")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument(
@@ -78,7 +86,9 @@ def _parse_ks(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> dict:
     """Load problems, get completions (generate or read), score them, write outputs; return the summary."""
-    from wmtp_hf.evaluation.problems import DEFAULT_SPLITS, load_problems
+    from wmtp_hf.data.prompt_formats import recorded_prompt_format, resolve_prompt_format
+    from wmtp_hf.data.sources import load_problem_rows
+    from wmtp_hf.evaluation.problems import DEFAULT_SPLITS, problems_from_rows
     from wmtp_hf.evaluation.runner import log_to_mlflow, score_samples, write_outputs
     from wmtp_hf.evaluation.samples import read_samples
     from wmtp_hf.execution.sandbox import resolve_isolation
@@ -96,13 +106,25 @@ def run(args: argparse.Namespace) -> dict:
             + (f"--temperature {args.temperature:g}" if args.temperature > 0 else "--samples")
         )
     set_threads(args.threads, default=evaluate_default_threads(), option="--threads")
-    problems = load_problems(args.dataset, args.path, args.split)
-    if args.limit is not None:
-        problems = problems[: args.limit]
-    if not problems:
+    split = args.split or DEFAULT_SPLITS[args.dataset]
+    rows = load_problem_rows(args.dataset, path=args.path, split=split)  # bad data fails before the model
+    if not rows:
         raise ValueError(
             f"--dataset {args.dataset}: no problems found (path={args.path}, split={args.split})"
         )
+    model = tokenizer = isolation = None
+    if args.model:
+        from wmtp_hf.evaluation.generation import load_model
+
+        isolation = resolve_isolation(args.isolation, "--isolation")  # fails closed, before anything slow
+        model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    recorded = recorded_prompt_format(args.model) if args.model else None
+    prompt_format = resolve_prompt_format(args.prompt_format, tokenizer, args.dataset, recorded)
+    problems = problems_from_rows(rows, prompt_format, tokenizer)
+    if args.limit is not None:
+        problems = problems[: args.limit]
+    if not problems:
+        raise ValueError(f"--limit: expected >= 1, got {args.limit}")
     selected = problems
     problems, trained_report = leave_out_trained_problems(args, problems)
     note = trained_report.pop("note")
@@ -111,11 +133,10 @@ def run(args: argparse.Namespace) -> dict:
         known.update({alias: p.task_id for p in selected for alias in p.aliases})
         kept = {p.task_id for p in problems}
         samples = [s for s in read_samples(args.samples, known) if s.task_id in kept]
-    isolation = resolve_isolation(args.isolation, "--isolation")  # fails closed, before a long generation
-    if not args.samples:
-        from wmtp_hf.evaluation.generation import SpeculativeStats, load_model, sample_problems
+        isolation = resolve_isolation(args.isolation, "--isolation")  # fails closed, before any program runs
+    else:
+        from wmtp_hf.evaluation.generation import SpeculativeStats, sample_problems
 
-        model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
         speculative_stats = SpeculativeStats() if args.speculative else None
         samples = sample_problems(
             model, tokenizer, problems, n_samples=args.n_samples, temperature=args.temperature,
@@ -126,9 +147,8 @@ def run(args: argparse.Namespace) -> dict:
         problems, samples, ks=ks, timeout_s=args.timeout, workers=args.workers, isolation=isolation
     )
     params = {k: v for k, v in vars(args).items() if v is not None}
-    split = args.split or DEFAULT_SPLITS[args.dataset]
-    summary = {"dataset": args.dataset, "split": split, "source": args.model or args.samples, **summary,
-               **trained_report}  # fmt: skip
+    summary = {"dataset": args.dataset, "split": split, "source": args.model or args.samples,
+               "prompt_format": prompt_format, **summary, **trained_report}  # fmt: skip
     if args.speculative:
         summary["speculative"] = speculative_stats.summary()
         summary["tokens_per_forward"] = summary["speculative"]["tokens_per_forward"]

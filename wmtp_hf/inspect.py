@@ -87,11 +87,17 @@ def load_policy(path: str, device: Any) -> Any:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Check the input, compute the inspection, write OUTPUT; returns a summary."""
+    from wmtp_hf.data.prompt_formats import recorded_prompt_format
     from wmtp_hf.evaluation.problems import DEFAULT_SPLITS
     from wmtp_hf.inspection import inspect_examples, select_rows, tokenized_stream, write_outputs
     from wmtp_hf.loading import load_tokenizer, move_to_device, parse_device
     from wmtp_hf.reference import check_same_tokenizer, load_reference_model, load_reference_tokenizer
-    from wmtp_hf.train.components import check_model_location, held_out_split, load_rows
+    from wmtp_hf.train.components import (
+        check_model_location,
+        held_out_split,
+        load_rows,
+        resolve_training_format,
+    )
     from wmtp_hf.train.stages import build_config
 
     for name in ("n", "max_length", "batch_size"):
@@ -109,7 +115,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     options = {"dataset": args.dataset, "dataset_path": args.dataset_path, "report_to": "none"}
     data = build_config("baseline", None, {k: v for k, v in options.items() if v is not None})
     split = args.split or held_out_split(data) or DEFAULT_SPLITS.get(args.dataset, "train")
-    stream = tokenized_stream(load_rows(data, split), tokenizer, args.max_length)
+    fmt = resolve_training_format(data, tokenizer, recorded_prompt_format(args.model))  # the model's own
+    stream = tokenized_stream(load_rows(data, split), tokenizer, args.max_length, fmt)
     try:
         rows = select_rows(stream, args.n, args.task_id)
     except ValueError as err:

@@ -1,4 +1,5 @@
-"""`python -m wmtp_hf.data prepare --source NAME [--path P] [--split S] [--tokenizer DIR] --output DIR`
+"""`python -m wmtp_hf.data prepare --source NAME [--path P] [--split S] [--tokenizer DIR]
+[--prompt-format F] --output DIR`
 and `python -m wmtp_hf.data reference-losses --dataset DIR --reference MODEL [--batch-size N] [--split S]
 [--device D]`.
 """
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .formatting import DEFAULT_MAX_LENGTH
+from .prompt_formats import PROMPT_FORMAT_CHOICES
 from .schema import SOURCES, DataError
 
 
@@ -24,6 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument(
         "--tokenizer",
         help="local tokenizer folder, registered model name or .gguf file; without it rows are saved untokenized",
+    )
+    prep.add_argument(
+        "--prompt-format",
+        choices=PROMPT_FORMAT_CHOICES,
+        default="auto",
+        help="raw, alpaca or chat (the tokenizer's template); auto: chat when the tokenizer has a chat "
+        "template, else raw for humaneval and alpaca otherwise (docs/data.md)",
     )
     prep.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="drop longer examples")
     prep.add_argument("--output", required=True, help="folder to write (<split>/ and stats.json)")
@@ -57,6 +66,7 @@ def _prepare(args: argparse.Namespace) -> dict:
         tokenizer=args.tokenizer,
         max_length=args.max_length,
         overwrite=args.overwrite,
+        prompt_format=args.prompt_format,
     )
     return {
         split: {k: s[k] for k in ("rows", "is_correct", "dropped")} for split, s in stats["splits"].items()

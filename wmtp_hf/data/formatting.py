@@ -1,4 +1,4 @@
-"""docs/design.md §3.3 prompt template and tokenization: prompt tokens are masked, response = output + EOS."""
+"""docs/design.md §3.3 tokenization: prompt tokens are masked, response = output (in the prompt format) + EOS."""
 
 from __future__ import annotations
 
@@ -9,46 +9,52 @@ from typing import Any
 
 import datasets
 
+from .prompt_formats import LEGACY_PROMPT_FORMAT, render_example
 from .schema import DataError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 2048
-EVALUATION_NOTES = (
-    "### Evaluation Notes:\n"
-    "- Return Python source code that prints the required answer.\n"
-    "- Hidden tests are present; rely on the stated constraints rather than memorising samples.\n\n"
-)
 METADATA_COLUMNS = ("task_id", "problem_id", "source", "is_correct", "difficulty")
 
 
-def format_prompt(example: Mapping[str, Any]) -> str:
-    """The Alpaca prompt up to and including "### Response:\\n".
-
-    `### Input:` is omitted when `input` is empty; the Evaluation Notes appear only for CodeContests
-    (stdin/stdout problems).
-    """
-    parts = [f"### Instruction:\n{example['instruction']}\n\n"]
-    if example.get("input"):
-        parts.append(f"### Input:\n{example['input']}\n\n")
-    if example.get("source") == "codecontests":
-        parts.append(EVALUATION_NOTES)
-    parts.append("### Response:\n")
-    return "".join(parts)
+def adds_special_tokens(tokenizer: Any, text: str) -> bool:
+    """`add_special_tokens` for `text`: as usual, except when the text already starts with the BOS token
+    (a chat template that writes it), which would otherwise be doubled."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and text.startswith(bos))
 
 
-def encode_example(example: Mapping[str, Any], tokenizer: Any) -> tuple[list[int], int]:
-    """`(input_ids, prompt_length)`: prompt and response are tokenized separately, so the boundary is exact.
+def encode_example(
+    example: Mapping[str, Any], tokenizer: Any, prompt_format: str = LEGACY_PROMPT_FORMAT
+) -> tuple[list[int], int]:
+    """`(input_ids, prompt_length)` of a row in `prompt_format` (docs/data.md "Tokenization").
 
-    The prompt gets the tokenizer's special tokens (e.g. BOS); the response is `output` + the EOS id.
-    Labels are then `input_ids` with the first `prompt_length` positions set to -100.
+    Prompt and response are tokenized together, in one call on the full text (special tokens added as the
+    tokenizer does, e.g. BOS), so `input_ids` are exactly the tokens of prompt + response: a BPE merge
+    across the boundary (e.g. the prompt's last newline with the response's indentation) stays one token.
+    The label boundary is placed from the character boundary with the fast tokenizer's offset mapping:
+    the first token whose span ends after the prompt's last character is the first response token, so a
+    token straddling the boundary counts as response. EOS is appended once, unless the text already ends
+    with it (a chat template that closes the turn with the EOS token). Labels are then `input_ids` with
+    the first `prompt_length` positions set to -100.
     """
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("tokenizer: expected an eos_token (the response ends with EOS)")
-    prompt_ids = tokenizer(format_prompt(example), add_special_tokens=True)["input_ids"]
-    response_ids = tokenizer(example["output"], add_special_tokens=False)["input_ids"]
-    return list(prompt_ids) + list(response_ids) + [eos], len(prompt_ids)
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("tokenizer: expected a fast tokenizer (the label boundary uses its offset mapping)")
+    prompt, response, _ = render_example(example, prompt_format, tokenizer)
+    text = prompt + response
+    enc = tokenizer(
+        text, add_special_tokens=adds_special_tokens(tokenizer, text), return_offsets_mapping=True
+    )
+    ids = list(enc["input_ids"])
+    boundary = len(prompt)
+    prompt_length = next((i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > boundary), len(ids))
+    if not ids or ids[-1] != eos:
+        ids.append(eos)
+    return ids, prompt_length
 
 
 def labels_for(input_ids: list[int], prompt_length: int) -> list[int]:
@@ -71,8 +77,11 @@ def tokenize_dataset(
     max_length: int = DEFAULT_MAX_LENGTH,
     num_proc: int | None = None,
     desc: str = "Tokenizing",
+    prompt_format: str = LEGACY_PROMPT_FORMAT,
 ) -> tuple[datasets.Dataset, dict[str, int]]:
-    """Tokenize unified rows into `input_ids`, `prompt_length`, `length` + metadata columns.
+    """Tokenize unified rows in `prompt_format` into `input_ids`, `prompt_length`, `length` + metadata.
+
+    `datasets`' map cache keys on this function's arguments, the prompt format included.
 
     Examples over `max_length` tokens (prompt + response + EOS) and empty solutions are dropped, never
     truncated; returns `(dataset, {reason: count})` and logs the counts.
@@ -85,7 +94,7 @@ def tokenize_dataset(
             if not example["output"].strip():
                 ids, plen = [], 0
             else:
-                ids, plen = encode_example(example, tokenizer)
+                ids, plen = encode_example(example, tokenizer, prompt_format)
             reason = drop_reason(example, len(ids), max_length)
             out["input_ids"].append([] if reason else ids)
             out["prompt_length"].append(plen)

@@ -11,9 +11,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..fileio import atomic_directory
-from .formatting import DEFAULT_MAX_LENGTH, format_prompt, tokenize_dataset
+from .formatting import DEFAULT_MAX_LENGTH, tokenize_dataset
 from .io import atomic_write_json
 from .offline import SPLITS as OFFLINE_SPLITS
+from .prompt_formats import format_prompt, resolve_prompt_format
 from .schema import SOURCES, DataError
 from .sources import load_source
 from .sources.codecontests import HUB_SPLITS as CODECONTESTS_HUB_SPLITS
@@ -86,12 +87,15 @@ def prepare(
     tokenizer: str | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
     overwrite: bool = False,
+    prompt_format: str = "auto",
 ) -> dict[str, Any]:
     """Write `output/<split>/` (Arrow, `save_to_disk`) and `output/stats.json`; returns the stats.
 
     With a tokenizer the splits hold `input_ids`, `prompt_length`, `length` + metadata, over-long and
     empty examples dropped and counted; without one they hold the unified rows and the stats report
-    character lengths instead of token lengths. The folder appears only once complete.
+    character lengths instead of token lengths. The folder appears only once complete. `prompt_format`
+    (auto, raw, alpaca, chat; see `wmtp_hf.data.prompt_formats`) is resolved with the tokenizer and
+    recorded in `stats.json` (training on the folder uses the same one).
     """
     if source not in SOURCES:
         raise DataError(f"unknown source '{source}'; valid: {', '.join(SOURCES)}")
@@ -104,12 +108,14 @@ def prepare(
                 f"{output}: --overwrite only replaces a folder written by prepare (no stats.json)"
             )
     tok = load_tokenizer(tokenizer) if tokenizer else None
+    fmt = resolve_prompt_format(prompt_format, tok, source) if tok else None
     splits = splits or default_splits(source, path)
     stats: dict[str, Any] = {
         "source": source,
         "path": path,
         "tokenizer": tokenizer,
         "max_length": max_length if tok else None,
+        "prompt_format": fmt,
         "splits": {},
         "notes": [] if tok else ["no --tokenizer: rows are saved untokenized; lengths are in characters"],
     }
@@ -119,7 +125,9 @@ def prepare(
             ds = load_source(source, path=path, split=split, dropped=dropped)
             loaded = len(ds)
             if tok is not None:
-                ds, token_drops = tokenize_dataset(ds, tok, max_length=max_length, desc=f"tokenize {split}")
+                ds, token_drops = tokenize_dataset(
+                    ds, tok, max_length=max_length, desc=f"tokenize {split}", prompt_format=fmt
+                )
                 dropped.update(token_drops)
             stats["splits"][split] = split_stats(ds, loaded, dropped, tokenized=tok is not None)
             ds.save_to_disk(str(tmp / split))

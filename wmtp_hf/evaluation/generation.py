@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..data.formatting import adds_special_tokens
 from ..loading import ensure_pad_token, load_for_inference
 
 # HumanEval-style completions continue a function body: stop where the next top-level statement starts.
@@ -18,14 +19,31 @@ COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 INSTRUCTION_STOPS = ("\n### ",)
 
 
+def code_start(text: str) -> int:
+    """Where stop strings start to count: the end of the first line holding code (not blank, not a
+    comment), i.e. the index of its newline; `len(text)` while there is none. So stops never cut a
+    completion to nothing before its first line of code (a body that opens with a blank line or a comment,
+    or an answer that starts with its own `def`)."""
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            return offset + len(line.rstrip("\r\n"))
+        offset += len(line)
+    return len(text)
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index of the earliest stop string at or after `code_start(text)`, None when there is none."""
+    start = code_start(text)
+    found = [i for i in (text.find(stop, start) for stop in stops) if i != -1]
+    return min(found) if found else None
+
+
 def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
-    """Cut `text` at the earliest occurrence of any stop string (the stop string itself is removed)."""
-    cut = len(text)
-    for stop in stops:
-        index = text.find(stop)
-        if index != -1:
-            cut = min(cut, index)
-    return text[:cut]
+    """Cut `text` at the earliest stop string after its first line of code (the stop string is removed)."""
+    cut = first_stop(text, stops)
+    return text if cut is None else text[:cut]
 
 
 class StopOnStrings(StoppingCriteria):
@@ -42,7 +60,7 @@ class StopOnStrings(StoppingCriteria):
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        done = [any(stop in text for stop in self.stops) for text in texts]
+        done = [first_stop(text, self.stops) is not None for text in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -84,6 +102,14 @@ def load_model(model_dir: str, device: str | None = None, dtype: str = "auto") -
     """Load a causal LM + tokenizer from `model_dir` (a WMTP or any transformers checkpoint, a Hub id or a
     LoRA adapter folder), in eval mode on `device` (default: the accelerator if any)."""
     return load_for_inference(model_dir, device=device, dtype=dtype, label=f"--model '{model_dir}'")
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS plus the model's generation-config EOS ids (e.g. a chat model's end of turn)."""
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 @torch.inference_mode()
@@ -128,7 +154,7 @@ def generate_completions(
         "max_new_tokens": max_new_tokens,
         "use_cache": True,
         "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": stop_token_ids(model, tokenizer),
         "do_sample": not greedy,
     }
     if not greedy:
@@ -141,7 +167,9 @@ def generate_completions(
     bar = tqdm(total=len(jobs), desc="generate", unit="sample", disable=not progress)
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
-        enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True).to(device)
+        texts = [prompts[i] for i in batch]
+        special = all(adds_special_tokens(tokenizer, t) for t in texts)  # a chat template may write BOS
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special).to(device)
         stopping = StoppingCriteriaList()
         if stop_sequences:
             stopping.append(StopOnStrings(tokenizer, enc["input_ids"].shape[1], stop_sequences))

@@ -43,6 +43,9 @@ class ControlOptions:
     dataset: str = "offline"  # filled from shared.dataset
     dataset_path: str | None = None
     max_length: int = 512  # filled from shared.max_length when set
+    prompt_format: str = (
+        "auto"  # filled from shared.prompt_format (resolved with the tokenizer at build time)
+    )
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], source: str) -> ControlOptions:
@@ -79,6 +82,7 @@ def control_overrides(
     options.dataset = shared.get("dataset", WmtpTrainingConfig.dataset)
     options.dataset_path = shared.get("dataset_path")
     options.max_length = shared.get("max_length", WmtpTrainingConfig.max_length)
+    options.prompt_format = shared.get("prompt_format", WmtpTrainingConfig.prompt_format)
     if options.dataset not in SOURCES:
         raise ConfigError(f"{source}: control: shared.dataset must be a source ({', '.join(SOURCES)})")
     for name, own in overrides.items():
@@ -146,7 +150,7 @@ def planted_rows(
 
 def build_control_data(plan: Any, say: Any = print) -> None:
     """Write the control's prepared folders (once) from the clean source rows."""
-    from ..data import load_source, tokenize_dataset
+    from ..data import load_source, resolve_prompt_format, tokenize_dataset
     from ..fileio import atomic_directory
     from ..train.components import HELD_OUT_SPLITS, resolve_model_path, start_tokenizer
 
@@ -157,6 +161,7 @@ def build_control_data(plan: Any, say: Any = print) -> None:
     first = plan.stages[0].config
     tokenizer = start_tokenizer(first, resolve_model_path(first))
     vocab = _plain_vocab(tokenizer)
+    fmt = resolve_prompt_format(options.prompt_format, tokenizer, options.dataset, option="prompt_format")
     held_out = HELD_OUT_SPLITS.get(options.dataset)
     if held_out is None:
         raise ConfigError(f"control: dataset '{options.dataset}' has no held-out split")
@@ -164,7 +169,9 @@ def build_control_data(plan: Any, say: Any = print) -> None:
     tokenized = {}
     for split in ("train", held_out):
         rows = load_source(options.dataset, path=options.dataset_path, split=split)
-        tokenized[split], _ = tokenize_dataset(rows, tokenizer, max_length=options.max_length)
+        tokenized[split], _ = tokenize_dataset(
+            rows, tokenizer, max_length=options.max_length, prompt_format=fmt
+        )
     features = tokenized["train"].features
     built = {
         "noisy": {"train": noisy_rows(tokenized["train"], options, vocab), held_out: tokenized[held_out]},
@@ -188,7 +195,8 @@ def build_control_data(plan: Any, say: Any = print) -> None:
                     rows if isinstance(rows, datasets.Dataset) else datasets.Dataset.from_list(rows, features)
                 )
                 ds.save_to_disk(str(tmp / split))
-            info = {"kind": kind, "options": asdict(options), "rows": {s: len(r) for s, r in splits.items()}}
+            info = {"kind": kind, "options": asdict(options), "prompt_format": fmt,
+                    "rows": {s: len(r) for s, r in splits.items()}}  # fmt: skip
             if kind != "noisy":
                 info["planted_positions"] = planted_positions
             (tmp / "control.json").write_text(json.dumps(info) + "\n", encoding="utf-8")

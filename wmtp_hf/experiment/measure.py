@@ -109,6 +109,7 @@ def pass_at_k(
     out_dir: Path,
     seed: int = 0,
     trained: TrainedProblems | None = None,
+    prompt_format: str = "auto",
 ) -> dict[str, Any]:
     """Sample completions for the held-out problems and score them in the sandbox; writes OUT/summary.json.
 
@@ -127,7 +128,7 @@ def pass_at_k(
 
     if dataset not in DEFAULT_SPLITS:
         return {"skipped": f"pass@k needs a named source, not the prepared folder '{dataset}'"}
-    problems = load_problems(dataset, dataset_path, split)[: options.n_problems]
+    problems = load_problems(dataset, dataset_path, split, prompt_format, tokenizer)[: options.n_problems]
     problems, trained_report = leave_out_trained(problems, trained)
     if not problems:
         return {"skipped": f"the model was trained on every one of the {split} problems", **trained_report}
@@ -141,7 +142,8 @@ def pass_at_k(
     rows, summary = score_samples(
         problems, samples, ks=options.k, timeout_s=options.timeout, isolation=options.isolation
     )
-    summary = {"dataset": dataset, "split": split, **summary, **trained_report}
+    summary = {"dataset": dataset, "split": split, "prompt_format": problems[0].prompt_format, **summary,
+               **trained_report}  # fmt: skip
     summary["per_problem"] = per_problem_pass_at_k(rows, [k for k in options.k if f"pass@{k}" in summary])
     if stats is not None:
         summary["speculative"] = stats.summary()
@@ -176,7 +178,8 @@ def load_final(final_dir: Path) -> tuple[Any, Any]:
 
 def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
     """Every held-out measurement of `stage`'s final model; `out_dir` receives pass@k's results."""
-    from ..train.components import held_out_split, tokenized_rows
+    from ..data.prompt_formats import recorded_prompt_format
+    from ..train.components import held_out_split, resolve_training_format, tokenized_rows
 
     options: EvaluationOptions = plan.evaluation
     config = stage.config
@@ -184,7 +187,8 @@ def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
     split = options.split or held_out_split(config)
     if split is None:
         return {"skipped": f"dataset '{config.dataset}' has no held-out split; set evaluation.split"}
-    rows, _, _ = tokenized_rows(config, tokenizer, split)
+    recorded = recorded_prompt_format(stage.final_dir)
+    rows, _, _ = tokenized_rows(config, tokenizer, split, recorded)
     if options.max_rows is not None:
         rows = rows.select(range(min(options.max_rows, len(rows))))
     correct = rows.filter(lambda r: bool(r["is_correct"]))
@@ -207,6 +211,7 @@ def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
         summary = pass_at_k(
             model, tokenizer, config.dataset, config.dataset_path, split, options, out_dir / "pass_at_k",
             seed=config.seed, trained=read_record(stage.final_dir),
+            prompt_format=resolve_training_format(config, tokenizer, recorded),
         )  # fmt: skip
         metrics["pass_at_k"] = {k: v for k, v in summary.items() if k.startswith("pass@")}
         metrics["pass_at_k_problems"] = summary.get("per_problem")

@@ -14,8 +14,9 @@ WEIGHTED_RUNS = ("verifiable", "rho1")
 
 def inspect_run(plan: Any, name: str) -> Inspection | None:
     """Inspect `plan.evaluation.inspect_examples` held-out rows (alternating correct / incorrect) of a run."""
+    from ..data.prompt_formats import recorded_prompt_format
     from ..loading import load_causal_lm
-    from ..train.components import held_out_split, load_rows
+    from ..train.components import held_out_split, load_rows, resolve_training_format
     from ..train.config import ConfigError
     from .measure import load_final
 
@@ -28,7 +29,8 @@ def inspect_run(plan: Any, name: str) -> Inspection | None:
     if split is None:
         return None
     model, tokenizer = load_final(run.final_dir)
-    rows = select_rows(tokenized_stream(load_rows(config, split), tokenizer, config.max_length), n=n)
+    fmt = resolve_training_format(config, tokenizer, recorded_prompt_format(run.final_dir))
+    rows = select_rows(tokenized_stream(load_rows(config, split), tokenizer, config.max_length, fmt), n=n)
     if not rows:
         return None
     reference = None

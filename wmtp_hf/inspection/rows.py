@@ -12,10 +12,11 @@ ROW_FIELDS = ("is_correct", "task_id", "problem_id", "ref_token_losses")
 
 
 def tokenized_stream(
-    rows: Iterable[Mapping[str, Any]], tokenizer: Any, max_length: int
+    rows: Iterable[Mapping[str, Any]], tokenizer: Any, max_length: int, prompt_format: str = "alpaca"
 ) -> Iterator[dict[str, Any]]:
     """`input_ids` + `prompt_length` (+ metadata) of each row; unified rows are tokenized as training does
-    (`encode_example`), prepared rows pass as they are; empty and over-long ones are skipped."""
+    (`encode_example` in `prompt_format`), prepared rows pass as they are; empty and over-long ones are
+    skipped."""
     for row in rows:
         if "input_ids" in row:
             out = {"input_ids": list(row["input_ids"]), "prompt_length": int(row["prompt_length"])}
@@ -24,7 +25,7 @@ def tokenized_stream(
         else:
             if drop_reason(row, None, max_length):
                 continue
-            ids, prompt_length = encode_example(row, tokenizer)
+            ids, prompt_length = encode_example(row, tokenizer, prompt_format)
             if drop_reason(row, len(ids), max_length):
                 continue
             out = {"input_ids": ids, "prompt_length": prompt_length}

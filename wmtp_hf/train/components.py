@@ -13,7 +13,8 @@ import numpy as np
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .. import loading
-from ..data import SOURCES, DataError, load_source, tokenize_dataset
+from ..data import SOURCES, DataError, load_source, resolve_prompt_format, tokenize_dataset
+from ..data.prompt_formats import LEGACY_PROMPT_FORMAT
 from ..messages import looks_like_hub_id
 from ..micro import build_micro, build_micro_tokenizer, is_model_dir
 from ..modeling_wmtp import WmtpForMultiTokenPrediction
@@ -147,6 +148,46 @@ def load_rows(config: WmtpTrainingConfig, split: str | None = None) -> datasets.
 
 
 HELD_OUT_SPLITS = {"offline": "eval", "codecontests": "valid", "mbpp": "validation"}
+# What a prepared folder records about itself: `prepare`'s stats.json, the experiment control's control.json.
+PREPARED_RECORDS = ("stats.json", "control.json")
+
+
+def _prepared_record(config: WmtpTrainingConfig) -> dict[str, Any] | None:
+    folder = Path(config.dataset)
+    if config.dataset in SOURCES or not folder.is_dir():
+        return None
+    for name in PREPARED_RECORDS:
+        if (folder / name).is_file():
+            try:
+                return json.loads((folder / name).read_text(encoding="utf-8"))
+            except ValueError:
+                return None
+    return None
+
+
+def resolve_training_format(config: WmtpTrainingConfig, tokenizer: Any, recorded: str | None = None) -> str:
+    """The concrete prompt format of `config` (docs/data.md "Prompt formats"): a prepared tokenized folder's
+    own (a different explicit `prompt_format` is an error), else `resolve_prompt_format` of the option with
+    the tokenizer, the trained model's `recorded` format and the dataset's source."""
+    record = _prepared_record(config) or {}
+    folder = Path(config.dataset)
+    tokenized = bool(record.get("tokenizer")) or "options" in record  # prepare --tokenizer, control data
+    if record and tokenized:
+        prepared = record.get("prompt_format") or record.get("options", {}).get("prompt_format")
+        prepared = prepared or LEGACY_PROMPT_FORMAT
+        if config.prompt_format not in ("auto", prepared):
+            raise ConfigError(
+                f"prompt_format: '{config.prompt_format}' but dataset '{folder}' was tokenized in "
+                f"'{prepared}'; re-run prepare with --prompt-format {config.prompt_format} or use auto"
+            )
+        return prepared
+    source = config.dataset if config.dataset in SOURCES else record.get("source")
+    try:
+        return resolve_prompt_format(
+            config.prompt_format, tokenizer, source, recorded=recorded, option="prompt_format"
+        )
+    except DataError as err:
+        raise ConfigError(str(err)) from None
 
 
 def held_out_split(config: WmtpTrainingConfig) -> str | None:
@@ -160,9 +201,10 @@ def held_out_split(config: WmtpTrainingConfig) -> str | None:
 
 
 def tokenized_rows(
-    config: WmtpTrainingConfig, tokenizer: Any, split: str
+    config: WmtpTrainingConfig, tokenizer: Any, split: str, recorded_format: str | None = None
 ) -> tuple[datasets.Dataset, Any, int]:
-    """`(tokenized rows, dropped counts, rows loaded)` of one split of `config.dataset`."""
+    """`(tokenized rows, dropped counts, rows loaded)` of one split of `config.dataset`, in the config's
+    prompt format (`resolve_training_format`; `recorded_format`: the trained model's)."""
     rows = load_rows(config, split)
     if len(rows) == 0:
         raise ConfigError(f"dataset '{config.dataset}': split '{split}' has no rows")
@@ -176,7 +218,8 @@ def tokenized_rows(
                 "re-run prepare with --max-length"
             )
         return rows, {}, len(rows)
-    tokenized, dropped = tokenize_dataset(rows, tokenizer, max_length=config.max_length)
+    fmt = resolve_training_format(config, tokenizer, recorded_format)
+    tokenized, dropped = tokenize_dataset(rows, tokenizer, max_length=config.max_length, prompt_format=fmt)
     return tokenized, dropped, len(rows)
 
 

@@ -60,6 +60,15 @@ class WmtpTrainingConfig(TrainingArguments):
         default=None, metadata=_help("Local file for the source (else its default).")
     )
     dataset_split: str = field(default="train", metadata=_help("Split of the source to train on."))
+    prompt_format: str = field(
+        default="auto",
+        metadata=_help(
+            "How rows become prompt + response: raw, alpaca or chat (the tokenizer's chat template); auto: "
+            "chat when the tokenizer has a chat template, else raw for humaneval and alpaca otherwise. "
+            "A prepared tokenized folder's own format is used (a different explicit one is an error); the "
+            "resolved format is recorded in run_summary.json and the final model's card."
+        ),
+    )
     max_length: int = field(
         default=1024, metadata=_help("Examples longer than this (prompt + response) are dropped and counted.")
     )
@@ -153,6 +162,10 @@ class WmtpTrainingConfig(TrainingArguments):
             )
         if self.max_length <= 0:
             raise ConfigError(f"max_length: expected a positive integer, got {self.max_length}")
+        if self.prompt_format not in ("auto", "raw", "alpaca", "chat"):
+            raise ConfigError(
+                f"prompt_format: expected one of auto, raw, alpaca, chat, got {self.prompt_format!r}"
+            )
         if self.n_samples is not None and self.n_samples <= 0:
             raise ConfigError(f"n_samples: expected a positive integer or null, got {self.n_samples}")
         if self.n_future_tokens <= 0:

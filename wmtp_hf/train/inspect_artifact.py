@@ -15,7 +15,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..inspection import Inspection, inspect_examples, select_rows, tokenized_stream, write_outputs
-from .components import held_out_split, load_rows
+from .components import held_out_split, load_rows, resolve_training_format
 from .fsdp import gathered_root
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ class InspectionArtifactCallback(TrainerCallback):
         needs_column = self.uses_reference and getattr(self.trainer, "ref_model", None) is None
         split = held_out_split(args)
         if split is not None:
+            fmt = resolve_training_format(args, tokenizer)
             rows = select_rows(
-                tokenized_stream(load_rows(args, split), tokenizer, args.max_length), self.n_rows
+                tokenized_stream(load_rows(args, split), tokenizer, args.max_length, fmt), self.n_rows
             )
             if rows and (not needs_column or "ref_token_losses" in rows[0]):
                 return rows, split

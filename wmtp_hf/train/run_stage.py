@@ -17,7 +17,7 @@ from ..data import DataError, WmtpDataCollator
 from ..fileio import atomic_write_text
 from ..messages import first_line
 from ..trained_problems import TRAINED_PROBLEMS_FILE
-from .components import build_train_dataset
+from .components import build_train_dataset, resolve_training_format
 from .config import (
     ConfigError,
     WmtpTrainingConfig,
@@ -63,6 +63,8 @@ def run(
     trainer_cls = STAGE_TRAINERS[stage]
     model_path = trainer_cls.resolve_model_path(config)
     tokenizer = trainer_cls.start_tokenizer(config, model_path)
+    # One concrete format for the whole run, recorded in run_summary.json and the final model's card.
+    config.prompt_format = resolve_training_format(config, tokenizer)
     # Data errors surface before a (possibly large) model is loaded.
     train_dataset, data_report = build_train_dataset(config, tokenizer, trainer_cls.sample_order)
     trained = run_record(config, stage, model_path, train_dataset)  # trained_problems.json of every save
@@ -81,6 +83,7 @@ def run(
     n_heads = getattr(model.config, "n_future_tokens", 1)
     if dry_run:
         return {"dry_run": True, "parameters": n_params, "n_future_tokens": n_heads,
+                "prompt_format": config.prompt_format,
                 "data": data_report, "output_dir": config.output_dir}  # fmt: skip
     if any(r == "mlflow" for r in config.report_to):
         configure_mlflow()
@@ -139,6 +142,7 @@ def run(
         "train_runtime_s": round(elapsed, 1),
         "tokens_per_second": round(tokens / elapsed, 1) if tokens else math.nan,
         "final_loss": final_loss,
+        "prompt_format": config.prompt_format,
         "parameters": n_params,
         "output_dir": config.output_dir,
         "final_model": str(final_dir),

@@ -1,0 +1,175 @@
+"""Clean tokenization (docs/data.md "Tokenization"): prompt + response tokenized together, the label mask
+placed at the character boundary, EOS once; checked against an independent reference (re-tokenizing the
+full text and locating the boundary by decoding prefixes) for the micro tokenizer, a BPE tokenizer trained
+here with `tokenizers`, tiny chat templates, and SmolLM2's tokenizer when one is available."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import datasets
+import pytest
+
+from wmtp_hf.data import WmtpDataCollator, encode_example, tokenize_dataset
+from wmtp_hf.data.prompt_formats import format_prompt, render_example
+from wmtp_hf.data.schema import FEATURES, make_row
+from wmtp_hf.micro import build_micro_tokenizer
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# End of turn is not the EOS token, and the template writes BOS itself.
+OTHER_TURN_END = (
+    "<s>{% for m in messages %}[{{ m['role'] }}]\n{{ m['content'] }}[END]\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant]\n{% endif %}"
+)
+HUMANEVAL_TESTS = (
+    '{"kind": "humaneval", "test": "def check(f):\\n    assert f(1) == 2\\n", "entry_point": "inc"}'
+)
+
+
+def _rows() -> list[dict]:
+    base = dict(task_id="t", problem_id="p", is_correct=True, tests={})
+    return [
+        make_row(instruction="Add two numbers.", output="print(1 + 2)\n", source="mbpp", **base),
+        make_row(
+            instruction="Sum a list.",
+            input="1 2 3",
+            output="print(sum(map(int, input().split())))\n",
+            source="codecontests",
+            **base,
+        ),  # fmt: skip
+        {
+            **make_row(
+                instruction='def inc(x):\n    """Add one."""\n',
+                output="    return x + 1\n",
+                source="offline",
+                **base,
+            ),  # fmt: skip
+            "tests": HUMANEVAL_TESTS,
+        },
+    ]
+
+
+def _bpe_tokenizer():
+    """A byte-level BPE trained on code, adding BOS like LLaMA tokenizers (merges "\\n" with indentation)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [
+        "def inc(x):\n    return x + 1\n",
+        "### Response:\n    return a\n",
+        "for i in range(3):\n    print(i)\n",
+    ] * 50
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def _with_template(tokenizer, template: str):
+    tokenizer = tokenizer.__class__.from_pretrained(_saved(tokenizer))
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def _saved(tokenizer) -> str:
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="tok-")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def reference_encoding(row, tokenizer, prompt_format) -> tuple[list[int], int]:
+    """Independent: tokens of the full text in one call; the first response token is the first whose
+    decoded prefix reaches past the prompt's characters; EOS appended unless the text ends with it."""
+    prompt, response, ends_with_eos = render_example(row, prompt_format, tokenizer)
+    text = prompt + response
+    special = not (tokenizer.bos_token and text.startswith(tokenizer.bos_token))
+    ids = tokenizer(text, add_special_tokens=special)["input_ids"]
+    lead = tokenizer.bos_token if special and ids[0] == tokenizer.bos_token_id else ""
+    plen = next(i for i in range(len(ids)) if len(tokenizer.decode(ids[: i + 1])) > len(lead + prompt))
+    assert tokenizer.decode(ids) == lead + text  # decoding is exact for these tokenizers
+    return (ids if ends_with_eos else ids + [tokenizer.eos_token_id]), plen
+
+
+def _check(tokenizer, prompt_format: str) -> None:
+    rows = _rows()
+    tokenized, dropped = tokenize_dataset(
+        datasets.Dataset.from_list(rows, features=FEATURES), tokenizer, 2048, prompt_format=prompt_format
+    )
+    assert dropped == {} and len(tokenized) == len(rows)
+    batch = WmtpDataCollator(tokenizer)([dict(r) for r in tokenized])
+    eos = tokenizer.eos_token_id
+    for i, row in enumerate(rows):
+        ids, plen = reference_encoding(row, tokenizer, prompt_format)
+        got = tokenized[i]["input_ids"]
+        assert got == ids and tokenized[i]["prompt_length"] == plen
+        labels = batch["labels"][i, : len(ids)].tolist()
+        assert labels == [-100] * plen + ids[plen:]
+        assert labels[-1] == eos and labels.count(eos) == 1  # EOS once
+
+
+@pytest.mark.parametrize("prompt_format", ["raw", "alpaca"])
+def test_micro_tokenizer(prompt_format):
+    _check(build_micro_tokenizer(), prompt_format)
+
+
+@pytest.mark.parametrize("prompt_format", ["raw", "alpaca"])
+def test_bpe_tokenizer(prompt_format):
+    _check(_bpe_tokenizer(), prompt_format)
+
+
+@pytest.mark.parametrize("template", [CHATML, OTHER_TURN_END], ids=["eos-ends-turn", "own-turn-end"])
+def test_chat_templates(template):
+    tokenizer = _with_template(_bpe_tokenizer(), template)
+    _check(tokenizer, "chat")
+    ids, plen = encode_example(_rows()[2], tokenizer, "chat")
+    assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id  # BOS not doubled
+    response = tokenizer.decode(ids[plen:])
+    assert "```python\ndef inc(x):" in response and "return x + 1\n```" in response
+    assert response.endswith("```</s>" if template == CHATML else "```[END]\n</s>")
+
+
+def test_boundary_merge_is_kept_and_labelled_as_response():
+    """The alpaca prompt ends with "\\n" and the body starts with indentation: one BPE token spans both.
+    Tokenizing the parts separately (the old way) gives other tokens; the clean encoding keeps the merged
+    token and counts it as a response token."""
+    tokenizer = _bpe_tokenizer()
+    row = _rows()[2]
+    ids, plen = encode_example(row, tokenizer, "alpaca")
+    separate = (
+        tokenizer(format_prompt(row))["input_ids"]
+        + tokenizer(row["output"], add_special_tokens=False)["input_ids"]
+    )
+    assert ids[:-1] != separate
+    straddling = tokenizer.decode([ids[plen]])
+    assert straddling.startswith("\n") and straddling.strip() == "" and len(straddling) > 1
+    assert tokenizer.decode(ids[:plen]) == "<s>" + format_prompt(row)[:-1]
+
+
+def _smollm2_tokenizer_path() -> str | None:
+    """SmolLM2's tokenizer: WMTP_TEST_SMOLLM2_TOKENIZER (a folder), else None. The project's model fetch
+    (`python -m wmtp_hf.models fetch smollm2-135m`) can provide this folder once it exists."""
+    path = os.environ.get("WMTP_TEST_SMOLLM2_TOKENIZER")
+    return path if path and Path(path).is_dir() else None
+
+
+@pytest.mark.parametrize("prompt_format", ["raw", "alpaca", "chat"])
+def test_smollm2_tokenizer(prompt_format):
+    path = _smollm2_tokenizer_path()
+    if path is None:
+        pytest.skip("set WMTP_TEST_SMOLLM2_TOKENIZER to a SmolLM2 tokenizer folder")
+    from transformers import AutoTokenizer
+
+    _check(AutoTokenizer.from_pretrained(path), prompt_format)
