@@ -162,7 +162,8 @@ def test_training_records_the_format_and_evaluation_uses_it(tmp_path, chat_token
     for folder, expected in ((tmp_path / "run-alpaca" / "final", "alpaca"), (model, "chat")):
         result = tmp_path / f"eval-{expected}"
         argv = ["--model", str(folder), "--dataset", "mbpp", "--path", str(data), "--split", "train",
-                "--limit", "2", "--max-new-tokens", "4", "--isolation", "guard", "--output", str(result)]  # fmt: skip
+                "--limit", "2", "--max-new-tokens", "4", "--isolation", "guard", "--include-trained-problems",
+                "--output", str(result)]  # fmt: skip
         assert evaluate.main(argv) == 0
         assert json.loads((result / "summary.json").read_text())["prompt_format"] == expected
 
