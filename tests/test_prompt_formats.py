@@ -11,7 +11,7 @@ from wmtp_hf.data import DataError, resolve_prompt_format
 from wmtp_hf.data.prompt_formats import recorded_prompt_format, render_prompt, user_message
 from wmtp_hf.data.schema import make_row
 from wmtp_hf.evaluation.extraction import extract_code, keep_definitions
-from wmtp_hf.evaluation.generation import COMPLETION_STOPS, truncate_at_stops
+from wmtp_hf.evaluation.generation import CLOSED_CODE_BLOCK, COMPLETION_STOPS, truncate_at_stops
 from wmtp_hf.evaluation.problems import problems_from_rows
 from wmtp_hf.evaluation.runner import score_samples
 from wmtp_hf.evaluation.samples import Sample
@@ -109,7 +109,9 @@ def test_chat_verdicts_in_the_sandbox(humaneval_problems):
     program must keep the prompt's imports and helpers and give the right verdict."""
     ids = ["HumanEval/0", "HumanEval/38"]  # typing import in the prompt; a helper defined in the prompt
     problems = problems_from_rows([_humaneval_row(humaneval_problems[i]) for i in ids], "chat")
-    assert [p.prompt_format for p in problems] == ["chat", "chat"] and problems[0].stop_sequences == ()
+    assert [p.prompt_format for p in problems] == ["chat", "chat"] and problems[0].stop_sequences == (
+        CLOSED_CODE_BLOCK,
+    )
     p0, p38 = (humaneval_problems[i] for i in ids)
     signature0 = p0["prompt"].split("\n\n\n", 1)[1].split("\n")[0]  # the def line, without the import
     full0 = signature0 + "\n" + p0["canonical_solution"]
@@ -190,3 +192,20 @@ def test_prepared_folder_records_its_format_and_training_keeps_it(tmp_path, chat
     args = train_args(model, data, tmp_path / "auto", dataset=prepared, dataset_path="null", max_steps=1)
     assert train(args) == 0
     assert json.loads((tmp_path / "auto" / "run_summary.json").read_text())["prompt_format"] == "chat"
+
+
+def test_chat_generation_stops_once_the_first_code_block_is_closed():
+    """The chat stop cuts just after the first block's closing fence (the fence stays, so the block reads
+    the same); an open block, or prose before the block, never stops; other stops still count."""
+    from wmtp_hf.evaluation.extraction import extract_code
+    from wmtp_hf.evaluation.generation import first_stop, truncate_at_stops
+
+    stops = (CLOSED_CODE_BLOCK,)
+    answer = "Here it is:\n```python\ndef f(x):\n    return x\n```\nThis returns x.\n```python\nf(1)\n```"
+    cut = truncate_at_stops(answer, stops)
+    assert cut == "Here it is:\n```python\ndef f(x):\n    return x\n```"
+    assert extract_code(cut) == extract_code(answer) == "def f(x):\n    return x\n"
+    assert first_stop("Here it is:\n```python\ndef f(x):\n", stops) is None
+    assert first_stop("no code yet", stops) is None
+    assert first_stop("```\nx = 1\n```", stops) == len("```\nx = 1\n```")
+    assert truncate_at_stops("x = 1\n### Next\n```\ny\n```", ("\n### ", CLOSED_CODE_BLOCK)) == "x = 1"

@@ -149,6 +149,11 @@ def run(args: argparse.Namespace) -> dict:
     params = {k: v for k, v in vars(args).items() if v is not None}
     summary = {"dataset": args.dataset, "split": split, "source": args.model or args.samples,
                "prompt_format": prompt_format, **summary, **trained_report}  # fmt: skip
+    if (
+        args.model
+    ):  # how the completions were generated (scripts/check_eval_reference.py batches the same way)
+        summary["generation"] = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+                                 "temperature": args.temperature, "dtype": args.dtype}  # fmt: skip
     if args.speculative:
         summary["speculative"] = speculative_stats.summary()
         summary["tokens_per_forward"] = summary["speculative"]["tokens_per_forward"]

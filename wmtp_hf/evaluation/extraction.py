@@ -19,6 +19,17 @@ _KEPT = (
 )
 
 
+# The first fenced block, closed: where generation in a fenced format can stop (nothing after it is used).
+_CLOSED_BLOCK = re.compile(r"```[ \t]*[\w+.#-]*[ \t]*\n.*?\n[ \t]*```", re.DOTALL)
+
+
+def closed_block_end(text: str) -> int | None:
+    """The index just after the closing fence of `text`'s first fenced block (None while it is open or
+    there is none): `extract_code` reads nothing after it, so a generation may stop there."""
+    match = _CLOSED_BLOCK.search(text)
+    return None if match is None else match.end()
+
+
 def has_fence(text: str) -> bool:
     return FENCE in text
 

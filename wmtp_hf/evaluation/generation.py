@@ -12,11 +12,15 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..data.formatting import adds_special_tokens
 from ..loading import ensure_pad_token, load_for_inference
+from .extraction import closed_block_end
 
 # HumanEval-style completions continue a function body: stop where the next top-level statement starts.
 COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 # Alpaca-style responses end at EOS (handled by generate) or at the next "### " section header.
 INSTRUCTION_STOPS = ("\n### ",)
+# Chat answers: stop once the first fenced code block is closed (the code is read from that block only).
+# A marker, not a literal string: `first_stop` cuts just after the closing fence, which stays in the text.
+CLOSED_CODE_BLOCK = "<first fenced code block closed>"
 
 
 def code_start(text: str) -> int:
@@ -34,9 +38,14 @@ def code_start(text: str) -> int:
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:
-    """Index of the earliest stop string at or after `code_start(text)`, None when there is none."""
+    """Where `text` is cut: the earliest stop string at or after `code_start(text)` (the stop string is
+    cut off), or for `CLOSED_CODE_BLOCK` just after the first fenced block's closing fence; None when
+    there is no stop."""
     start = code_start(text)
-    found = [i for i in (text.find(stop, start) for stop in stops) if i != -1]
+    found = [text.find(stop, start) for stop in stops if stop != CLOSED_CODE_BLOCK]
+    if CLOSED_CODE_BLOCK in stops:
+        found.append(closed_block_end(text) or -1)
+    found = [i for i in found if i != -1]
     return min(found) if found else None
 
 
@@ -128,6 +137,7 @@ def generate_completions(
     progress: bool = True,
     speculative: bool = False,
     speculative_stats: SpeculativeStats | None = None,
+    token_ids: list[list[list[int]]] | None = None,
 ) -> list[list[str]]:
     """Return `n_samples` completions per prompt (list per prompt, in order).
 
@@ -135,7 +145,9 @@ def generate_completions(
     otherwise sampling with temperature/top_p from a seeded generator state. Prompts are left-padded so
     that every sequence in a batch continues right after its own last prompt token. `speculative` decodes
     greedily with the MTP heads drafting (same tokens, fewer forwards; WMTP models only) and adds its
-    counters to `speculative_stats` when given.
+    counters to `speculative_stats` when given. `token_ids`, when given, receives the generated token ids
+    of each completion (same layout as the result; the batch's trailing padding removed), e.g. to compare
+    with another generator token for token.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples: expected >= 1, got {n_samples}")
@@ -164,6 +176,7 @@ def generate_completions(
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     outputs: list[list[str]] = [[] for _ in prompts]
+    ids_out: list[list[list[int]]] = [[] for _ in prompts]
     bar = tqdm(total=len(jobs), desc="generate", unit="sample", disable=not progress)
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
@@ -181,10 +194,17 @@ def generate_completions(
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
             outputs[i].append(truncate_at_stops(text, stop_sequences))
+        for i, row in zip(batch, new_tokens.tolist(), strict=True):
+            while row and row[-1] == tokenizer.pad_token_id:
+                row.pop()
+            ids_out[i].append(row)
         bar.update(len(batch))
     bar.close()
     if greedy:
         outputs = [texts * n_samples for texts in outputs]
+        ids_out = [rows * n_samples for rows in ids_out]
+    if token_ids is not None:
+        token_ids[:] = ids_out
     return outputs
 
 
@@ -196,8 +216,13 @@ def sample_problems(model: Any, tokenizer: Any, problems: Sequence[Any], **optio
     samples = []
     for stops in sorted({p.stop_sequences for p in problems}):
         group = [p for p in problems if p.stop_sequences == stops]
+        ids: list[list[list[int]]] = []
         completions = generate_completions(
-            model, tokenizer, [p.prompt for p in group], stop_sequences=stops, **options
+            model, tokenizer, [p.prompt for p in group], stop_sequences=stops, token_ids=ids, **options
         )
-        samples += [Sample(p.task_id, c) for p, texts in zip(group, completions, strict=True) for c in texts]
+        samples += [
+            Sample(p.task_id, c, tuple(t))
+            for p, texts, rows in zip(group, completions, ids, strict=True)
+            for c, t in zip(texts, rows, strict=True)
+        ]
     return samples

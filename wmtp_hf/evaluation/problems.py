@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .extraction import extract_code, has_fence, keep_definitions
-from .generation import COMPLETION_STOPS, INSTRUCTION_STOPS
+from .generation import CLOSED_CODE_BLOCK, COMPLETION_STOPS, INSTRUCTION_STOPS
 
 DEFAULT_SPLITS = {"humaneval": "test", "mbpp": "test", "codecontests": "test", "offline": "eval"}
 
@@ -45,10 +45,11 @@ class Problem:
 
 def stops_for(prompt_format: str, function_completion: bool) -> tuple[str, ...]:
     """Stop strings: raw function bodies stop at the next top-level statement, alpaca at the next "### "
-    header; chat stops at the end of turn only (EOS)."""
+    header; chat at the end of turn (EOS) or once its first fenced code block is closed (the code is read
+    from that block only, so the explanation a chat model writes after it is never generated)."""
     if prompt_format == "raw" and function_completion:
         return COMPLETION_STOPS
-    return INSTRUCTION_STOPS if prompt_format in ("alpaca", "raw") else ()
+    return INSTRUCTION_STOPS if prompt_format in ("alpaca", "raw") else (CLOSED_CODE_BLOCK,)
 
 
 def problems_from_rows(

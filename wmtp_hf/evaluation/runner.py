@@ -50,15 +50,19 @@ def score_samples(
     )
     rows, per_problem = [], {}
     for sample, result in zip(samples, results, strict=True):
-        rows.append(
-            {
-                "task_id": sample.task_id,
-                "completion": sample.completion,
-                "passed": result.passed,
-                "result": "passed" if result.passed else f"{result.status}: {result.detail}",
-                "status": result.status,
-            }
-        )
+        problem = by_id[sample.task_id]
+        row = {
+            "task_id": sample.task_id,
+            "completion": sample.completion,
+            "passed": result.passed,
+            "result": "passed" if result.passed else f"{result.status}: {result.detail}",
+            "status": result.status,
+            "prompt": problem.prompt,
+            "program": problem.program(sample.completion),
+        }
+        if sample.token_ids is not None:
+            row["generation_ids"] = list(sample.token_ids)
+        rows.append(row)
         n, c = per_problem.get(sample.task_id, (0, 0))
         per_problem[sample.task_id] = (n + 1, c + int(result.passed))
     scores, skipped = summarize_pass_at_k(per_problem.values(), ks)

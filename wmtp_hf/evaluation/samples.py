@@ -14,8 +14,11 @@ class SamplesError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
+    """One completion of a problem; `token_ids` are the generated tokens when this run generated it."""
+
     task_id: str
     completion: str
+    token_ids: tuple[int, ...] | None = None
 
 
 def read_samples(path: str | Path, known: Collection[str] | Mapping[str, str] | None = None) -> list[Sample]:
