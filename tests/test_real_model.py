@@ -8,6 +8,9 @@ reads the cached folders only.
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
@@ -83,3 +86,67 @@ def test_loading_by_name(folders, llama, prompt_ids):
     kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     with torch.no_grad():
         assert model.generate(prompt_ids, **kwargs).tolist() == llama.generate(prompt_ids, **kwargs).tolist()
+
+
+# ------------------------------------------------------------------ every stage and every prompt format
+
+
+@pytest.fixture(scope="module")
+def marker_data(tmp_path_factory, folders):
+    """A short tokenized dataset in SmolLM2's vocabulary (correct and incorrect rows; tiny shapes)."""
+    from train_fixtures import write_marker_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(folders.llama)
+    folder = tmp_path_factory.mktemp("marker")
+    return write_marker_dataset(folder, len(tokenizer), 7, n_problems=8, eos=tokenizer.eos_token_id)
+
+
+def _train(stage: str, model: str, data, out, **options) -> dict:
+    from wmtp_hf.train.cli import main
+
+    argv = ["--stage", stage, "--model", str(model), "--dataset", str(data), "--output-dir", str(out),
+            "--max-steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "1e-5",
+            "--warmup_steps", "0", "--report_to", "none", "--logging_steps", "1", "--save_steps", "100",
+            "--threads", "1"]  # fmt: skip
+    for key, value in options.items():
+        argv += [f"--{key}", str(value)]
+    assert main(argv) == 0
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
+    return summary
+
+
+def test_every_stage_runs_a_few_steps_on_the_real_model(tmp_path, marker_data):
+    """reference (the plain LLaMA), baseline, critic, verifiable and rho1 (reference: the reference stage's
+    output), each 2 steps from SmolLM2-135M by name; every final/ loads, with tied embeddings."""
+    runs = tmp_path / "runs"
+    _train("reference", NAME, marker_data, runs / "reference")
+    _train("baseline", NAME, marker_data, runs / "baseline")
+    _train("critic", runs / "baseline" / "final", marker_data, runs / "critic", eval_strategy="no")
+    _train("verifiable", runs / "critic" / "final", marker_data, runs / "verifiable")
+    _train("rho1", NAME, marker_data, runs / "rho1", reference_model=runs / "reference" / "final")
+    reference = AutoModelForCausalLM.from_pretrained(runs / "reference" / "final")
+    assert type(reference) is LlamaForCausalLM
+    assert reference.lm_head.weight is reference.model.embed_tokens.weight
+    for name in ("baseline", "critic", "verifiable", "rho1"):
+        model = AutoModelForCausalLM.from_pretrained(runs / name / "final")
+        assert type(model) is WmtpForMultiTokenPrediction and model.config.n_future_tokens == 4
+        assert model.lm_head.weight is model.model.embed_tokens.weight, name
+    assert model.config.num_hidden_layers == 30 + 3
+
+
+@pytest.mark.parametrize("prompt_format", ["raw", "alpaca", "chat"])
+def test_evaluate_a_few_problems_in_each_format(tmp_path, folders, prompt_format):
+    """evaluate --model smollm2-135m on 2 HumanEval problems per format: the format is recorded, every
+    completion is generated (none cut to nothing) and scored in the sandbox."""
+    from wmtp_hf import evaluate
+
+    out = tmp_path / prompt_format
+    argv = ["--model", NAME, "--dataset", "humaneval", "--limit", "2", "--max-new-tokens", "24",
+            "--prompt-format", prompt_format, "--threads", "1", "--output", str(out)]  # fmt: skip
+    assert evaluate.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["prompt_format"] == prompt_format and summary["n_problems"] == 2
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["completion"].strip() and r["generation_ids"] for r in rows)
+    assert all(r["status"] in ("passed", "failed", "error", "timeout") for r in rows), rows
