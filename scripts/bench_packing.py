@@ -103,7 +103,7 @@ def dataset_rows(name: str, args: argparse.Namespace) -> tuple[Any, str | None]:
 def tokenized(rows: Any, tokenizer: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Tokenized features in a seeded order (the first `--max-rows`), with a seeded `ref_token_losses`."""
     from wmtp_hf.data import tokenize_dataset
-    from wmtp_hf.data.formatting import format_prompt
+    from wmtp_hf.data.prompt_formats import format_prompt
 
     if all(not out for out in rows["output"]):  # CodeContests sample: the real prompt, then only the EOS
         data = []

