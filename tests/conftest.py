@@ -6,6 +6,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread in the tests and every process they start (set before torch is imported): runs that are
+# compared (a killed run resumed in a subprocess vs one in-process run) use the same float reduction order,
+# and 2 cores are not oversubscribed by the sandbox's and torchrun's processes (docs/training.md, CPU).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
