@@ -38,7 +38,9 @@ def assert_same_weights(a: Path, b: Path, atol: float) -> None:
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=0, msg=f"{key}: max diff {(wa[key] - wb[key]).abs().max()}")
+        torch.testing.assert_close(
+            wa[key], wb[key], atol=atol, rtol=0, msg=f"{key}: max diff {(wa[key] - wb[key]).abs().max()}"
+        )
 
 
 def test_run_writes_final_model_card_and_summary(tmp_path, fixtures, capsys):
