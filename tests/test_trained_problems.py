@@ -216,3 +216,23 @@ def test_held_out_splits_share_no_problem_with_training_splits(tmp_path):
     train = {r["problem_id"] for r in load_source("mbpp", path=path, split="train")}
     held_out = {r["problem_id"] for r in load_source("mbpp", path=path, split="validation")}
     assert train == {"mbpp/700"} and held_out == {"mbpp/520"}
+
+
+@pytest.mark.parametrize("owner", ["smollm2-135m", "model.gguf"])
+def test_a_registered_or_gguf_model_has_no_record_and_no_hub_lookup(owner, monkeypatch):
+    """A pretrained start named by registry name or .gguf file records nothing; the Hub is not asked."""
+    import argparse
+
+    import huggingface_hub
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: asked.append(a) or 1 / 0)
+    from wmtp_hf.evaluation.problems import Problem
+
+    problems = [Problem("HumanEval/0", "p", "{}", "", ())]
+    args = argparse.Namespace(
+        trained_problems=None, model=owner, include_trained_problems=False, dataset="humaneval"
+    )
+    kept, report = evaluate.leave_out_trained_problems(args, problems)
+    assert kept == problems and report["n_trained_problems_evaluated"] == 0 and asked == []
+    assert report["note"] == f"trained problems none recorded: {owner} has no {TRAINED_PROBLEMS_FILE}"

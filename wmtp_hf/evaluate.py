@@ -177,7 +177,10 @@ def leave_out_trained_problems(args: argparse.Namespace, problems: list) -> tupl
     owner = args.trained_problems or args.model
     if args.trained_problems and not Path(args.trained_problems).exists():
         raise ValueError(f"--trained-problems '{args.trained_problems}': no such file or folder")
-    record = read_record(owner)
+    from wmtp_hf.models import is_named_model
+
+    # A registered name or a .gguf file is a pretrained start: nothing recorded, and no Hub id to ask.
+    record = None if owner is None or is_named_model(owner) else read_record(owner)
     missing = (
         f"none recorded: {owner} has no {TRAINED_PROBLEMS_FILE}"
         if owner
