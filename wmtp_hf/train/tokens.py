@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.packing import batch_token_counts
+from ..fileio import atomic_write_text
 
 TOKENS_FILE = "wmtp_tokens.json"
 
@@ -30,7 +31,7 @@ class _SaveTokenCounts(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
-            (folder / TOKENS_FILE).write_text(json.dumps(self.trainer.token_totals()), encoding="utf-8")
+            atomic_write_text(folder / TOKENS_FILE, json.dumps(self.trainer.token_totals()))
 
 
 class TokenCountMixin:
