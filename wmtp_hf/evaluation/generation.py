@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ..data.formatting import adds_special_tokens
 from ..loading import ensure_pad_token, load_for_inference
 from .extraction import closed_block_end
+from .token_healing import HealedPrompt, PrefixConstraint, heal_prompt, strip_prefix
 
 # HumanEval-style completions continue a function body: stop where the next top-level statement starts.
 COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
@@ -62,13 +63,18 @@ class StopOnStrings(StoppingCriteria):
     generated "def " would stop at once), which disagrees with post-hoc truncation of the completion.
     """
 
-    def __init__(self, tokenizer: Any, prompt_length: int, stops: Sequence[str]) -> None:
+    def __init__(
+        self, tokenizer: Any, prompt_length: int, stops: Sequence[str], prefixes: Sequence[str] = ()
+    ) -> None:
         self.tokenizer, self.prompt_length, self.stops = tokenizer, prompt_length, tuple(stops)
+        self.prefixes = tuple(prefixes)  # per row: text of a prompt token removed by healing
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        if self.prefixes:
+            texts = [strip_prefix(t, p) for t, p in zip(texts, self.prefixes, strict=True)]
         done = [first_stop(text, self.stops) is not None for text in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
@@ -121,6 +127,18 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask` of `rows` left-padded to the longest (each row ends at the edge)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
 @torch.inference_mode()
 def generate_completions(
     model: Any,
@@ -138,6 +156,7 @@ def generate_completions(
     speculative: bool = False,
     speculative_stats: SpeculativeStats | None = None,
     token_ids: list[list[list[int]]] | None = None,
+    token_healing: bool = True,
 ) -> list[list[str]]:
     """Return `n_samples` completions per prompt (list per prompt, in order).
 
@@ -147,7 +166,9 @@ def generate_completions(
     greedily with the MTP heads drafting (same tokens, fewer forwards; WMTP models only) and adds its
     counters to `speculative_stats` when given. `token_ids`, when given, receives the generated token ids
     of each completion (same layout as the result; the batch's trailing padding removed), e.g. to compare
-    with another generator token for token.
+    with another generator token for token. `token_healing` (default) generates across the prompt's last
+    token as training tokenized prompt + response (`token_healing.py`); the completion never repeats the
+    removed token's text, but `token_ids` start with the token that replaced it.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples: expected >= 1, got {n_samples}")
@@ -182,18 +203,26 @@ def generate_completions(
         batch = jobs[start : start + batch_size]
         texts = [prompts[i] for i in batch]
         special = all(adds_special_tokens(tokenizer, t) for t in texts)  # a chat template may write BOS
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special).to(device)
+        encoded = tokenizer(texts, add_special_tokens=special)["input_ids"]
+        healed = [heal_prompt(tokenizer, ids) if token_healing else HealedPrompt(ids) for ids in encoded]
+        enc = left_pad([h.input_ids for h in healed], tokenizer.pad_token_id, device)
+        prompt_length = enc["input_ids"].shape[1]
+        prefixes = [h.prefix for h in healed]
         stopping = StoppingCriteriaList()
         if stop_sequences:
-            stopping.append(StopOnStrings(tokenizer, enc["input_ids"].shape[1], stop_sequences))
-        out = model.generate(**enc, **gen_kwargs, stopping_criteria=stopping)
+            stopping.append(StopOnStrings(tokenizer, prompt_length, stop_sequences, prefixes))
+        processors = LogitsProcessorList()
+        if any(prefixes):
+            processors.append(PrefixConstraint(tokenizer, prompt_length, prefixes))
+        out = model.generate(**enc, **gen_kwargs, stopping_criteria=stopping, logits_processor=processors)
         if speculative:
             if speculative_stats is not None:
                 speculative_stats.add(out)
             out = out.sequences
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
-        for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
-            outputs[i].append(truncate_at_stops(text, stop_sequences))
+        new_tokens = out[:, prompt_length:]
+        decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        for i, text, prefix in zip(batch, decoded, prefixes, strict=True):
+            outputs[i].append(truncate_at_stops(strip_prefix(text, prefix), stop_sequences))
         for i, row in zip(batch, new_tokens.tolist(), strict=True):
             while row and row[-1] == tokenizer.pad_token_id:
                 row.pop()
