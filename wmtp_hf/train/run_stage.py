@@ -17,6 +17,7 @@ from ..data import DataError, WmtpDataCollator
 from ..fileio import atomic_write_text
 from ..messages import first_line
 from ..trained_problems import TRAINED_PROBLEMS_FILE
+from .checkpoint_size import CheckpointSizeCallback, log_folder_size
 from .components import build_train_dataset, resolve_training_format
 from .config import (
     ConfigError,
@@ -100,6 +101,7 @@ def run(
             callbacks=[
                 ResolvedConfigCallback(config_to_dict(config), data_report),
                 TrainedProblemsCallback(trained),
+                CheckpointSizeCallback(),
                 *(callbacks or []),
             ],
             **trainer_kwargs,
@@ -120,6 +122,8 @@ def run(
     final_dir = Path(config.output_dir) / FINAL_DIR
     trainer.final_folder = write_final_folder(trainer, config, stage, tokenizer, n_heads, final_loss, trained)
     trainer.accelerator.wait_for_everyone()  # final/ is complete for every process (e.g. the next stage)
+    if trainer.is_world_process_zero():
+        log_folder_size(final_dir, "saved final model")
     if config.push_to_hub:
         message = f"wmtp_hf: stage {stage}, {trainer.state.global_step} steps"
         try:  # process 0 uploads; the others wait for it under a timeout sized to the upload, not ddp_timeout
