@@ -161,7 +161,9 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
     start = report["summary"]["start"]
     assert list(report["summary"])[0] == "start" and start["steps"] == 0 and start["stage"] == "start"
     assert report["start"]["model"] == str(model) and report["start"]["start_of"] == "baseline"
-    assert [c["estimate"] for c in start["ce_per_head"]] == pytest.approx(naive_heldout_ce(model, 10), rel=1e-4)
+    assert [c["estimate"] for c in start["ce_per_head"]] == pytest.approx(
+        naive_heldout_ce(model, 10), rel=1e-4
+    )
     assert start["auroc_unavailable"] == "no value head" and "auroc" not in start
     assert set(start["pass_at_k"]) == {"pass@1"} and 1.0 <= start["tokens_per_forward"] <= 2.0
     assert set(report["from_start"]) == set(RUNS)
@@ -364,7 +366,11 @@ def test_drawn_rows_keep_the_class_mix_and_depend_only_on_the_seed(n_correct):
     random.Random(n_correct).shuffle(labels)
     for max_rows in (1, 2, 5, 10, 39, 40, 100):
         rows = draw_rows(labels, max_rows, seed=0)
-        assert rows == sorted(set(rows)) and len(rows) == min(max_rows, 40) and rows == draw_rows(labels, max_rows, 0)
+        assert (
+            rows == sorted(set(rows))
+            and len(rows) == min(max_rows, 40)
+            and rows == draw_rows(labels, max_rows, 0)
+        )
         drawn = sum(labels[i] for i in rows)
         assert abs(drawn - len(rows) * n_correct / 40) < 1 + 1e-9  # the full set's mix within one row
         if 0 < n_correct < 40 and max_rows >= 2:
@@ -386,8 +392,15 @@ def test_auroc_that_cannot_be_computed_says_why():
     assert auroc_unavailable(critic, [True] * 3) == "one class only: all 3 held-out rows are correct"
     assert auroc_unavailable(critic, [False]) == "one class only: all 1 held-out rows are incorrect"
     assert auroc_unavailable(plain, [True, False]) == "no value head"
-    assert auroc_unavailable(SimpleNamespace(config=SimpleNamespace(model_type="llama")), [True]) == "no value head"
-    one_class = {"ce_per_head": [1.0], "auroc": None, "auroc_unavailable": "one class only: all 3 held-out rows are correct"}
+    assert (
+        auroc_unavailable(SimpleNamespace(config=SimpleNamespace(model_type="llama")), [True])
+        == "no value head"
+    )
+    one_class = {
+        "ce_per_head": [1.0],
+        "auroc": None,
+        "auroc_unavailable": "one class only: all 3 held-out rows are correct",
+    }
     summary = summarize_run([one_class])
     assert "auroc" not in summary and summary["auroc_unavailable"] == one_class["auroc_unavailable"]
     summary.update(stage="critic", reused=False, steps=2, final_train_loss=1.0)
