@@ -162,6 +162,7 @@ def default_config_dict() -> dict[str, Any]:
         "evaluation": {},
         "seeds": [0],
         "control_report": "runs/experiment_control/report.json",
+        "keep_checkpoints": False,
     }
 
 
