@@ -101,7 +101,6 @@ def run(
             callbacks=[
                 ResolvedConfigCallback(config_to_dict(config), data_report),
                 TrainedProblemsCallback(trained),
-                CheckpointSizeCallback(),
                 *(callbacks or []),
             ],
             **trainer_kwargs,
@@ -112,6 +111,7 @@ def run(
                 f"push_to_hub: cannot create the Hub repo '{config.hub_model_id}' ({first_line(err)})"
             ) from None
         raise
+    trainer.add_callback(CheckpointSizeCallback())  # last: after every callback that writes into a checkpoint
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     elapsed = time.perf_counter() - start
