@@ -4,6 +4,8 @@ MLflow parent + nested runs, and one-line errors that write nothing."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from wmtp_hf.data import load_source, tokenize_dataset
 from wmtp_hf.experiment.__main__ import main
+from wmtp_hf.experiment.measure import draw_rows
 from wmtp_hf.stats import crossed_bootstrap, verdict
 
 mlflow = pytest.importorskip("mlflow")
@@ -33,7 +36,7 @@ def write_config(path: Path, model: Path, llama: Path, **stage_changes) -> Path:
     config = {
         "model": str(model),
         "shared": {"dataset": "offline", "report_to": "mlflow", "per_device_train_batch_size": 4, "max_length": 384,
-                   "logging_steps": 1, "save_strategy": "no", "learning_rate": 1e-2, "warmup_steps": 0},
+                   "logging_steps": 1, "learning_rate": 1e-2, "warmup_steps": 0},
         "stages": stages,
         "evaluation": {"max_rows": 10, "n_problems": 3, "max_new_tokens": 8, "batch_size": 4, "timeout": 5,
                        "inspect_examples": 1},
@@ -42,15 +45,20 @@ def write_config(path: Path, model: Path, llama: Path, **stage_changes) -> Path:
     return path
 
 
+def heldout_rows(tokenizer, max_rows: int):
+    """The held-out rows the experiment measures: `draw_rows` (tested on its own below) of max_rows."""
+    rows, _ = tokenize_dataset(load_source("offline", split="eval"), tokenizer, max_length=384)
+    return rows.select(draw_rows([bool(c) for c in rows["is_correct"]], max_rows, seed=0))
+
+
 def naive_heldout_ce(model_dir: Path, max_rows: int, per_row: list | None = None) -> list[float]:
-    """Per-head CE on the first `max_rows` held-out rows' correct ones, one row and one target at a time
+    """Per-head CE on the drawn `max_rows` held-out rows' correct ones, one row and one target at a time
     (`per_row` receives each row's head-0 mean CE)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    rows, _ = tokenize_dataset(load_source("offline", split="eval"), tokenizer, max_length=384)
     n = model.config.n_future_tokens
     sums, counts = [0.0] * n, [0] * n
-    for row in rows.select(range(max_rows)):
+    for row in heldout_rows(tokenizer, max_rows):
         if not row["is_correct"]:
             continue
         ids = torch.tensor([row["input_ids"]])
@@ -74,9 +82,8 @@ def naive_auroc(model_dir: Path, max_rows: int) -> float:
     """Brute-force pair count over each held-out response's last value (`V` before its last token)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    rows, _ = tokenize_dataset(load_source("offline", split="eval"), tokenizer, max_length=384)
     scores = {True: [], False: []}
-    for row in rows.select(range(max_rows)):
+    for row in heldout_rows(tokenizer, max_rows):
         with torch.no_grad():
             value = model(input_ids=torch.tensor([row["input_ids"]]), value_only=True).value[0]
         scores[bool(row["is_correct"])].append(value[len(row["input_ids"]) - 2].item())
@@ -88,7 +95,8 @@ def mtimes(out: Path) -> dict[str, float]:
     return {name: (out / name / "final" / "model.safetensors").stat().st_mtime_ns for name in RUNS}
 
 
-def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer, monkeypatch, capsys):
+def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer, monkeypatch, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="wmtp_hf")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "wmtp-experiment-test")
     model = write_tiny_model(tmp_path / "model", tiny_tokenizer)
@@ -148,6 +156,42 @@ def test_experiment_trains_measures_reports_and_reuses(tmp_path, tiny_tokenizer,
     assert rho1["ci95"] == pytest.approx([expected["low"], expected["high"]], rel=1e-4)
     assert rho1["verdict"] == verdict(expected["low"], expected["high"], lower_is_better=True)
     assert report["summary"]["critic"]["auroc"]["ci95"][0] <= report["summary"]["critic"]["auroc"]["estimate"]
+
+    # The start row: the model before any step, measured like every final model; each run against it.
+    start = report["summary"]["start"]
+    assert list(report["summary"])[0] == "start" and start["steps"] == 0 and start["stage"] == "start"
+    assert report["start"]["model"] == str(model) and report["start"]["start_of"] == "baseline"
+    assert [c["estimate"] for c in start["ce_per_head"]] == pytest.approx(
+        naive_heldout_ce(model, 10), rel=1e-4
+    )
+    assert start["auroc_unavailable"] == "no value head" and "auroc" not in start
+    assert set(start["pass_at_k"]) == {"pass@1"} and 1.0 <= start["tokens_per_forward"] <= 2.0
+    assert set(report["from_start"]) == set(RUNS)
+    from_start = report["from_start"]["baseline"]["ce_head_0"]
+    rows_s = []
+    naive_heldout_ce(model, 10, rows_s)
+    expected = crossed_bootstrap(
+        [b[1] - s[1] for b, s in zip(rows_b, rows_s, strict=True)], [s[2] for s in rows_s]
+    )
+    assert from_start["difference"] == pytest.approx(
+        report["summary"]["baseline"]["ce_per_head"][0]["estimate"] - start["ce_per_head"][0]["estimate"]
+    )
+    assert from_start["ci95"] == pytest.approx([expected["low"], expected["high"]], rel=1e-4)
+    assert "pass@1" in report["from_start"]["rho1"]
+    markdown = (out / "report.md").read_text()
+    assert "| start | start | 0 | – |" in markdown and "| no value head |" in markdown
+    assert "## Against the start model" in markdown and "**baseline** vs **start**" in markdown
+
+    # Runs keep only final/: no checkpoint (with optimizer state) unless keep_checkpoints; sizes are logged.
+    for name in RUNS:
+        assert not list((out / name).glob("checkpoint-*")) and not list((out / name).rglob("optimizer.pt"))
+    sizes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("saved final model")]
+    assert len(sizes) == len(RUNS)
+    for name, line in zip(RUNS, sizes, strict=True):
+        n = int(re.search(r"\((\d+) bytes\)", line).group(1))
+        assert f"{out / name / 'final'}:" in line and n == sum(
+            p.stat().st_size for p in (out / name / "final").rglob("*") if p.is_file()
+        )
     markdown = (out / "report.md").read_text()
     assert "| rho1 | rho1 | 2 |" in markdown and "What the verdicts mean" in markdown
     for path in report["plots"].values():
@@ -312,3 +356,69 @@ def test_seeds_give_one_chain_of_runs_per_seed():
     one = build_plan(default_config_dict(), "built-in", "out")  # one seed: the folders of before
     assert [r.key for r in one.stages][:2] == ["reference", "baseline"]
     assert one.run("baseline").config.seed == plan.runs_named("baseline")[0].config.seed == 0
+
+
+@pytest.mark.parametrize("n_correct", [0, 1, 3, 17, 29, 40])
+def test_drawn_rows_keep_the_class_mix_and_depend_only_on_the_seed(n_correct):
+    import random
+
+    labels = [True] * n_correct + [False] * (40 - n_correct)
+    random.Random(n_correct).shuffle(labels)
+    for max_rows in (1, 2, 5, 10, 39, 40, 100):
+        rows = draw_rows(labels, max_rows, seed=0)
+        assert (
+            rows == sorted(set(rows))
+            and len(rows) == min(max_rows, 40)
+            and rows == draw_rows(labels, max_rows, 0)
+        )
+        drawn = sum(labels[i] for i in rows)
+        assert abs(drawn - len(rows) * n_correct / 40) < 1 + 1e-9  # the full set's mix within one row
+        if 0 < n_correct < 40 and max_rows >= 2:
+            assert 0 < drawn < len(rows)  # both classes, so an AUROC can be computed
+    assert draw_rows(labels, None, 0) == list(range(40))
+    if 0 < n_correct < 40:  # another seed draws other rows
+        assert any(draw_rows(labels, 10, s) != draw_rows(labels, 10, 0) for s in range(1, 5))
+
+
+def test_auroc_that_cannot_be_computed_says_why():
+    from types import SimpleNamespace
+
+    from wmtp_hf.experiment.measure import auroc_unavailable
+    from wmtp_hf.experiment.report import render_markdown, summarize_run
+
+    critic = SimpleNamespace(config=SimpleNamespace(model_type="wmtp"), value_head=object())
+    plain = SimpleNamespace(config=SimpleNamespace(model_type="wmtp"), value_head=None)
+    assert auroc_unavailable(critic, [True, False]) is None
+    assert auroc_unavailable(critic, [True] * 3) == "one class only: all 3 held-out rows are correct"
+    assert auroc_unavailable(critic, [False]) == "one class only: all 1 held-out rows are incorrect"
+    assert auroc_unavailable(plain, [True, False]) == "no value head"
+    assert (
+        auroc_unavailable(SimpleNamespace(config=SimpleNamespace(model_type="llama")), [True])
+        == "no value head"
+    )
+    one_class = {
+        "ce_per_head": [1.0],
+        "auroc": None,
+        "auroc_unavailable": "one class only: all 3 held-out rows are correct",
+    }
+    summary = summarize_run([one_class])
+    assert "auroc" not in summary and summary["auroc_unavailable"] == one_class["auroc_unavailable"]
+    summary.update(stage="critic", reused=False, steps=2, final_train_loss=1.0)
+    report = {"summary": {"critic": summary}, "comparisons": {}, "config": "c", "dataset": "offline",
+              "output_dir": "o", "verdicts_mean": "", "plots": {}, "controls": None}  # fmt: skip
+    assert "| one class only: all 3 held-out rows are correct |" in render_markdown(report)
+
+
+def test_runs_keep_checkpoints_only_when_asked(tmp_path, capsys):
+    from wmtp_hf.experiment.plan import build_plan
+
+    data = {"stages": {"baseline": {}, "critic": {"save_strategy": "steps"}}}
+    plan = build_plan(data, "x.yaml", "out")
+    assert [str(r.config.save_strategy) for r in plan.stages] == ["SaveStrategy.NO", "SaveStrategy.STEPS"]
+    kept = build_plan({**data, "keep_checkpoints": True}, "x.yaml", "out")
+    assert all(str(r.config.save_strategy) == "SaveStrategy.STEPS" for r in kept.stages)
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({**data, "keep_checkpoints": "yes"}))
+    assert main(["--config", str(config), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "key 'keep_checkpoints' expects true or false, got 'yes'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -204,3 +204,76 @@ def test_7b_fsdp_configs_pass_dry_run_on_tiny_stand_ins(tmp_path, setup, stage, 
         argv.remove("--eval_split"), argv.remove("null")
     assert main(argv) == 0, capsys.readouterr().err
     assert "dry run OK" in capsys.readouterr().out
+
+
+def test_cached_and_live_reference_losses_keep_the_same_tokens_even_all_tied(tmp_path, setup, caplog):
+    """A row's reference losses used to change in the last bits with the rows batched beside it (about
+    4e-6 nats on SmolLM2), so the cached column (scored `reference_batch_size` rows at a time) and the
+    live training batch kept different tokens where excess losses tie. Each row is now scored alone: the
+    column at any batch size, the live batch in any order and a packed batch are bit-identical, and with
+    the start model as the reference (head-0 excess 0 up to float noise) head 0 keeps its first valid
+    targets by position, as a naive loop over (excess on the 2^-10 grid, position) says."""
+    from wmtp_hf import WmtpForMultiTokenPrediction
+    from wmtp_hf.data.packing import padded_view
+    from wmtp_hf.reference import compute_reference_column
+    from wmtp_hf.weighting import EXCESS_RESOLUTION, rho1_weights
+
+    _, data, ref = setup
+    start = tmp_path / "start"  # the reference itself as a 2-head WMTP model: same head-0 predictions
+    WmtpForMultiTokenPrediction.from_llama(str(ref), n_future_tokens=2).save_pretrained(start)
+    AutoTokenizer.from_pretrained(ref).save_pretrained(start)
+    rows = datasets.load_from_disk(str(data / "train")).select(range(8))
+    trainer, policy = make_trainer(tmp_path, start, ref, dataset=rows)
+    pad = trainer.data_collator.pad_token_id
+    cached = {n: compute_reference_column(rows, trainer.ref_model, pad, batch_size=n) for n in (1, 3, 8)}
+    assert cached[1] == cached[3] == cached[8]
+    order = [5, 2, 7, 0, 1, 6, 3, 4]
+    batch = trainer.data_collator([rows[i] for i in order])
+    live = trainer.reference_losses(batch)
+    for j, i in enumerate(order):
+        assert live[j, : len(cached[8][i])].tolist() == cached[8][i]  # bit-identical
+    packed = WmtpDataCollator(pad_token_id=pad, packing=True)([rows[i] for i in order])
+    assert torch.equal(trainer.reference_losses(padded_view(packed)), live[:, : live.shape[1]])
+
+    cached_batch = {**batch, "ref_token_losses": torch.zeros_like(live)}
+    for j, i in enumerate(order):
+        cached_batch["ref_token_losses"][j, : len(cached[8][i])] = torch.tensor(cached[8][i])
+    with torch.no_grad():
+        out = policy(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
+    mask = mtp_target_mask(batch["labels"], 2)
+    with caplog.at_level("WARNING", logger="wmtp_hf.train.stages.rho1"):
+        kept_live = trainer.token_weights(policy, batch, out, mask)
+        kept_cached = trainer.token_weights(policy, cached_batch, out, mask)
+    assert torch.equal(kept_live, kept_cached)
+    excess0 = out.token_losses[..., 0] - torch.cat([live[:, 1:], torch.zeros_like(live[:, :1])], dim=1)
+    assert excess0[mask[..., 0]].abs().max() < EXCESS_RESOLUTION / 2  # all tied on the grid
+    valid = [i for i, m in enumerate(mask[..., 0].flatten().tolist()) if m]  # naive: first by position
+    keep = sorted(valid)[: rho1_keep_counts(mask, 0.6)[0]]
+    assert torch.nonzero(kept_live[..., 0].flatten()).flatten().tolist() == keep
+    warnings = [r.getMessage() for r in caplog.records if "is the start model" in r.getMessage()]
+    assert (
+        len(warnings) == 1 and f"reference '{ref}'" in warnings[0] and f"start model '{start}'" in warnings[0]
+    )
+    # Noise below the grid is a tie, a difference of one grid step is not.
+    noise = torch.full_like(live, 1e-5)
+    assert torch.equal(rho1_weights(out.token_losses, live + noise, mask, 0.6), kept_live)
+    bumped = out.token_losses.clone()
+    last = valid[-1]
+    bumped.view(-1, 2)[last, 0] += EXCESS_RESOLUTION
+    assert rho1_weights(bumped, live, mask, 0.6)[..., 0].flatten()[last] == 1
+
+
+def test_reference_that_differs_from_the_start_gives_no_warning(tmp_path, setup, caplog):
+    model, data, ref = setup
+    rows = datasets.load_from_disk(str(data / "train")).select(range(4))
+    trainer, policy = make_trainer(tmp_path, model, ref, dataset=rows)
+    batch = trainer.data_collator(list(rows))
+    with torch.no_grad():
+        out = policy(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
+    with caplog.at_level("WARNING", logger="wmtp_hf.train.stages.rho1"):
+        trainer.token_weights(policy, batch, out, mtp_target_mask(batch["labels"], 2))
+    assert not [r for r in caplog.records if "is the start model" in r.getMessage()]

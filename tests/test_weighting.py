@@ -652,8 +652,8 @@ def rho1_case(seed: int, n_heads: int):
 
 
 def naive_rho1(token_losses, ref, mask, k_percent, sub):
-    """Per head: sort the valid (excess, flat index) entries, keep the first n_keep; `sub` does the
-    subtraction in the tensor's precision (Python floats for float64, numpy float32 for float32)."""
+    """Per head: sort the valid (excess on the 2^-10 grid, flat index) entries, keep the first n_keep; `sub`
+    does the subtraction in the tensor's precision (Python floats for float64, numpy float32 for float32)."""
     batch_size, seq, n_heads = len(token_losses), len(token_losses[0]), len(token_losses[0][0])
     out = [[[0.0] * n_heads for _ in range(seq)] for _ in range(batch_size)]
     counts = []
@@ -663,7 +663,8 @@ def naive_rho1(token_losses, ref, mask, k_percent, sub):
             for t in range(seq):
                 if mask[b][t][k]:
                     r = ref[b][t + 1 + k] if t + 1 + k < seq else 0.0
-                    valid.append((sub(token_losses[b][t][k], r), b * seq + t, b, t))
+                    excess = round(sub(token_losses[b][t][k], r) * 1024) / 1024  # Python round: half to even
+                    valid.append((excess, b * seq + t, b, t))
         n_keep = max(round(k_percent * len(valid)), 1) if valid else 0
         counts.append(n_keep)
         for _, _, b, t in sorted(valid, key=lambda e: (-e[0], e[1]))[:n_keep]:
@@ -708,6 +709,25 @@ def test_rho1_weights_large_batch_ties():
         n_keep = round(0.3 * len(valid))
         kept = sorted(sorted(valid, key=lambda i: (-flat[i], i))[:n_keep])
         assert torch.nonzero(got[..., k].flatten()).flatten().tolist() == kept
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rho1_noise_below_the_grid_is_a_tie(seed):
+    """Reference losses that differ only by float noise (cached vs live) keep the same tokens; all tied
+    (the start model as reference), the first valid targets by position are kept, as the naive loop says."""
+    token_losses, _, mask = rho1_case(seed, 2)
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.zeros(token_losses.shape[:2])
+    ref[:, 1:] = token_losses[:, :-1, 0]  # head 0's excess is 0 everywhere: all tied
+    noisy = [ref + (torch.rand(ref.shape, generator=g) - 0.5) * 1e-4 for _ in range(2)]
+    got = [rho1_weights(token_losses, r, mask, 0.4) for r in noisy]
+    assert torch.equal(got[0], got[1]) and torch.equal(got[0], rho1_weights(token_losses, ref, mask, 0.4))
+    expected, _ = naive_rho1(token_losses.tolist(), ref.tolist(), mask.tolist(), 0.4,
+                             lambda a, b: float(np.float32(a) - np.float32(b)))  # fmt: skip
+    assert got[0].tolist() == expected
+    flat = mask[..., 0].flatten().tolist()
+    first = [i for i, m in enumerate(flat) if m][: int(got[0][..., 0].sum())]
+    assert torch.nonzero(got[0][..., 0].flatten()).flatten().tolist() == first
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -41,7 +41,7 @@ from .loading import (
 )
 from .loading import pad_token_id as padding_id
 from .messages import first_line
-from .weighting import reference_token_losses
+from .weighting import reference_token_losses_by_row
 
 __all__ = [
     "REFERENCE_COLUMN",
@@ -67,6 +67,9 @@ REFERENCE_FEATURE = datasets.Sequence(datasets.Value("float32"))
 REFERENCE_FILE = "reference.json"
 TOKEN_COLUMNS = ("input_ids", "prompt_length")
 FINGERPRINT_ROWS = 10_000
+# How the losses were computed; columns and caches written otherwise (before: scored in padded batches,
+# which changes the last bits with the batch) are warned about or recomputed.
+SCORING = "each row alone"
 
 # Files of a model folder that determine its outputs (weights, config, tokenizer). Trainer state, model
 # cards, optimizer/scheduler states and remote-code sources are left out.
@@ -279,10 +282,12 @@ def _batch_losses(
     batch = collator(
         [{"input_ids": ids, "prompt_length": n} for ids, n in zip(rows, prompt_length, strict=True)]
     )
-    losses = reference_token_losses(
-        model, batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["labels"].to(device)
+    # Each row alone, as the live rho1 stage scores them, so cached and live losses are bit-identical.
+    lengths = [len(ids) for ids in rows]
+    losses = reference_token_losses_by_row(
+        model, batch["input_ids"].to(device), batch["labels"].to(device), lengths
     )
-    losses = losses.float().cpu().numpy()
+    losses = losses.cpu().numpy()
     return [losses[i, : len(ids)].copy() for i, ids in enumerate(rows)]
 
 
@@ -307,8 +312,9 @@ def compute_reference_column(
 ) -> list[list[float]]:
     """Per row, `CE_ref(j)` for each of its tokens (0 on prompt tokens), in dataset order.
 
-    Rows are collated `batch_size` at a time (right padding, as in training) and scored on the model's
-    device by `weighting.reference_token_losses`. No sorting, so the result is deterministic.
+    Rows are collated `batch_size` at a time and each scored alone on the model's device by
+    `weighting.reference_token_losses_by_row`, as the live rho1 stage does, so the result is deterministic
+    and does not depend on `batch_size`.
     """
     _require_tokens(dataset, "dataset")
     if batch_size < 1:
@@ -468,6 +474,14 @@ def check_cached_fingerprint(
             f"'{recorded.get('reference')}' (fingerprint {_short(str(recorded.get('id')))}) but reference_model "
             f"is '{reference}' (fingerprint {_short(current['id'])}); {hint}"
         )
+    if info.get("scoring") != SCORING:
+        logger.warning(
+            "%s: its %s were scored in padded batches (an older wmtp_hf), so near-tied tokens may be kept "
+            "otherwise than with the live reference; %s",
+            where,
+            REFERENCE_COLUMN,
+            hint,
+        )
 
 
 def _copy_entry(src: Path, dst: Path) -> None:
@@ -569,7 +583,8 @@ def add_reference_losses(
         for entry in dataset_dir.iterdir():
             if entry.name not in available and entry.name != REFERENCE_FILE:
                 _copy_entry(entry, tmp / entry.name)
-        info = {"fingerprint": fingerprint, "dataset_fingerprints": dataset_fps, "batch_size": batch_size}
+        info = {"fingerprint": fingerprint, "dataset_fingerprints": dataset_fps, "batch_size": batch_size,
+                "scoring": SCORING}  # fmt: skip
         atomic_write_json(tmp / REFERENCE_FILE, info)
     logger.info(
         "%s: %s added to %s (reference %s)", dataset_dir, REFERENCE_COLUMN, ", ".join(selected), reference
@@ -605,7 +620,7 @@ def precompute_reference_losses(
         tokenizer = load_reference_tokenizer(reference, revision=revision)
     fingerprint = _combine_fingerprint(reference, model_fp, tokenizer_fingerprint(tokenizer))
     tokens_fp = dataset_fingerprint(dataset)
-    key = hashlib.sha256(f"{tokens_fp}{fingerprint['id']}".encode()).hexdigest()
+    key = hashlib.sha256(f"{tokens_fp}{fingerprint['id']}{SCORING}".encode()).hexdigest()
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "reference_losses"
     folder = root / key
     if folder.is_dir():
@@ -636,6 +651,7 @@ def precompute_reference_losses(
                 "fingerprint": fingerprint,
                 "dataset_fingerprints": {"dataset": tokens_fp},
                 "batch_size": batch_size,
+                "scoring": SCORING,
             }
             atomic_write_json(tmp / REFERENCE_FILE, info)
     except FileExistsError:

@@ -165,6 +165,39 @@ def reference_token_losses(
     return losses.masked_fill(labels == IGNORE_INDEX, 0.0)
 
 
+@torch.no_grad()
+def reference_token_losses_by_row(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    lengths: torch.Tensor | list[int],
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """`[B, W]` float32 `CE_ref` of B examples, each scored alone, unpadded (`reference_token_losses` of
+    a one-row batch without attention mask), so a token's loss does not depend on the other rows.
+
+    Scored in a batch, the same row's losses change in the last bits with the batch's width and
+    companions (padding changes the kernels' shapes: about 4e-6 nats on SmolLM2-135M), so losses
+    cached in `reference_batch_size` rows and live losses of the training batch differed, and with them
+    the kept tokens wherever excess losses were near-ties. Scored alone, cached and live are bit-identical.
+
+    `input_ids` and `labels` are `[B, W]` right-padded rows with `lengths[b]` real tokens (`W` is the
+    output width), or one packed row `[1, N]` of examples `lengths` long back to back (`W = max(lengths)`).
+    """
+    lengths = [int(n) for n in lengths]
+    packed = input_ids.shape[0] == 1 and len(lengths) > 1
+    width = max(lengths, default=0) if packed else input_ids.shape[1]
+    out = torch.zeros(len(lengths), width, dtype=torch.float32, device=input_ids.device)
+    start = 0
+    for b, n in enumerate(lengths):
+        row, at = (0, start) if packed else (b, 0)
+        if n > 0:
+            ids, targets = input_ids[row : row + 1, at : at + n], labels[row : row + 1, at : at + n]
+            out[b, :n] = reference_token_losses(model, ids, None, targets, chunk_size=chunk_size)[0].float()
+        start += n
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------
 # Masks
 # --------------------------------------------------------------------------------------------------------
@@ -590,18 +623,33 @@ def rho1_keep_counts(target_mask: torch.Tensor, k_percent: float) -> torch.Tenso
     return torch.tensor(keep, dtype=torch.long, device=target_mask.device)
 
 
+EXCESS_RESOLUTION = 2.0**-10  # nats: excess losses are ranked on this grid, finer differences are ties
+
+
+def ranked_excess(excess: torch.Tensor) -> torch.Tensor:
+    """`excess` (float32, or float64) rounded to the nearest multiple of `EXCESS_RESOLUTION` (half to even).
+
+    Differences below about 1e-3 nats are float noise (kernel shapes, summation order), not a signal:
+    with the start model as reference, head 0's excess is 0 up to that noise, and its kept tokens must
+    follow the tie rule, not the noise."""
+    excess = excess if excess.dtype == torch.float64 else excess.float()
+    return torch.round(excess / EXCESS_RESOLUTION) * EXCESS_RESOLUTION
+
+
 def rho1_weights(
     token_losses: torch.Tensor, ref_token_losses: torch.Tensor, target_mask: torch.Tensor, k_percent: float
 ) -> torch.Tensor:
     """`[B, T, n]` 0/1 Rho-1 weights (detached, dtype of `token_losses`): per head, over the whole batch,
-    keep the `rho1_keep_counts` valid targets with the largest excess loss.
+    keep the `rho1_keep_counts` valid targets with the largest excess loss (`ranked_excess`: on a grid
+    of `EXCESS_RESOLUTION` nats).
 
     Ties go to the smaller flat index `b * T + t`, so the selection is deterministic.
     """
     keep = rho1_keep_counts(target_mask, k_percent)
     batch, seq, n_heads = token_losses.shape
     mask = target_mask.bool().reshape(batch * seq, n_heads).T
-    excess = excess_losses(token_losses.detach(), ref_token_losses.detach()).reshape(batch * seq, n_heads).T
+    excess = excess_losses(token_losses.detach(), ref_token_losses.detach())
+    excess = ranked_excess(excess).reshape(batch * seq, n_heads).T
     excess = torch.where(mask, excess, torch.full_like(excess, -math.inf))
     # Lexicographic (valid first, largest excess, smallest index) from two stable sorts.
     order = torch.sort(excess, dim=1, descending=True, stable=True).indices

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +90,44 @@ def value_auroc(model: Any, dataset: datasets.Dataset, collator: WmtpDataCollato
     return None if scores is None else binary_auroc(torch.tensor(scores), torch.tensor(dataset["is_correct"]))
 
 
+def auroc_unavailable(model: Any, labels: list[bool]) -> str | None:
+    """Why the critic's AUROC cannot be computed for `model` on rows labelled `labels` (None: it can)."""
+    if not is_wmtp(model) or getattr(model, "value_head", None) is None:
+        return "no value head"
+    if not labels:
+        return "no held-out rows"
+    if all(labels) or not any(labels):
+        kind = "correct" if labels[0] else "incorrect"
+        return f"one class only: all {len(labels)} held-out rows are {kind}"
+    return None
+
+
 def critic_scores(model: Any, dataset: datasets.Dataset, collator: WmtpDataCollator, batch_size: int):
     """Each row's last value (the critic's verdict), or None without a value head or with one class only."""
-    if getattr(model, "value_head", None) is None:
-        return None
-    labels = [bool(c) for c in dataset["is_correct"]]
-    if all(labels) or not any(labels):
+    if auroc_unavailable(model, [bool(c) for c in dataset["is_correct"]]) is not None:
         return None
     return last_values(model, dataset, collator, batch_size).tolist()
+
+
+def draw_rows(is_correct: list[bool], max_rows: int | None, seed: int) -> list[int]:
+    """Indices (ascending) of at most `max_rows` rows drawn at random, stratified by `is_correct`.
+
+    Each class gets `round(max_rows * share)` rows, so the drawn mix equals the full set's within one
+    row; when both classes exist and `max_rows >= 2`, each keeps at least one row (an AUROC needs both).
+    The draw depends only on the labels, `max_rows` and `seed`, so every run is measured on the same rows.
+    """
+    n = len(is_correct)
+    if max_rows is None or max_rows >= n:
+        return list(range(n))
+    correct = [i for i, c in enumerate(is_correct) if c]
+    incorrect = [i for i, c in enumerate(is_correct) if not c]
+    take = round(max_rows * len(correct) / n)
+    if correct and incorrect and max_rows >= 2:
+        take = min(max(take, 1), max_rows - 1)
+    take = min(take, len(correct), max_rows)
+    take = max(take, max_rows - len(incorrect))
+    rng = random.Random(seed)
+    return sorted(rng.sample(correct, take) + rng.sample(incorrect, max_rows - take))
 
 
 def pass_at_k(
@@ -179,38 +210,74 @@ def load_final(final_dir: Path) -> tuple[Any, Any]:
 def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
     """Every held-out measurement of `stage`'s final model; `out_dir` receives pass@k's results."""
     from ..data.prompt_formats import recorded_prompt_format
+
+    model, tokenizer = load_final(stage.final_dir)
+    return measure_model(
+        plan.evaluation, stage.config, model, tokenizer, out_dir,
+        recorded=recorded_prompt_format(stage.final_dir), trained=read_record(stage.final_dir),
+        with_pass_at_k=stage.stage in COMPARED_STAGES,
+    )  # fmt: skip
+
+
+def measure_start_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
+    """The model `stage` started from (before any step: a LLaMA converted and heads initialised exactly
+    as the stage does it), measured like every final model."""
+    from ..data.prompt_formats import recorded_prompt_format
+    from ..train.stages import STAGE_TRAINERS
+
+    trainer_cls, config = STAGE_TRAINERS[stage.stage], stage.config
+    path = trainer_cls.resolve_model_path(config)
+    tokenizer = trainer_cls.start_tokenizer(config, path)
+    trainer_cls.build_preset(config, path, tokenizer)
+    model = trainer_cls.load_model(config, path, tokenizer).eval()
+    recorded = recorded_prompt_format(path) if Path(path).is_dir() else None
+    metrics = measure_model(
+        plan.evaluation, config, model, tokenizer, out_dir, recorded=recorded, trained=read_record(path),
+        with_pass_at_k=True,
+    )  # fmt: skip
+    return {"start_model_path": path, **metrics}
+
+
+def measure_model(
+    options: EvaluationOptions,
+    config: Any,
+    model: Any,
+    tokenizer: Any,
+    out_dir: Path,
+    recorded: str | None,
+    trained: TrainedProblems | None,
+    with_pass_at_k: bool,
+) -> dict[str, Any]:
+    """Every held-out measurement of `model` on `config`'s data; `out_dir` receives pass@k's results."""
     from ..train.components import held_out_split, resolve_training_format, tokenized_rows
 
-    options: EvaluationOptions = plan.evaluation
-    config = stage.config
-    model, tokenizer = load_final(stage.final_dir)
     split = options.split or held_out_split(config)
     if split is None:
         return {"skipped": f"dataset '{config.dataset}' has no held-out split; set evaluation.split"}
-    recorded = recorded_prompt_format(stage.final_dir)
     rows, _, _ = tokenized_rows(config, tokenizer, split, recorded)
-    if options.max_rows is not None:
-        rows = rows.select(range(min(options.max_rows, len(rows))))
+    rows = rows.select(draw_rows([bool(c) for c in rows["is_correct"]], options.max_rows, options.seed))
     correct = rows.filter(lambda r: bool(r["is_correct"]))
     collator = WmtpDataCollator(tokenizer)
     sums, counts = heldout_ce_rows(model, correct, collator, options.batch_size)
-    scores = critic_scores(model, rows, collator, options.batch_size) if is_wmtp(model) else None
     labels = [bool(c) for c in rows["is_correct"]]
+    unavailable = auroc_unavailable(model, labels)
+    scores = None if unavailable else last_values(model, rows, collator, options.batch_size).tolist()
     metrics: dict[str, Any] = {
         "split": split,
         "heldout_rows": len(rows),
         "heldout_correct": len(correct),
         "ce_per_head": ce_per_head(sums, counts),
         "auroc": None if scores is None else binary_auroc(torch.tensor(scores), torch.tensor(labels)),
+        "auroc_unavailable": unavailable,
         # per-example numbers behind the intervals (wmtp_hf.stats), keyed by task_id for pairing
         "ce_rows": {"task_id": list(correct["task_id"]), "sum": sums, "count": counts},
     }
     if scores is not None:
         metrics["critic_rows"] = {"task_id": list(rows["task_id"]), "is_correct": labels, "value": scores}
-    if stage.stage in COMPARED_STAGES:
+    if with_pass_at_k:
         summary = pass_at_k(
             model, tokenizer, config.dataset, config.dataset_path, split, options, out_dir / "pass_at_k",
-            seed=config.seed, trained=read_record(stage.final_dir),
+            seed=config.seed, trained=trained,
             prompt_format=resolve_training_format(config, tokenizer, recorded),
         )  # fmt: skip
         metrics["pass_at_k"] = {k: v for k, v in summary.items() if k.startswith("pass@")}

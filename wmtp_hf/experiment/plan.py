@@ -15,6 +15,8 @@
     seeds: [0]           # train every run once per seed (several: one folder per seed, intervals over seeds)
     control: null        # positive controls (see `ControlOptions`, configs/experiment_control.yaml)
     control_report: ...  # a control run's report.json, whose verdicts the report shows beside its own
+    keep_checkpoints: false  # false: runs save only final/ (no checkpoint-N with optimizer state);
+                             # true: the stages' own save options (save_steps, save_total_limit)
 
 The experiment wires the stages together: critic starts from baseline's final model, verifiable from
 critic's, and rho1's `reference_model` is the reference stage's output (added to the run when rho1 names
@@ -47,7 +49,8 @@ MATCHED = "baseline_matched"
 # Stages whose start model is another stage's final model (unless the stage names its own).
 UPSTREAM = {"critic": "baseline", "verifiable": "critic"}
 TOP_LEVEL_KEYS = (
-    "model", "matched_baseline", "shared", "stages", "evaluation", "seeds", "control", "control_report"
+    "model", "matched_baseline", "shared", "stages", "evaluation", "seeds", "control", "control_report",
+    "keep_checkpoints",
 )  # fmt: skip
 EXPERIMENT_OWNED = ("output_dir",)  # set by the experiment for every stage
 
@@ -57,7 +60,11 @@ class EvaluationOptions:
     """How every final model is measured on the held-out problems (the same way for each stage)."""
 
     split: str | None = field(default=None, metadata={"help": "held-out split (default: the source's)"})
-    max_rows: int | None = field(default=None, metadata={"help": "held-out rows for CE and AUROC"})
+    max_rows: int | None = field(
+        default=None,
+        metadata={"help": "held-out rows for CE and AUROC: a seeded draw keeping the correct/incorrect mix"},
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the max_rows draw (the same rows for every run)"})
     n_problems: int | None = field(default=None, metadata={"help": "problems for pass@k (default: all)"})
     n_samples: int = field(default=1, metadata={"help": "completions per problem"})
     temperature: float = field(default=0.0, metadata={"help": "0: greedy"})
@@ -79,6 +86,8 @@ class EvaluationOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"evaluation.{name}: expected a positive integer or null, got {value}")
+        if type(self.seed) is not int or self.seed < 0:
+            raise ConfigError(f"evaluation.seed: expected a non-negative integer, got {self.seed!r}")
         for name in ("n_samples", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(
@@ -153,6 +162,7 @@ def default_config_dict() -> dict[str, Any]:
         "evaluation": {},
         "seeds": [0],
         "control_report": "runs/experiment_control/report.json",
+        "keep_checkpoints": False,
     }
 
 
@@ -206,6 +216,9 @@ def build_plan(
     matched = data.get("matched_baseline", True)
     if not isinstance(matched, bool):
         raise ConfigError(f"{source}: key 'matched_baseline' expects true or false, got {matched!r}")
+    keep_checkpoints = data.get("keep_checkpoints", False)
+    if not isinstance(keep_checkpoints, bool):
+        raise ConfigError(f"{source}: key 'keep_checkpoints' expects true or false, got {keep_checkpoints!r}")
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise ConfigError(
@@ -261,8 +274,9 @@ def build_plan(
         root = output_dir / f"seed_{seed}" if seeds is not None and len(seeds) > 1 else output_dir
         for name in sorted(runs, key=RUN_ORDER.index):
             plans.append(
-                _resolve_run(name, seed, root, shared, overrides, matched_overrides, model, source, max_steps)
-            )
+                _resolve_run(name, seed, root, shared, overrides, matched_overrides, model, source, max_steps,
+                             keep_checkpoints)
+            )  # fmt: skip
         for plan in plans[-len(runs) :]:
             plan.key = str(Path(plan.output_dir).relative_to(output_dir))
     seed_list = seeds if seeds is not None else [plans[0].config.seed]
@@ -279,12 +293,19 @@ def _resolve_run(
     model: str | None,
     source: str,
     max_steps: int | None,
+    keep_checkpoints: bool = False,
 ) -> StagePlan:
-    """One run's checked config (`seed`: the experiment's seed for it, or None to leave the stage's)."""
+    """One run's checked config (`seed`: the experiment's seed for it, or None to leave the stage's).
+
+    Without `keep_checkpoints` the run saves only its final folder (`save_strategy: no`) unless its own
+    options name a `save_strategy`: the experiment measures final models only, and a checkpoint with
+    optimizer state is three times the model's size."""
     stage = "baseline" if name == MATCHED else name
     values = _run_values(name, shared, overrides, model, root, source)
     if name == MATCHED:
         values.update(matched_overrides)
+    if not keep_checkpoints:
+        values.setdefault("save_strategy", "no")
     if seed is not None:
         values["seed"] = seed
     if max_steps is not None:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..stats import auroc_bootstrap, crossed_bootstrap, verdict
+from .stage_runs import START, start_runs
 
 # (weighted run, the run it is compared with): verifiable with the equally trained baseline when it exists.
 COMPARISONS = (("verifiable", ("baseline_matched", "baseline")), ("rho1", ("baseline",)))
@@ -96,6 +97,10 @@ def summarize_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out["auroc"] = _interval(auroc_bootstrap([r["value"] for r in rows], rows[0]["is_correct"]))
     elif any(m.get("auroc") is not None for m in runs):
         out["auroc"] = {"estimate": _mean([m.get("auroc") for m in runs]), "ci95": None}
+    else:
+        out["auroc_unavailable"] = next(
+            (m["auroc_unavailable"] for m in runs if m.get("auroc_unavailable")), "not measured"
+        )
     for key in ("tokens_per_forward",):
         values = [m.get(key) for m in runs if m.get(key) is not None]
         if values:
@@ -187,6 +192,16 @@ def build_report(
             final_train_loss=_mean([runs[k]["final_train_loss"] for k in keys]),
         )
         summary_by_name[name] = entry
+    start = [metrics[k] for k in sorted(metrics, key=str) if Path(k).name == START]
+    from_start = {}
+    if start and all("ce_per_head" in m for m in start):
+        entry = summarize_run(start)
+        entry.update(stage=START, reused=False, steps=0, final_train_loss=None)
+        summary_by_name = {START: entry, **summary_by_name}
+        for name in names:
+            if all("ce_per_head" in m for m in by_name[name]) and len(by_name[name]) == len(start):
+                from_start[name] = {"against": START, **compare(by_name[name], start)}
+                from_start[name].pop("helped")
     comparisons = {}
     for weighted, bases in COMPARISONS:
         has_ce = {n: all("ce_per_head" in m for m in by_name.get(n, [{}])) for n in names}
@@ -210,10 +225,21 @@ def build_report(
         "verdicts_mean": MEANING,
         "summary": summary_by_name,
         "comparisons": comparisons,
+        "start": start_entry(plan, start),
+        "from_start": from_start,
         "controls": read_control_verdicts(plan),
         "runs": runs,
         "plots": plots,
     }
+
+
+def start_entry(plan: Any, start: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the `start` row is: the model the first run started from, per seed (None: not measured)."""
+    runs = start_runs(plan)
+    if not start or not runs:
+        return None
+    return {"model": plan.raw.get("model") or "micro preset", "start_of": runs[0].name,
+            "path": [m.get("start_model_path") for m in start]}  # fmt: skip
 
 
 def read_control_verdicts(plan: Any) -> dict[str, Any] | None:
@@ -313,15 +339,29 @@ def render_markdown(report: dict[str, Any]) -> str:
                  _fmt(r["final_train_loss"])]  # fmt: skip
         cells += [_pm(ce[k]) if k < len(ce) else "–" for k in range(n_heads)]
         cells += [_pm((r.get("pass_at_k") or {}).get(k)) for k in ks]
-        cells.append(_pm(r.get("auroc")))
+        cells.append(_pm(r["auroc"]) if r.get("auroc") else r.get("auroc_unavailable") or "–")
         if "tokens/forward" in head:
             cells.append(_fmt(r.get("tokens_per_forward"), 2))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _start_section(report)
     lines += _control_section(report)
     if report["plots"]:
         lines += ["", "## Plots", ""]
         lines += [f"![{title}]({Path(path).name})" for title, path in report["plots"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _start_section(report: dict[str, Any]) -> list[str]:
+    """Each run against the model it all started from (same examples, same paired intervals)."""
+    start, from_start = report.get("start"), report.get("from_start") or {}
+    if not start:
+        return []
+    lines = ["", "## Against the start model", "",
+             f"The `start` row is `{start['model']}` before any step, as the {start['start_of']} run loaded it, "
+             "measured like every final model. Each run − start, on the same held-out examples; **better** "
+             "means the run ended better than where it began.", ""]  # fmt: skip
+    lines += ["- " + verdict_line(name, c) + "." for name, c in from_start.items()]
+    return lines
 
 
 def _control_section(report: dict[str, Any]) -> list[str]:

@@ -128,13 +128,19 @@ def log_summary(enabled: bool, summary: dict[str, Any]) -> None:
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
 
 
-MEASURE_VERSION = 3  # bump when the measurements change, so cached ones are recomputed
+MEASURE_VERSION = 4  # bump when the measurements change, so cached ones are recomputed
 
 
 def measurement_key(stage: StagePlan, record: dict[str, Any], plan: ExperimentPlan) -> str:
     """Same stage config, same training run (its finish time), evaluation options and measurement code."""
     payload = json.dumps(
-        [MEASURE_VERSION, stage.fingerprint, record.get("finished_at"), dataclasses.asdict(plan.evaluation)],
+        [
+            MEASURE_VERSION,
+            stage.fingerprint,
+            record.get("finished_at"),
+            dataclasses.asdict(plan.evaluation),
+            record.get("start", False),
+        ],
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -163,4 +169,43 @@ def measure_stages(
             metrics["planted_weights"] = planted_weight_means(plan, stage, plan.evaluation.batch_size)
         atomic_write_json(folder / MEASURE_RECORD, {"key": key, "metrics": metrics})
         results[stage.key] = metrics
+    results.update(measure_start(plan, records, say))
+    return results
+
+
+START = "start"  # the report's row of the model before any stage
+
+
+def start_runs(plan: ExperimentPlan) -> list[StagePlan]:
+    """Per seed, the run that starts from the experiment's `model:` (baseline, else rho1; none without
+    either)."""
+    return plan.runs_named("baseline") or plan.runs_named("rho1")
+
+
+def start_key(stage: StagePlan) -> str:
+    """`start`, or `seed_<s>/start` beside the seed's runs."""
+    return str(Path(stage.key).parent / START) if Path(stage.key).parent != Path(".") else START
+
+
+def measure_start(
+    plan: ExperimentPlan, records: dict[str, dict[str, Any]], say: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """The start model of every seed measured like the final models (cached like them: keyed by the run
+    that starts from it, its training, and the evaluation options)."""
+    from .measure import measure_start_model
+
+    results: dict[str, dict[str, Any]] = {}
+    for stage in start_runs(plan):
+        key_name = start_key(stage)
+        folder = plan.output_dir / "evaluation" / key_name
+        key = measurement_key(stage, {**records[stage.key], "start": True}, plan)
+        cached = read_json(folder / MEASURE_RECORD)
+        if cached and cached.get("key") == key:
+            say(f"measure {key_name}: reused")
+            results[key_name] = cached["metrics"]
+            continue
+        say(f"measure {key_name} (the model {stage.key} started from): held-out CE, value AUROC, pass@k")
+        metrics = measure_start_model(plan, stage, folder)
+        atomic_write_json(folder / MEASURE_RECORD, {"key": key, "metrics": metrics})
+        results[key_name] = metrics
     return results

@@ -75,7 +75,7 @@ def run_experiment(plan: ExperimentPlan, say: Callable[[str], None] = print) -> 
 def parent_metrics(report: dict[str, Any]) -> dict[str, float]:
     """The parent run's metrics: each run's held-out numbers (mean over seeds) with their 95% interval
     (`.ci95_low` / `.ci95_high`), and each comparison's difference, interval and verdict (+1 better,
-    -1 worse, 0 inconclusive)."""
+    -1 worse, 0 inconclusive), also of each run against the start model (`<run>_vs_start.*`)."""
     metrics: dict[str, float] = {}
 
     def put(prefix: str, entry: dict[str, Any] | None, value_key: str = "estimate") -> None:
@@ -94,7 +94,8 @@ def parent_metrics(report: dict[str, Any]) -> dict[str, float]:
         if run.get("tokens_per_forward") is not None:
             metrics[f"{name}.tokens_per_forward"] = run["tokens_per_forward"]
     sign = {"better": 1.0, "worse": -1.0, "inconclusive": 0.0}
-    for name, c in report["comparisons"].items():
+    pairs = [*report["comparisons"].items(), *(report.get("from_start") or {}).items()]
+    for name, c in pairs:
         for key, entry in c.items():
             if isinstance(entry, dict) and "verdict" in entry:
                 label = f"{name}_vs_{c['against']}.{key.replace('@', '_at_')}"

@@ -17,6 +17,7 @@ from ..data import DataError, WmtpDataCollator
 from ..fileio import atomic_write_text
 from ..messages import first_line
 from ..trained_problems import TRAINED_PROBLEMS_FILE
+from .checkpoint_size import CheckpointSizeCallback, log_folder_size
 from .components import build_train_dataset, resolve_training_format
 from .config import (
     ConfigError,
@@ -110,6 +111,7 @@ def run(
                 f"push_to_hub: cannot create the Hub repo '{config.hub_model_id}' ({first_line(err)})"
             ) from None
         raise
+    trainer.add_callback(CheckpointSizeCallback())  # last: after every callback that writes into a checkpoint
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     elapsed = time.perf_counter() - start
@@ -120,6 +122,8 @@ def run(
     final_dir = Path(config.output_dir) / FINAL_DIR
     trainer.final_folder = write_final_folder(trainer, config, stage, tokenizer, n_heads, final_loss, trained)
     trainer.accelerator.wait_for_everyone()  # final/ is complete for every process (e.g. the next stage)
+    if trainer.is_world_process_zero():
+        log_folder_size(final_dir, "saved final model")
     if config.push_to_hub:
         message = f"wmtp_hf: stage {stage}, {trainer.state.global_step} steps"
         try:  # process 0 uploads; the others wait for it under a timeout sized to the upload, not ddp_timeout

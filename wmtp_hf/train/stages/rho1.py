@@ -26,7 +26,7 @@ import datasets
 import torch
 
 from ...data.io import cache_root
-from ...data.packing import EXAMPLE_LENGTHS, PACKED_INPUTS, is_packed, unpack
+from ...data.packing import EXAMPLE_LENGTHS, PACKED_INPUTS, is_packed
 from ...fileio import atomic_directory
 from ...loading import resolve_model
 from ...losses import mtp_target_mask
@@ -37,7 +37,13 @@ from ...reference import (
     load_reference_model,
     precompute_reference_losses,
 )
-from ...weighting import Rho1Weighting, excess_losses, reference_token_losses, rho1_keep_counts, rho1_weights
+from ...weighting import (
+    Rho1Weighting,
+    excess_losses,
+    reference_token_losses_by_row,
+    rho1_keep_counts,
+    rho1_weights,
+)
 from ..components import check_model_location
 from ..config import ConfigError, WmtpTrainingConfig, _help
 from ..fsdp import gathered_root, shard_model, wrap_classes
@@ -45,6 +51,10 @@ from ..inspect_artifact import InspectionArtifactCallback
 from ..trainer import WeightedMTPTrainer
 
 logger = logging.getLogger(__name__)
+
+# Largest head-0 excess loss (nats, any target of the first batch) at which the reference counts as the
+# start model: the same weights give float noise (about 1e-5), any trained difference far more.
+SAME_MODEL_NATS = 1e-3
 
 
 @dataclass
@@ -173,6 +183,7 @@ class Rho1Trainer(WeightedMTPTrainer):
         super().__init__(*args, **kwargs)
         self.reference = reference
         self.ref_model = None
+        self.reference_checked = False
         self.callback_handler.callbacks.insert(0, InspectionArtifactCallback(self, uses_reference=True))
         if "ref_token_losses" not in self.train_dataset.column_names:
             if reference is None:
@@ -185,6 +196,22 @@ class Rho1Trainer(WeightedMTPTrainer):
             )
             self.ref_model = shard_for_evaluation(
                 ref.eval().requires_grad_(False), self.accelerator, fsdp2=self.cpu_fsdp is not None
+            )
+
+    def warn_if_reference_is_start(self, head0_excess: torch.Tensor) -> None:
+        """One warning when the reference predicts like the start model: head 0's excess loss on the first
+        batch, before any step, is 0 on every target (within `SAME_MODEL_NATS`: the same weights, whatever
+        their names, paths or formats). Its kept tokens are then decided by the tie rule, not by the data."""
+        if head0_excess.numel() == 0 or float(head0_excess.abs().max()) > SAME_MODEL_NATS:
+            return
+        if self.is_world_process_zero():
+            logger.warning(
+                "rho1: the reference '%s' is the start model '%s' (head-0 excess loss 0 on all %d targets of "
+                "the first batch), so head 0 keeps tokens by position; use the reference stage's output or a "
+                "model trained on cleaner data (docs/training.md, Rho-1)",
+                self.args.reference_model or "micro reference",
+                self.args.model_name_or_path or "micro preset",
+                head0_excess.numel(),
             )
 
     @classmethod
@@ -221,22 +248,28 @@ class Rho1Trainer(WeightedMTPTrainer):
         }
 
     def reference_losses(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`[B, T]` `CE_ref(j)`: the cached column, or the live reference's chunked cross-entropy."""
+        """`[B, T]` `CE_ref(j)`: the cached column, or the live reference's chunked cross-entropy, each
+        example scored alone (`reference_token_losses_by_row`: bit-identical to the cached column)."""
         if "ref_token_losses" in inputs:
             return inputs["ref_token_losses"].float()
-        batch = inputs.get(PACKED_INPUTS, inputs)  # a packed batch: the reference runs on the packed row
+        batch = inputs.get(PACKED_INPUTS, inputs)  # a packed batch: its examples, cut from the packed row
+        if is_packed(batch):
+            lengths = batch[EXAMPLE_LENGTHS]
+        elif batch.get("attention_mask") is not None:
+            lengths = batch["attention_mask"].sum(dim=1)  # the collator pads on the right
+        else:
+            lengths = [batch["input_ids"].shape[1]] * batch["input_ids"].shape[0]
         with gathered_root(self.ref_model):  # it calls the model's trunk and head weights directly
-            losses = reference_token_losses(
-                self.ref_model, batch["input_ids"], batch.get("attention_mask"), batch["labels"],
-                position_ids=batch.get("position_ids"),
-            ).float()  # fmt: skip
-        return unpack(losses, batch[EXAMPLE_LENGTHS]) if is_packed(batch) else losses
+            return reference_token_losses_by_row(self.ref_model, batch["input_ids"], batch["labels"], lengths)
 
     def token_weights(self, model, inputs, outputs, target_mask):
         ref = self.reference_losses(inputs)
         token_losses = outputs.token_losses.detach()
         weights = rho1_weights(token_losses, ref, target_mask, self.args.k_percent)
         excess = excess_losses(token_losses, ref)
+        if self.state.global_step == 0 and not self.reference_checked:
+            self.reference_checked = True
+            self.warn_if_reference_is_start(excess[..., 0][target_mask[..., 0].bool()])
         kept, dropped = weights > 0, target_mask & (weights == 0)
         valid = float(target_mask.sum())
         self.record("kept_fraction", float(kept.sum()) / max(valid, 1.0), valid)
