@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from wmtp_hf.data import COLUMNS, load_source
+from wmtp_hf.data import COLUMNS, DataError, load_source
 
 
 @pytest.fixture(autouse=True)
@@ -183,3 +183,22 @@ def test_cache_follows_file_content(tmp_path):
     assert len(load_source("codecontests", path=path)) == 1
     path.write_text(json.dumps(RECORDS[0]) + "\n")
     assert len(load_source("codecontests", path=path)) == 3
+
+
+def test_registry_names_every_source_with_its_splits():
+    """One registry (name -> Source) drives loading, evaluate's default split, the held-out split and
+    `data prepare`'s splits; an unknown name is one line listing the valid ones."""
+    from wmtp_hf.data.sources import DEFAULT_SPLITS, HELD_OUT_SPLITS, REGISTRY, get_source, prepare_splits
+
+    assert set(REGISTRY) == {"codecontests", "humaneval", "mbpp", "offline"}
+    for name, source in REGISTRY.items():
+        assert source.name == name and source.eval_split in source.splits
+        assert source.held_out_split is None or source.held_out_split in source.splits
+        assert DEFAULT_SPLITS[name] == source.eval_split
+    assert HELD_OUT_SPLITS == {"offline": "eval", "codecontests": "valid", "mbpp": "validation"}
+    assert prepare_splits("codecontests", "some.jsonl") == ["train"]  # a local file is one split
+    assert prepare_splits("mbpp", None) == ["train", "validation", "test", "prompt"]
+    with pytest.raises(
+        DataError, match=r"^unknown source 'apps'; valid: codecontests, humaneval, mbpp, offline$"
+    ):
+        get_source("apps")

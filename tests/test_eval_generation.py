@@ -11,6 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from wmtp_hf import evaluate
 from wmtp_hf.evaluation.generation import generate_completions, load_model, truncate_at_stops
 
+pytestmark = pytest.mark.floor  # also run on the lowest supported transformers (.ci/run)
+
 DOC = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n# done\n"
 PROMPTS = ["def add(a, b):\n", "def sub(a, b):\n    return", "x"]
 

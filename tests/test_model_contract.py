@@ -15,6 +15,8 @@ from transformers.cache_utils import DynamicCache
 from wmtp_hf import WmtpForMultiTokenPrediction
 from wmtp_hf.modeling_wmtp import CACHE_NAME
 
+pytestmark = pytest.mark.floor  # also run on the lowest supported transformers (.ci/run)
+
 
 def pair(n_future: int = 4, attn: str = "eager"):
     """A LLaMA and the WMTP model whose trunk + head 0 is that LLaMA (random extra heads)."""

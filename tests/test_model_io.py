@@ -15,6 +15,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction, WmtpModel
 from wmtp_hf.remote_code import remote_code_files
 
+pytestmark = pytest.mark.floor  # also run on the lowest supported transformers (.ci/run)
+
 TINY = dict(
     vocab_size=89, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
     num_key_value_heads=2, n_future_tokens=2,

@@ -8,6 +8,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from wmtp_hf import WmtpForMultiTokenPrediction
 
+pytestmark = pytest.mark.floor  # also run on the lowest supported transformers (.ci/run)
+
 
 def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     torch.manual_seed(seed)

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction
 from wmtp_hf.losses import chunked_cross_entropy, shift_labels_for_head
 
+pytestmark = pytest.mark.floor  # also run on the lowest supported transformers (.ci/run)
+
 V = 97
 
 

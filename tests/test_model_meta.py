@@ -16,6 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import wmtp_hf  # noqa: F401  (registers the Auto classes)
 from wmtp_hf.convert_meta import ConversionError, convert_meta_checkpoint, ffn_hidden_size
 
+pytestmark = pytest.mark.floor  # also run on the lowest supported transformers (.ci/run)
+
 REPO = Path(__file__).resolve().parents[1]
 BASE_PARAMS = {"dim": 64, "n_layers": 5, "n_heads": 4, "vocab_size": 211, "multiple_of": 32, "norm_eps": 1e-5}
 

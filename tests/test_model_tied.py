@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from hub_fixtures import FakeHub, write_hub_snapshot
 from no_wmtp_hf import BLOCK_WMTP_HF
@@ -16,6 +17,8 @@ from test_model_llama import TOKENS, tiny_llama
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from wmtp_hf import WmtpForMultiTokenPrediction
+
+pytestmark = pytest.mark.floor  # also run on the lowest supported transformers (.ci/run)
 
 
 def is_tied(model) -> bool:

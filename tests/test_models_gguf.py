@@ -19,6 +19,8 @@ from wmtp_hf.loading import LoadError, load_for_inference, resolve_model
 from wmtp_hf.models import MODELS, ModelSpec
 from wmtp_hf.models.__main__ import main as models_main
 
+pytestmark = pytest.mark.floor  # also run on the lowest supported transformers (.ci/run)
+
 TOKENS = torch.randint(0, 260, (2, 11), generator=torch.Generator().manual_seed(4))
 TEXT = "the cat in a hat\nreturn there\n    def f(x):"
 

@@ -23,6 +23,8 @@ from wmtp_hf.publish import main as publish_main
 from wmtp_hf.remote_code import remote_code_files
 from wmtp_hf.train.cli import main as train_main
 
+pytestmark = pytest.mark.floor  # also run on the lowest supported transformers (.ci/run)
+
 TOKENS = torch.randint(3, 200, (2, 11), generator=torch.Generator().manual_seed(0))
 MODEL_FILES = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                "tokenizer_config.json", "trained_problems.json", *remote_code_files()}  # fmt: skip

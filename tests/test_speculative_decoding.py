@@ -23,6 +23,8 @@ from wmtp_hf.cycle_model import build_cycle_model
 from wmtp_hf.evaluation.generation import generate_completions
 from wmtp_hf.micro import MICRO_CONFIG
 
+pytestmark = pytest.mark.floor  # also run on the lowest supported transformers (.ci/run)
+
 PAD, BOS, EOS = 0, 1, 2
 CYCLE = [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]  # the heads-agree model continues this cycle
 CODE = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\nfor i in range(10):\n    print(i)\n"

@@ -28,11 +28,11 @@ from .io import atomic_write_json, cache_root, file_sha256, iter_jsonl
 from .mutations import mutate
 from .schema import FEATURES, DataError
 from .sources import humaneval
+from .sources.offline import SPLITS
 
 logger = logging.getLogger(__name__)
 
 BUILDER_VERSION = 1
-SPLITS = ("train", "eval")
 EVAL_PERCENT = 20
 MUTANTS_PER_PROBLEM = 2  # kept failing mutants, at most (train ends up ~1 correct : 2 incorrect)
 CANDIDATES_PER_PROBLEM = 4  # mutants executed per problem

@@ -13,24 +13,11 @@ from tqdm.auto import tqdm
 from ..fileio import atomic_directory
 from .formatting import DEFAULT_MAX_LENGTH, tokenize_dataset
 from .io import atomic_write_json
-from .offline import SPLITS as OFFLINE_SPLITS
 from .prompt_formats import format_prompt, resolve_prompt_format
-from .schema import SOURCES, DataError
-from .sources import load_source
-from .sources.codecontests import HUB_SPLITS as CODECONTESTS_HUB_SPLITS
-from .sources.humaneval import SPLITS as HUMANEVAL_SPLITS
-from .sources.mbpp import SPLIT_RANGES as MBPP_SPLITS
+from .schema import DataError
+from .sources import SOURCES, load_source, prepare_splits
 
 PERCENTILES = (50, 90, 95, 99)
-
-
-def default_splits(source: str, path: str | None) -> list[str]:
-    """Every split of a source (a local CodeContests file is a single split, called "train")."""
-    if source == "codecontests":
-        return ["train"] if path else sorted(set(CODECONTESTS_HUB_SPLITS.values()))
-    return list(
-        {"mbpp": MBPP_SPLITS, "humaneval": HUMANEVAL_SPLITS, "offline": OFFLINE_SPLITS}.get(source, ["train"])
-    )
 
 
 def length_stats(lengths: np.ndarray) -> dict[str, float] | None:
@@ -109,7 +96,7 @@ def prepare(
             )
     tok = load_tokenizer(tokenizer) if tokenizer else None
     fmt = resolve_prompt_format(prompt_format, tok, source) if tok else None
-    splits = splits or default_splits(source, path)
+    splits = splits or prepare_splits(source, path)
     stats: dict[str, Any] = {
         "source": source,
         "path": path,

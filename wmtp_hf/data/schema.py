@@ -7,8 +7,6 @@ from typing import Any
 
 import datasets
 
-SOURCES = ("codecontests", "humaneval", "mbpp", "offline")
-
 FEATURES = datasets.Features(
     {
         "instruction": datasets.Value("string"),

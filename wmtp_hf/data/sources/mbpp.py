@@ -9,8 +9,9 @@ from typing import Any
 
 import datasets
 
-from ..io import first_non_space_byte, iter_jsonl, read_json_array
+from ..io import cached_rows, file_sha256, first_non_space_byte, iter_jsonl, read_json_array
 from ..schema import DataError, check_str_list, make_row, optional, require
+from .base import Source, code_version, local_file
 
 HUB_ID = "google-research-datasets/mbpp"
 HUB_ALIASES = (HUB_ID, "mbpp")
@@ -80,3 +81,27 @@ def hub_records(hub_id: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]
     ds = datasets.load_dataset(hub_id, "full", split=split)
     for i, record in enumerate(ds):
         yield f"{hub_id}[{split} row {i}]", record
+
+
+def load(path: str | Path | None, split: str, counts: Counter) -> datasets.Dataset:
+    """Rows of `split` (by task-id range) from the Hub (path None or a Hub alias) or a local file, built
+    once into the cache."""
+    check_split(split)
+    version = code_version()
+    if path is None or str(path) in HUB_ALIASES:
+        hub_id = HUB_ID if path is None else str(path)
+        key = f"mbpp-hub-{split}-{version}"
+        return cached_rows(key, lambda c: rows_from(hub_records(hub_id, split), split, c), counts)
+    file = local_file(path)
+    key = f"mbpp-{file_sha256(file)[:16]}-{split}-{version}"
+    return cached_rows(key, lambda c: rows_from(iter_records(file), split, c), counts)
+
+
+SOURCE = Source(
+    name="mbpp",
+    load=load,
+    splits=tuple(SPLIT_RANGES),
+    eval_split="test",
+    held_out_split="validation",
+    hub_aliases=HUB_ALIASES,
+)
