@@ -219,3 +219,26 @@ def test_generation_emits_no_cache_deprecation_warning():
         root.removeHandler(handler)
     messages = handler.messages + [str(w.message) for w in caught]
     assert not [m for m in messages if "past_key_values" in m or "deprecat" in m.lower()], messages
+
+
+def test_trainer_prediction_step_returns_logits_without_the_cache(tmp_path):
+    """`keys_to_ignore_at_inference` names the cache as the installed version returns it, so an eval forward
+    (with the cache on) gives `Trainer` the logits alone, as LLaMA's does."""
+    from transformers import Trainer, TrainingArguments
+
+    _, model = pair(2)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, use_cache=True, label_names=["labels"]
+    )
+    trainer = Trainer(model=model, args=args)
+    assert model(TOKENS).get(CACHE_NAME) is not None  # the forward does return a cache
+    with torch.no_grad():
+        want = model(TOKENS, use_cache=False).logits
+    _, logits, _ = trainer.prediction_step(model, {"input_ids": TOKENS}, prediction_loss_only=False)
+    assert isinstance(logits, torch.Tensor)
+    torch.testing.assert_close(logits, want, rtol=1e-6, atol=1e-6)
+    loss, logits, labels = trainer.prediction_step(
+        model, {"input_ids": TOKENS, "labels": TOKENS}, prediction_loss_only=False
+    )
+    assert loss is not None and labels is not None
+    assert not any(isinstance(v, DynamicCache) for v in logits)  # logits and token_losses, no cache

@@ -35,7 +35,8 @@ class WmtpConfig(PretrainedConfig):
     """
 
     model_type = "wmtp"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # The cache, under its name from transformers 5.25 and before: `Trainer.prediction_step` drops it.
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     def __init__(
         self,
