@@ -143,6 +143,21 @@ def rotate(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def test_hidden_states_selected_by_index_are_llamas():
+    """transformers 5.25 selects hidden states by (negative) index, counted on the next-token path."""
+    from transformers.utils.output_capturing import OutputRecorder
+
+    if "num_hidden_layers_key" not in OutputRecorder.__dataclass_fields__:
+        pytest.skip("transformers < 5.25 has no selection of hidden states by index")
+    llama, model = pair(4)
+    with torch.no_grad():
+        ours = model(TOKENS, output_hidden_states=[-1, 0], use_cache=False).hidden_states
+        theirs = llama(TOKENS, output_hidden_states=[-1, 0], use_cache=False).hidden_states
+    assert [h is None for h in ours] == [h is None for h in theirs] == [False, True, True, False]
+    for got, want in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_attentions_with_all_heads_cover_every_block():
     _, model = pair(4)
     with torch.no_grad():

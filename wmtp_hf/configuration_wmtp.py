@@ -99,6 +99,11 @@ class WmtpConfig(PretrainedConfig):
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
 
+    @property
+    def num_next_token_layers(self) -> int:
+        """Blocks on the next-token path, trunk + head 0: what `LlamaConfig.num_hidden_layers` counts."""
+        return self.num_hidden_layers - self.n_future_tokens + 1
+
     def _validate(self) -> None:
         for name in (
             "vocab_size",

@@ -30,6 +30,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
     LlamaMLP,
     LlamaRMSNorm,
     LlamaRotaryEmbedding,
@@ -48,6 +49,9 @@ from .losses import mtp_target_mask, mtp_token_losses, packed_segment_ids, weigh
 # Attention backends that run a packed row example by example here; flash attention takes the packed row
 # itself (varlen, from `cu_seq_lens_*` or `position_ids`), others transformers' block-diagonal mask.
 PER_EXAMPLE_ATTENTION = ("sdpa", "eager")
+
+_COUNTED_BY = {"num_hidden_layers_key": "num_next_token_layers"}  # from transformers 5.25
+_COUNTED_BY = _COUNTED_BY if "num_hidden_layers_key" in OutputRecorder.__dataclass_fields__ else {}
 
 
 def _packed_segments(
@@ -80,9 +84,7 @@ def _old_cache_name(forward: Callable) -> Callable:
     return renamed
 
 
-# --------------------------------------------------------------------------------------------------
-# Building blocks: LLaMA's (same math as Meta's), the attention with a per-example path for packed rows.
-# --------------------------------------------------------------------------------------------------
+# Building blocks: LLaMA's (same math as Meta's); the attention adds a per-example path for packed rows.
 
 
 class WmtpRMSNorm(LlamaRMSNorm):
@@ -97,23 +99,9 @@ class WmtpMLP(LlamaMLP):
     """SwiGLU feed-forward: `down(act(gate(x)) * up(x))` (Meta's `w2(silu(w1 x) * w3 x)`)."""
 
 
-class WmtpAttention(nn.Module):
-    """Multi-head attention with GQA, dispatched through transformers' attention interface."""
-
-    def __init__(self, config: WmtpConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.head_dim = config.head_dim
-        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
-        self.is_causal = True
-        bias = config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=bias)
+class WmtpAttention(LlamaAttention):
+    """LLaMA's attention (GQA, transformers' attention interface), plus attention inside each example of a
+    packed row."""
 
     def forward(
         self,
@@ -134,16 +122,14 @@ class WmtpAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        dropout = self.attention_dropout if self.training else 0.0
+        kwargs.update(dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling)
         lengths = kwargs.pop("packed_lengths", None)
         if lengths is not None:  # a packed row: attention inside each example, one example at a time
             attn_output, attn_weights = self._per_example(
                 attention_interface, query, key, value, lengths, **kwargs
             )
         else:
-            attn_output, attn_weights = attention_interface(
-                self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
-            )
+            attn_output, attn_weights = attention_interface(self, query, key, value, attention_mask, **kwargs)
         return self.o_proj(attn_output.reshape(*input_shape, -1).contiguous()), attn_weights
 
     def _per_example(
@@ -164,11 +150,7 @@ class WmtpAttention(nn.Module):
                 n = q.shape[2]
                 mask = torch.full((n, n), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu(1)
                 mask = mask[None, None]
-            out, _ = attention_interface(
-                self, q, k, v, mask,
-                dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling, **kwargs,
-            )  # fmt: skip
-            outputs.append(out)
+            outputs.append(attention_interface(self, q, k, v, mask, **kwargs)[0])
         return torch.cat(outputs, dim=1), None
 
 
@@ -199,11 +181,6 @@ class WmtpDecoderLayer(GradientCheckpointingLayer):
         )
         hidden_states = hidden_states + attn_out
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
-
-
-# --------------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -263,9 +240,10 @@ class WmtpPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
-    # Hidden states: the blocks of `model.layers` (trunk + head 0, LLaMA's path); attentions: every block.
+    # Hidden states: the blocks of `model.layers` (trunk + head 0, LLaMA's path; 5.25 resolves negative
+    # indices with their count); attentions: every block.
     _can_record_outputs = {
-        "hidden_states": OutputRecorder(WmtpDecoderLayer, layer_name="layers"),
+        "hidden_states": OutputRecorder(WmtpDecoderLayer, layer_name="layers", **_COUNTED_BY),
         "attentions": OutputRecorder(WmtpAttention, index=1),
     }
 
@@ -282,13 +260,12 @@ class WmtpModel(WmtpPreTrainedModel):
 
     def __init__(self, config: WmtpConfig) -> None:
         super().__init__(config)
-        n_future = config.n_future_tokens
-        n_layers_main = config.num_hidden_layers - n_future + 1  # trunk blocks + head 0
+        n_layers_main = config.num_next_token_layers  # trunk blocks + head 0
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(WmtpDecoderLayer(config, i) for i in range(n_layers_main))
         self.extra_heads = nn.ModuleList(
-            WmtpDecoderLayer(config, n_layers_main + i) for i in range(n_future - 1)
+            WmtpDecoderLayer(config, n_layers_main + i) for i in range(config.n_future_tokens - 1)
         )
         self.norm = WmtpRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = WmtpRotaryEmbedding(config)
@@ -317,7 +294,8 @@ class WmtpModel(WmtpPreTrainedModel):
         **kwargs,
     ) -> WmtpModelOutput:
         """`output_trunk_state` adds `trunk_hidden_state = norm(h_trunk)`; `trunk_only` runs no head block
-        (the critic's forward) and returns only that state. `past_key_values` is the cache's older name."""
+        (the critic's forward) and returns only that state (also as `last_hidden_state`). `past_key_values`
+        is the cache's older name."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("WmtpModel.forward: pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -455,8 +433,10 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
-        if value_only:
+        value = None  # V_t reads norm(h_trunk), the state every head reads (docs/design.md §2.3)
+        if self.value_head is not None:
             value = self.value_head(outputs.trunk_hidden_state).squeeze(-1)
+        if value_only:
             return WmtpCausalLMOutput(value=value, **shared)
         head0 = outputs.last_hidden_state
         if skip_logits is None:
@@ -465,21 +445,11 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         if not skip_logits:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = self.lm_head(head0[:, keep, :])
-        value = None  # V_t reads norm(h_trunk), the state every head reads (docs/design.md §2.3)
-        if self.value_head is not None:
-            value = self.value_head(outputs.trunk_hidden_state).squeeze(-1)
         loss = token_losses = None
         if has_targets:
-            n_heads = self.config.n_future_tokens
-            token_losses = mtp_token_losses(
-                outputs.head_hidden_states,
-                self.lm_head.weight,
-                labels,
-                self.config.loss_chunk_size,
-                shift_labels,
-                segments,
-            )
-            target_mask = mtp_target_mask(labels, n_heads, shift_labels, segments)
+            heads, chunk = outputs.head_hidden_states, self.config.loss_chunk_size
+            token_losses = mtp_token_losses(heads, self.lm_head.weight, labels, chunk, shift_labels, segments)
+            target_mask = mtp_target_mask(labels, self.config.n_future_tokens, shift_labels, segments)
             loss = weighted_mtp_loss(token_losses, target_mask, num_items=num_items_in_batch)
         mtp_logits = None
         if return_all_heads:
@@ -511,8 +481,6 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
                 raise ValueError(f"generate: mtp_speculative=True cannot be combined with {name}")
         decode = functools.partial(mtp_speculative_greedy, streamer=kwargs.get("streamer"))
         return super().generate(*args, custom_generate=decode, **kwargs)
-
-    # ---------------------------------------------------------------- conversions to and from LLaMA
 
     @classmethod
     def from_llama(
