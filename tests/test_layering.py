@@ -1,9 +1,12 @@
-"""Imports between wmtp_hf's parts run one way (docs/design.md §10), read from the source with `ast`.
+"""Imports between wmtp_hf's parts and between its modules run one way (docs/design.md §10), read from
+the source with `ast`.
 
 A *part* is a subpackage (`wmtp_hf.train`, `wmtp_hf.data`, ...) or a top-level module
-(`wmtp_hf.weighting`, `wmtp_hf.loading`, ...). Every import counts, at module level or inside a function
-(a lazy import is still a dependency). A `__main__.py` is a program on top of its package, not library
-code, so it is a part of its own (`wmtp_hf.data.__main__` may use the reference model to add its column).
+(`wmtp_hf.weighting`, `wmtp_hf.loading`, ...). Every import counts, at module level, inside a function or
+under `if TYPE_CHECKING:` (a lazy import is still a dependency: it only hides a circle until the function
+runs). A `__main__.py` is a program on top of its package, not library code, so it is a part of its own
+(`wmtp_hf.data.__main__` may use the reference model to add its column). Between modules (files) there is
+no circle at all, inside a part as well as across parts.
 """
 
 from __future__ import annotations
@@ -93,6 +96,58 @@ def test_the_parser_sees_known_imports():
     assert "wmtp_hf.execution.harness" in imported_modules("wmtp_hf.evaluation.runner")
     assert "wmtp_hf.execution" in imported_modules("wmtp_hf.data.offline")  # inside a function
     assert reaches("train", "losses") is not None and reaches("experiment", "train") is not None
+
+
+def module_graph() -> dict[str, set[str]]:
+    """module -> the wmtp_hf modules it imports (itself left out)."""
+    return {name: imported_modules(name) - {name} for name in modules()}
+
+
+def module_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every group of modules that import each other round in a circle (Tarjan's strongly connected
+    components of `graph`, groups of two or more), each as a sorted list."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for name in graph:
+        if name not in index:
+            visit(name)
+    return groups
+
+
+def test_module_cycles_are_found():
+    """The circle finder on the real graph with circles added: a pair, and one through three files."""
+    graph = module_graph()
+    plan, measure = "wmtp_hf.experiment.plan", "wmtp_hf.experiment.measure"
+    assert plan in graph[measure]
+    assert [measure, plan] in module_cycles({**graph, plan: graph[plan] | {measure}})
+    a, b, c = (f"wmtp_hf.data.{m}" for m in ("mutations", "packing", "schema"))  # import no wmtp_hf module
+    assert not graph[a] | graph[b] | graph[c]
+    assert module_cycles({**graph, a: {b}, b: {c}, c: {a}}) == [[a, b, c]]
+
+
+def test_no_module_imports_itself_back():
+    """No file reaches itself through imports (the circles once were `experiment/control.py -> measure.py
+    -> plan.py -> control.py` and `train/config.py <-> train/fsdp.py`)."""
+    assert module_cycles(module_graph()) == []
 
 
 def test_no_part_imports_itself_back():

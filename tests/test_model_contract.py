@@ -57,8 +57,19 @@ def test_cache_under_old_and_new_name_gives_the_same_result_as_llama():
 def test_cache_under_both_names_at_once_is_an_error():
     _, model = pair(2)
     cache = DynamicCache(config=model.config)
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="Both `past_key_values` and `cache` are set"):
         model(TOKENS[:, :4], cache=cache, past_key_values=cache)
+
+
+@pytest.mark.skipif(CACHE_NAME != "cache", reason="transformers < 5.25 still passes `past_key_values` itself")
+@pytest.mark.parametrize("base", [False, True])
+def test_old_cache_name_warns_as_llamas_does(base):
+    """From 5.25 passing `past_key_values` gives transformers' FutureWarning, as LLaMA's forwards do."""
+    llama, model = pair(2)
+    ours, theirs = (model.model, llama.model) if base else (model, llama)
+    for net in (ours, theirs):
+        with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
+            net(TOKENS[:, :4], past_key_values=DynamicCache(config=net.config))
 
 
 def test_output_field_is_the_one_generate_reads():
@@ -102,24 +113,60 @@ def test_config_return_dict_false_gives_a_tuple():
 
 
 def test_attentions_and_hidden_states_equal_llamas():
+    """One attention map per block (`num_hidden_layers`, as transformers' tools count them): LLaMA's for
+    trunk + head 0, then each extra head's; hidden states are LLaMA's next-token path."""
     llama, model = pair()
     with torch.no_grad():
         ours = model(TOKENS, output_attentions=True, output_hidden_states=True, use_cache=False)
         theirs = llama(TOKENS, output_attentions=True, output_hidden_states=True, use_cache=False)
-    assert len(ours.attentions) == len(theirs.attentions) == 3  # two trunk blocks + head 0
+    assert len(theirs.attentions) == 3  # two trunk blocks + head 0
+    assert len(ours.attentions) == model.config.num_hidden_layers == 6  # ... + heads 1..3
     assert len(ours.hidden_states) == len(theirs.hidden_states) == 4  # embeddings + 3 blocks
-    for got, want in zip(ours.attentions, theirs.attentions, strict=True):
+    for got, want in zip(ours.attentions, theirs.attentions, strict=False):  # LLaMA's first
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for got, want in zip(ours.hidden_states, theirs.hidden_states, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # An extra head's map is its own block's attention over the trunk output (independent eager reference).
+    trunk_output, attn = ours.hidden_states[-2], model.model.extra_heads[0].self_attn
+    x = model.model.extra_heads[0].input_layernorm(trunk_output)
+    n, d = TOKENS.shape[1], attn.head_dim
+    with torch.no_grad():
+        q = attn.q_proj(x).view(2, n, -1, d).transpose(1, 2)
+        k = attn.k_proj(x).view(2, n, -1, d).transpose(1, 2)
+        cos, sin = (t[:, None] for t in model.model.rotary_emb(x, torch.arange(n)[None]))
+        q, k = q * cos + rotate(q) * sin, k * cos + rotate(k) * sin
+        k = k.repeat_interleave(attn.num_key_value_groups, dim=1)
+        scores = (q @ k.transpose(2, 3)) * d**-0.5 + torch.full((n, n), float("-inf")).triu(1)
+    torch.testing.assert_close(ours.attentions[3], scores.softmax(-1), rtol=1e-5, atol=1e-5)
 
 
-def test_attentions_with_all_heads_still_cover_the_next_token_path_only():
+def rotate(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def test_hidden_states_selected_by_index_are_llamas():
+    """transformers 5.25 selects hidden states by (negative) index, counted on the next-token path."""
+    from transformers.utils.output_capturing import OutputRecorder
+
+    if "num_hidden_layers_key" not in OutputRecorder.__dataclass_fields__:
+        pytest.skip("transformers < 5.25 has no selection of hidden states by index")
+    llama, model = pair(4)
+    with torch.no_grad():
+        ours = model(TOKENS, output_hidden_states=[-1, 0], use_cache=False).hidden_states
+        theirs = llama(TOKENS, output_hidden_states=[-1, 0], use_cache=False).hidden_states
+    assert [h is None for h in ours] == [h is None for h in theirs] == [False, True, True, False]
+    for got, want in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_attentions_with_all_heads_cover_every_block():
     _, model = pair(4)
     with torch.no_grad():
         out = model(TOKENS, output_attentions=True, return_all_heads=True, use_cache=False)
-    assert len(out.attentions) == 3
-    assert len(out.head_hidden_states) == 4
+        plain = model(TOKENS, output_attentions=True, use_cache=False)
+    assert len(out.attentions) == len(plain.attentions) == model.config.num_hidden_layers
+    assert len(out.head_hidden_states) == 4 and plain.head_hidden_states is None
 
 
 def test_no_attentions_or_hidden_states_unless_asked():
@@ -189,3 +236,26 @@ def test_generation_emits_no_cache_deprecation_warning():
         root.removeHandler(handler)
     messages = handler.messages + [str(w.message) for w in caught]
     assert not [m for m in messages if "past_key_values" in m or "deprecat" in m.lower()], messages
+
+
+def test_trainer_prediction_step_returns_logits_without_the_cache(tmp_path):
+    """`keys_to_ignore_at_inference` names the cache as the installed version returns it, so an eval forward
+    (with the cache on) gives `Trainer` the logits alone, as LLaMA's does."""
+    from transformers import Trainer, TrainingArguments
+
+    _, model = pair(2)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, use_cache=True, label_names=["labels"]
+    )
+    trainer = Trainer(model=model, args=args)
+    assert model(TOKENS).get(CACHE_NAME) is not None  # the forward does return a cache
+    with torch.no_grad():
+        want = model(TOKENS, use_cache=False).logits
+    _, logits, _ = trainer.prediction_step(model, {"input_ids": TOKENS}, prediction_loss_only=False)
+    assert isinstance(logits, torch.Tensor)
+    torch.testing.assert_close(logits, want, rtol=1e-6, atol=1e-6)
+    loss, logits, labels = trainer.prediction_step(
+        model, {"input_ids": TOKENS, "labels": TOKENS}, prediction_loss_only=False
+    )
+    assert loss is not None and labels is not None
+    assert not any(isinstance(v, DynamicCache) for v in logits)  # logits and token_losses, no cache

@@ -35,7 +35,8 @@ class WmtpConfig(PretrainedConfig):
     """
 
     model_type = "wmtp"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # The cache, under its name from transformers 5.25 and before: `Trainer.prediction_step` drops it.
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     def __init__(
         self,
@@ -97,6 +98,11 @@ class WmtpConfig(PretrainedConfig):
         super().__init__(**kwargs)
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_next_token_layers(self) -> int:
+        """Blocks on the next-token path, trunk + head 0: what `LlamaConfig.num_hidden_layers` counts."""
+        return self.num_hidden_layers - self.n_future_tokens + 1
 
     def _validate(self) -> None:
         for name in (

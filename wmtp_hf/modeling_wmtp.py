@@ -6,46 +6,52 @@ Trunk + head 0 is exactly a LLaMA model, which is what generation runs.
 
 This file imports only `torch`, `transformers` and its siblings (`configuration_wmtp.py`, `losses.py`,
 `generation_wmtp.py`, `convert_llama.py`, which import nothing else either), so `save_pretrained` ships
-them and checkpoints load with `trust_remote_code=True` where `wmtp_hf` is not installed.
+them and checkpoints load with `trust_remote_code=True` where `wmtp_hf` is not installed. What LLaMA's
+file gives every version from 5.13 on is used from there: norm, RoPE, MLP, eager attention, output
+capture (`capture_outputs`), tuple returns (`can_return_tuple`), output classes.
 
 The KV cache is an argument of every forward under the name transformers uses from 5.25, `cache`; the
-older name `past_key_values` is still accepted (as LLaMA does). Outputs carry it under the field the
-installed version's `generate` reads (`CACHE_NAME`).
+older name `past_key_values` is still accepted (with transformers' deprecation warning from 5.25, as
+LLaMA's). Outputs carry it under the field the installed version's `generate` reads (`CACHE_NAME`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ModelOutput
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaMLP,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
+from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_wmtp import WmtpConfig
 from .convert_llama import wmtp_from_llama, wmtp_to_llama
 from .generation_wmtp import CACHE_NAME, WmtpSpeculativeOutput, mtp_speculative_greedy
 from .losses import mtp_target_mask, mtp_token_losses, packed_segment_ids, weighted_mtp_loss
 
-# The name of the cache argument of transformers' mask helpers (`cache` from 5.25, before `past_key_values`).
-_MASK_CACHE_ARG = (
-    "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
-)
-
-
 # Attention backends that run a packed row example by example here; flash attention takes the packed row
 # itself (varlen, from `cu_seq_lens_*` or `position_ids`), others transformers' block-diagonal mask.
 PER_EXAMPLE_ATTENTION = ("sdpa", "eager")
+
+_COUNTED_BY = {"num_hidden_layers_key": "num_next_token_layers"}  # from transformers 5.25
+_COUNTED_BY = _COUNTED_BY if "num_hidden_layers_key" in OutputRecorder.__dataclass_fields__ else {}
 
 
 def _packed_segments(
@@ -59,129 +65,43 @@ def _packed_segments(
     return segments if bool(segments[:, -1].any()) else None
 
 
-def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
-    """The cache passed under either name; both at once is an error (as in transformers' LLaMA)."""
-    if past_key_values is None:
-        return cache
-    if cache is not None:
-        raise ValueError("pass the KV cache as `cache` or as `past_key_values`, not both")
-    return past_key_values
-
-
-# --------------------------------------------------------------------------------------------------
-# LLaMA building blocks (same math as transformers' LLaMA, written for this model).
-# --------------------------------------------------------------------------------------------------
-
-
-class WmtpRMSNorm(nn.Module):
-    """RMSNorm computed in float32, as in Meta's and transformers' LLaMA."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-
-class WmtpRotaryEmbedding(nn.Module):
-    """Rotate-half RoPE cos/sin tables; scaled RoPE variants come from transformers' registry."""
-
-    def __init__(self, config: WmtpConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.max_seq_len_cached = config.max_position_embeddings
-        self.original_max_seq_len = config.max_position_embeddings
-        self.rope_type = config.rope_parameters.get("rope_type", "default")
-        init_fn = (
-            self.compute_default_rope_parameters
-            if self.rope_type == "default"
-            else ROPE_INIT_FUNCTIONS[self.rope_type]
-        )
-        inv_freq, self.attention_scaling = init_fn(config)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
-
-    @staticmethod
-    def compute_default_rope_parameters(config: WmtpConfig, *args, **kwargs) -> tuple[torch.Tensor, float]:
-        base = config.rope_parameters["rope_theta"]
-        dim = config.head_dim
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-        return inv_freq, 1.0
-
-    @torch.no_grad()
-    @dynamic_rope_update
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float32)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(
-            x.dtype
+def _old_cache_name(forward: Callable) -> Callable:
+    """Accept the cache as `past_key_values` too; both names at once is an error. From 5.25 with transformers'
+    own deprecation warning (as LLaMA's forwards); before 5.25 silently, as `generate` still passes it so."""
+    if CACHE_NAME == "cache":
+        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)(
+            forward
         )
 
+    @functools.wraps(forward)
+    def renamed(self, *args, past_key_values: Cache | None = None, **kwargs):
+        if past_key_values is not None:
+            if kwargs.get("cache") is not None:
+                raise ValueError("Both `past_key_values` and `cache` are set: pass the KV cache once")
+            kwargs["cache"] = past_key_values
+        return forward(self, *args, **kwargs)
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rotary_pos_emb(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    return renamed
 
 
-def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """`[B, kv_heads, T, d]` -> `[B, kv_heads * n_rep, T, d]` for grouped-query attention."""
-    if n_rep == 1:
-        return hidden_states
-    batch, kv_heads, seq, dim = hidden_states.shape
-    expanded = hidden_states[:, :, None].expand(batch, kv_heads, n_rep, seq, dim)
-    return expanded.reshape(batch, kv_heads * n_rep, seq, dim)
+# Building blocks: LLaMA's (same math as Meta's); the attention adds a per-example path for packed rows.
 
 
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    key = repeat_kv(key, module.num_key_value_groups)
-    value = repeat_kv(value, module.num_key_value_groups)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+class WmtpRMSNorm(LlamaRMSNorm):
+    """LLaMA's RMSNorm (float32 statistics)."""
 
 
-class WmtpAttention(nn.Module):
-    """Multi-head attention with GQA, dispatched through transformers' attention interface."""
+class WmtpRotaryEmbedding(LlamaRotaryEmbedding):
+    """LLaMA's rotate-half RoPE tables; scaled variants from transformers' registry."""
 
-    def __init__(self, config: WmtpConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.head_dim = config.head_dim
-        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
-        self.is_causal = True
-        bias = config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=bias)
+
+class WmtpMLP(LlamaMLP):
+    """SwiGLU feed-forward: `down(act(gate(x)) * up(x))` (Meta's `w2(silu(w1 x) * w3 x)`)."""
+
+
+class WmtpAttention(LlamaAttention):
+    """LLaMA's attention (GQA, transformers' attention interface), plus attention inside each example of a
+    packed row."""
 
     def forward(
         self,
@@ -189,38 +109,28 @@ class WmtpAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
         cache: Cache | None = None,
-        past_key_values: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        cache = _one_cache(cache, past_key_values)
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        cos, sin = position_embeddings
-        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
+        kwargs.update(dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling)
         lengths = kwargs.pop("packed_lengths", None)
         if lengths is not None:  # a packed row: attention inside each example, one example at a time
-            attn_output = self._per_example(attention_interface, query, key, value, lengths, **kwargs)
-            return self.o_proj(attn_output.reshape(*input_shape, -1).contiguous()), None
-        attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        return self.o_proj(attn_output), attn_weights
+            attn_output, attn_weights = self._per_example(
+                attention_interface, query, key, value, lengths, **kwargs
+            )
+        else:
+            attn_output, attn_weights = attention_interface(self, query, key, value, attention_mask, **kwargs)
+        return self.o_proj(attn_output.reshape(*input_shape, -1).contiguous()), attn_weights
 
     def _per_example(
         self,
@@ -230,7 +140,7 @@ class WmtpAttention(nn.Module):
         value: torch.Tensor,
         lengths: tuple[int, ...],
         **kwargs,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, None]:
         """Causal attention of each packed example on its own (`[1, N, heads, d]`): sum of L_i^2 work instead
         of the N^2 a block-diagonal mask over the whole row costs with sdpa or eager."""
         outputs = []
@@ -240,27 +150,8 @@ class WmtpAttention(nn.Module):
                 n = q.shape[2]
                 mask = torch.full((n, n), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu(1)
                 mask = mask[None, None]
-            out, _ = attention_interface(
-                self, q, k, v, mask,
-                dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling, **kwargs,
-            )  # fmt: skip
-            outputs.append(out)
-        return torch.cat(outputs, dim=1)
-
-
-class WmtpMLP(nn.Module):
-    """SwiGLU feed-forward: `down(act(gate(x)) * up(x))` (Meta's `w2(silu(w1 x) * w3 x)`)."""
-
-    def __init__(self, config: WmtpConfig) -> None:
-        super().__init__()
-        bias = config.mlp_bias
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+            outputs.append(attention_interface(self, q, k, v, mask, **kwargs)[0])
+        return torch.cat(outputs, dim=1), None
 
 
 class WmtpDecoderLayer(GradientCheckpointingLayer):
@@ -279,64 +170,49 @@ class WmtpDecoderLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: Cache | None = None,
-        past_key_values: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
         attn_out, _ = self.self_attn(
             self.input_layernorm(hidden_states),
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
-            cache=_one_cache(cache, past_key_values),
+            cache=cache,
             **kwargs,
         )
         hidden_states = hidden_states + attn_out
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
-# --------------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------------
-
-
 @dataclass
-class WmtpModelOutput(ModelOutput):
-    """Base-model output; transformers' fields first, in transformers' order (what `return_dict=False` keeps).
+class WmtpModelOutput(BaseModelOutputWithPast):
+    """Base-model output: transformers' fields (the cache named as the installed `generate` reads it), then ours.
 
     Args:
-        last_hidden_state: `[B, T, D]` head 0's final-normed hidden state (None with `trunk_only`).
-        cache: the KV cache (named `past_key_values` on transformers < 5.25; see `CACHE_NAME`).
+        last_hidden_state: `[B, T, D]` head 0's final-normed hidden state (with `trunk_only`, the trunk's).
         hidden_states: with `output_hidden_states`: the embeddings, each trunk block's output, and head 0's
             final-normed output, exactly LLaMA's tuple for the next-token path. Heads 1..n-1 add nothing
             here (their states are `head_hidden_states`).
         attentions: with `output_attentions` (and an attention implementation that returns weights, e.g.
-            `eager`): one `[B, heads, T, S]` tensor per trunk block and head 0, as LLaMA's; heads 1..n-1 add
-            nothing.
+            `eager`): one `[B, heads, T, S]` map per block, `num_hidden_layers` in all, in layer order
+            (trunk, head 0 = LLaMA's, then heads 1..n-1, which then run).
         trunk_hidden_state: `[B, T, D]` the trunk output through the shared final norm, `norm(h_trunk)`:
             the state every head block reads, and the value head's input. Only when requested.
         head_hidden_states: n tensors `[B, T, D]`, every head's final-normed hidden state (head 0 first),
             only when all heads were requested.
     """
 
-    last_hidden_state: torch.FloatTensor | None = None
-    if CACHE_NAME == "cache":
-        cache: Cache | None = None
-    else:
-        past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     trunk_hidden_state: torch.FloatTensor | None = None
     head_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
-class WmtpCausalLMOutput(ModelOutput):
-    """Output of [`WmtpForMultiTokenPrediction`] (docs/design.md §2.3); transformers' fields first, in its order.
+class WmtpCausalLMOutput(CausalLMOutputWithPast):
+    """Output of [`WmtpForMultiTokenPrediction`] (docs/design.md §2.3): transformers' fields, then ours.
 
     Args:
         loss: uniform MTP loss (docs/design.md §4.1) when `labels` (or `shift_labels`) are given.
         logits: `[B, T, V]` logits of head 0 (skipped while training with labels, see `skip_logits`).
-        cache: the KV cache (named `past_key_values` on transformers < 5.25; see `CACHE_NAME`).
-        hidden_states, attentions: as in [`WmtpModelOutput`]: the next-token path's, as LLaMA's.
+        hidden_states, attentions: as in [`WmtpModelOutput`].
         mtp_logits: `[B, T, n, V]` logits of all heads, only with `return_all_heads=True`.
         value: `[B, T]` value-head estimates `V_t` of P(response correct | tokens <= t), with a value head.
             (Not `values`: that name would shadow `dict.values()`, which `ModelOutput` inherits and
@@ -346,45 +222,10 @@ class WmtpCausalLMOutput(ModelOutput):
         head_hidden_states: n tensors `[B, T, D]` of final-normed head hidden states, with all heads.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    if CACHE_NAME == "cache":
-        cache: Cache | None = None
-    else:
-        past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     mtp_logits: torch.FloatTensor | None = None
     value: torch.FloatTensor | None = None
     token_losses: torch.FloatTensor | None = None
     head_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-
-
-def _returned(output: ModelOutput, return_dict: bool | None, config: WmtpConfig) -> ModelOutput | tuple:
-    """`output`, or its tuple (None fields dropped, as transformers does) when `return_dict` is False."""
-    if return_dict is None:
-        return_dict = getattr(config, "return_dict", True)
-    return output if return_dict else output.to_tuple()
-
-
-@contextlib.contextmanager
-def _recording_attentions(blocks: list[nn.Module], enabled: bool) -> Iterator[list[torch.Tensor]]:
-    """Collect the attention weights each block's attention returns (none for sdpa/flash), in order."""
-    recorded: list[torch.Tensor] = []
-    if not enabled:
-        yield recorded
-        return
-
-    def record(_module, _args, output):
-        if output[1] is not None:
-            recorded.append(output[1])
-
-    handles = [block.self_attn.register_forward_hook(record) for block in blocks]
-    try:
-        yield recorded
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class WmtpPreTrainedModel(PreTrainedModel):
@@ -399,6 +240,12 @@ class WmtpPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+    # Hidden states: the blocks of `model.layers` (trunk + head 0, LLaMA's path; 5.25 resolves negative
+    # indices with their count); attentions: every block.
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(WmtpDecoderLayer, layer_name="layers", **_COUNTED_BY),
+        "attentions": OutputRecorder(WmtpAttention, index=1),
+    }
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As `PreTrainedModel.save_pretrained`; `auto_map` also names the base model for `AutoModel`."""
@@ -413,30 +260,25 @@ class WmtpModel(WmtpPreTrainedModel):
 
     def __init__(self, config: WmtpConfig) -> None:
         super().__init__(config)
-        n_future = config.n_future_tokens
-        n_layers_main = config.num_hidden_layers - n_future + 1  # trunk blocks + head 0
+        n_layers_main = config.num_next_token_layers  # trunk blocks + head 0
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(WmtpDecoderLayer(config, i) for i in range(n_layers_main))
         self.extra_heads = nn.ModuleList(
-            WmtpDecoderLayer(config, n_layers_main + i) for i in range(n_future - 1)
+            WmtpDecoderLayer(config, n_layers_main + i) for i in range(config.n_future_tokens - 1)
         )
         self.norm = WmtpRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = WmtpRotaryEmbedding(config)
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
-
     @property
     def prediction_heads(self) -> list[WmtpDecoderLayer]:
         """Head blocks in head order: head 0 is the last of `layers`, then `extra_heads`."""
         return [self.layers[-1], *self.extra_heads]
 
+    @_old_cache_name
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -446,19 +288,16 @@ class WmtpModel(WmtpPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         return_all_heads: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
         output_trunk_state: bool = False,
         trunk_only: bool = False,
-        past_key_values: Cache | None = None,
-        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
-    ) -> WmtpModelOutput | tuple:
+    ) -> WmtpModelOutput:
         """`output_trunk_state` adds `trunk_hidden_state = norm(h_trunk)`; `trunk_only` runs no head block
-        (the critic's forward) and returns only that state. `past_key_values` is the cache's older name."""
+        (the critic's forward) and returns only that state (also as `last_hidden_state`). `past_key_values`
+        is the cache's older name."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("WmtpModel.forward: pass exactly one of input_ids and inputs_embeds")
-        cache = _one_cache(cache, past_key_values)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         packed = _packed_segments(position_ids, attention_mask, cache)
@@ -470,9 +309,7 @@ class WmtpModel(WmtpPreTrainedModel):
             cache = DynamicCache(config=self.config)
         if position_ids is None:
             past_seen = cache.get_seq_length() if cache is not None else 0
-            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen)[
-                None
-            ]
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)[None] + past_seen
         per_example = (
             self.config._attn_implementation in PER_EXAMPLE_ATTENTION and inputs_embeds.shape[0] == 1
         )
@@ -486,46 +323,32 @@ class WmtpModel(WmtpPreTrainedModel):
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                **{_MASK_CACHE_ARG: cache},
+                **{CACHE_NAME: cache},
             )
-        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         block_kwargs = dict(
             attention_mask=causal_mask,
-            position_embeddings=position_embeddings,
+            position_embeddings=self.rotary_emb(inputs_embeds, position_ids),
             cache=cache if use_cache else None,
             position_ids=position_ids,
             **kwargs,
         )
-        config = self.config
-        output_hidden_states = (
-            config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        all_hidden = [inputs_embeds] if output_hidden_states else None
-        next_token_path = list(self.layers) if not trunk_only else list(self.layers[:-1])
-        with _recording_attentions(next_token_path, output_attentions) as attentions:
-            hidden = inputs_embeds
-            for block in self.layers[:-1]:
-                hidden = block(hidden, **block_kwargs)
-                if all_hidden is not None:
-                    all_hidden.append(hidden)
-            trunk = hidden
-            trunk_state = self.norm(trunk) if (output_trunk_state or trunk_only) else None
-            head_hidden = None
-            if not trunk_only:
-                heads = self.prediction_heads if return_all_heads else self.prediction_heads[:1]
-                head_hidden = tuple(self.norm(head(trunk, **block_kwargs)) for head in heads)
-                if all_hidden is not None:
-                    all_hidden.append(head_hidden[0])
-        output = WmtpModelOutput(
-            last_hidden_state=head_hidden[0] if head_hidden is not None else None,
-            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
-            attentions=tuple(attentions) if output_attentions else None,
+        hidden = inputs_embeds
+        for block in self.layers[:-1]:
+            hidden = block(hidden, **block_kwargs)
+        trunk_state = self.norm(hidden) if (output_trunk_state or trunk_only) else None
+        head_hidden = None
+        if not trunk_only:  # attention maps cover every block, so all heads run when they are asked for
+            if output_attentions is None:
+                output_attentions = self.config.output_attentions
+            all_heads = return_all_heads or output_attentions
+            heads = self.prediction_heads if all_heads else self.prediction_heads[:1]
+            head_hidden = tuple(self.norm(head(hidden, **block_kwargs)) for head in heads)
+        return WmtpModelOutput(
+            last_hidden_state=head_hidden[0] if head_hidden is not None else trunk_state,
             trunk_hidden_state=trunk_state,
             head_hidden_states=head_hidden if return_all_heads else None,
             **{CACHE_NAME: cache if use_cache else None},
         )
-        return _returned(output, return_dict, config)
 
 
 class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
@@ -542,18 +365,6 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         self.value_head = nn.Linear(config.hidden_size, 1) if config.use_value_head else None
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
     def add_value_head(self) -> nn.Linear:
         """Attach a freshly initialised value head (no-op if present) and record it in the config."""
         if self.value_head is None:
@@ -566,6 +377,8 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         self.config.use_value_head = True
         return self.value_head
 
+    @_old_cache_name
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -581,10 +394,8 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         num_items_in_batch: torch.Tensor | int | None = None,
         value_only: bool = False,
         shift_labels: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> WmtpCausalLMOutput | tuple:
+    ) -> WmtpCausalLMOutput:
         r"""
         cache: the KV cache (`past_key_values`, its name before transformers 5.25, is accepted too).
         labels: `[B, T]` token ids with -100 where there is no target (not pre-shifted); gives `loss` and
@@ -598,12 +409,10 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             passed by `Trainer` so the loss normalises correctly under gradient accumulation.
         value_only: run the trunk and the value head only (no head block, no unembedding, no loss): the
             critic's forward. Needs a value head.
-        return_dict: False returns a tuple in transformers' order (None fields dropped).
         """
         if value_only and self.value_head is None:
             raise ValueError("value_only=True needs a value head (use_value_head=True or add_value_head())")
         has_targets = labels is not None or shift_labels is not None
-        cache = _one_cache(cache, past_key_values)
         # Packed examples: no head's target comes from the next example (docs/design.md §6).
         segments = _packed_segments(position_ids, attention_mask, cache) if has_targets else None
         outputs = self.model(
@@ -624,9 +433,11 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
-        if value_only:
+        value = None  # V_t reads norm(h_trunk), the state every head reads (docs/design.md §2.3)
+        if self.value_head is not None:
             value = self.value_head(outputs.trunk_hidden_state).squeeze(-1)
-            return _returned(WmtpCausalLMOutput(value=value, **shared), return_dict, self.config)
+        if value_only:
+            return WmtpCausalLMOutput(value=value, **shared)
         head0 = outputs.last_hidden_state
         if skip_logits is None:
             skip_logits = self.training and has_targets
@@ -634,28 +445,16 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         if not skip_logits:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = self.lm_head(head0[:, keep, :])
-        value = None
-        if (
-            self.value_head is not None
-        ):  # V_t reads norm(h_trunk), the state every head reads (docs/design.md §2.3)
-            value = self.value_head(outputs.trunk_hidden_state).squeeze(-1)
         loss = token_losses = None
         if has_targets:
-            n_heads = self.config.n_future_tokens
-            token_losses = mtp_token_losses(
-                outputs.head_hidden_states,
-                self.lm_head.weight,
-                labels,
-                self.config.loss_chunk_size,
-                shift_labels,
-                segments,
-            )
-            target_mask = mtp_target_mask(labels, n_heads, shift_labels, segments)
+            heads, chunk = outputs.head_hidden_states, self.config.loss_chunk_size
+            token_losses = mtp_token_losses(heads, self.lm_head.weight, labels, chunk, shift_labels, segments)
+            target_mask = mtp_target_mask(labels, self.config.n_future_tokens, shift_labels, segments)
             loss = weighted_mtp_loss(token_losses, target_mask, num_items=num_items_in_batch)
         mtp_logits = None
         if return_all_heads:
             mtp_logits = torch.stack([self.lm_head(h) for h in outputs.head_hidden_states], dim=2)
-        output = WmtpCausalLMOutput(
+        return WmtpCausalLMOutput(
             loss=loss,
             logits=logits,
             mtp_logits=mtp_logits,
@@ -664,7 +463,6 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             head_hidden_states=outputs.head_hidden_states if return_all_heads else None,
             **shared,
         )
-        return _returned(output, return_dict, self.config)
 
     def generate(self, *args, mtp_speculative: bool = False, **kwargs):
         r"""`GenerationMixin.generate`, plus self-speculative greedy decoding with the MTP heads.
@@ -683,8 +481,6 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
                 raise ValueError(f"generate: mtp_speculative=True cannot be combined with {name}")
         decode = functools.partial(mtp_speculative_greedy, streamer=kwargs.get("streamer"))
         return super().generate(*args, custom_generate=decode, **kwargs)
-
-    # ---------------------------------------------------------------- conversions to and from LLaMA
 
     @classmethod
     def from_llama(

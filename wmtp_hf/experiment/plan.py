@@ -41,6 +41,7 @@ from ..models import is_named_model
 from ..train.components import check_model_location
 from ..train.config import ConfigError, WmtpTrainingConfig, check_values, config_to_dict, read_yaml
 from ..train.stages import STAGE_CONFIGS
+from .control_options import ControlOptions, control_overrides
 
 STAGE_ORDER = ("reference", "baseline", "critic", "verifiable", "rho1")
 # Run order (stage names and the matched baseline); a retrained run retrains every run after it.
@@ -140,7 +141,7 @@ class ExperimentPlan:
     evaluation: EvaluationOptions
     raw: dict[str, Any] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
-    control: Any = None  # ControlOptions when the plan is the positive control
+    control: ControlOptions | None = None  # when the plan is the positive control
 
     def run(self, name: str) -> StagePlan | None:
         """The run called `name` (of the first seed)."""
@@ -249,8 +250,6 @@ def build_plan(
         evaluation = EvaluationOptions(**eval_values)
     except TypeError as err:
         raise ConfigError(f"{source}: evaluation: {err}") from None
-
-    from .control import ControlOptions, control_overrides
 
     seeds = seeds if seeds is not None else read_seeds(data.get("seeds"), f"{source}: seeds")
     if seeds is not None and ("seed" in shared or any("seed" in _mapping(v, "") for v in stages.values())):
