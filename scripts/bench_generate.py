@@ -49,7 +49,7 @@ def humaneval_batches(
     `raw` prompts (the function header, as `evaluate --dataset humaneval` sends them) or `alpaca` (the
     training prompt format, `wmtp_hf.data.format_prompt`, stopping at EOS or the next `### ` header)."""
     from wmtp_hf.data import format_prompt
-    from wmtp_hf.data.sources import load_problem_rows
+    from wmtp_hf.data.registry import load_problem_rows
     from wmtp_hf.evaluation.generation import COMPLETION_STOPS, INSTRUCTION_STOPS
     from wmtp_hf.loading import ensure_pad_token
 

@@ -188,7 +188,7 @@ def test_cache_follows_file_content(tmp_path):
 def test_registry_names_every_source_with_its_splits():
     """One registry (name -> Source) drives loading, evaluate's default split, the held-out split and
     `data prepare`'s splits; an unknown name is one line listing the valid ones."""
-    from wmtp_hf.data.sources import DEFAULT_SPLITS, HELD_OUT_SPLITS, REGISTRY, get_source, prepare_splits
+    from wmtp_hf.data.registry import DEFAULT_SPLITS, HELD_OUT_SPLITS, REGISTRY, get_source, prepare_splits
 
     assert set(REGISTRY) == {"codecontests", "humaneval", "mbpp", "offline"}
     for name, source in REGISTRY.items():

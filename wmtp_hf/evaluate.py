@@ -93,7 +93,7 @@ def _parse_ks(text: str) -> list[int]:
 def run(args: argparse.Namespace) -> dict:
     """Load problems, get completions (generate or read), score them, write outputs; return the summary."""
     from wmtp_hf.data.prompt_formats import recorded_prompt_format, resolve_prompt_format
-    from wmtp_hf.data.sources import load_problem_rows
+    from wmtp_hf.data.registry import load_problem_rows
     from wmtp_hf.evaluation.problems import DEFAULT_SPLITS, problems_from_rows
     from wmtp_hf.evaluation.runner import log_to_mlflow, score_samples, write_outputs
     from wmtp_hf.evaluation.samples import read_samples

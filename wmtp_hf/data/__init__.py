@@ -3,8 +3,8 @@
 from .collator import IGNORE_INDEX, WmtpDataCollator
 from .formatting import DEFAULT_MAX_LENGTH, encode_example, labels_for, tokenize_dataset
 from .prompt_formats import PROMPT_FORMAT_CHOICES, PROMPT_FORMATS, format_prompt, resolve_prompt_format
+from .registry import SOURCES, load_source
 from .schema import COLUMNS, FEATURES, DataError
-from .sources import SOURCES, load_source
 
 __all__ = [
     "COLUMNS",

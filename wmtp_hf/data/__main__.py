@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .formatting import DEFAULT_MAX_LENGTH
 from .prompt_formats import PROMPT_FORMAT_CHOICES
+from .registry import SOURCES
 from .schema import DataError
-from .sources import SOURCES
 
 
 def build_parser() -> argparse.ArgumentParser:

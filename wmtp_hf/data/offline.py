@@ -28,11 +28,12 @@ from .io import atomic_write_json, cache_root, file_sha256, iter_jsonl
 from .mutations import mutate
 from .schema import FEATURES, DataError
 from .sources import humaneval
-from .sources.offline import SPLITS
+from .sources.base import Source
 
 logger = logging.getLogger(__name__)
 
 BUILDER_VERSION = 1
+SPLITS = ("train", "eval")
 EVAL_PERCENT = 20
 MUTANTS_PER_PROBLEM = 2  # kept failing mutants, at most (train ends up ~1 correct : 2 incorrect)
 CANDIDATES_PER_PROBLEM = 4  # mutants executed per problem
@@ -163,3 +164,10 @@ def load_offline(split: str = "train", path: str | Path | None = None, seed: int
         raise DataError(f"{path}: file not found")
     folder = build_offline(Path(path) if path is not None else None, seed=seed)
     return datasets.load_from_disk(str(folder / split))
+
+
+def _load(path: str | Path | None, split: str, counts: Counter) -> datasets.Dataset:
+    return load_offline(split=split, path=path)
+
+
+SOURCE = Source(name="offline", load=_load, splits=SPLITS, eval_split="eval", held_out_split="eval")

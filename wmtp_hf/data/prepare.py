@@ -14,8 +14,8 @@ from ..fileio import atomic_directory
 from .formatting import DEFAULT_MAX_LENGTH, tokenize_dataset
 from .io import atomic_write_json
 from .prompt_formats import format_prompt, resolve_prompt_format
+from .registry import SOURCES, load_source, prepare_splits
 from .schema import DataError
-from .sources import SOURCES, load_source, prepare_splits
 
 PERCENTILES = (50, 90, 95, 99)
 

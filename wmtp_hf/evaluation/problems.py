@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..data.sources import DEFAULT_SPLITS
+from ..data.registry import DEFAULT_SPLITS
 from .extraction import extract_code, has_fence, keep_definitions
 from .generation import CLOSED_CODE_BLOCK, COMPLETION_STOPS, INSTRUCTION_STOPS
 
@@ -105,7 +105,7 @@ def load_problems(
     tokenizer: Any = None,
 ) -> list[Problem]:
     """Problems of `dataset` ("humaneval", "mbpp", "codecontests", "offline") via `load_problem_rows`."""
-    from wmtp_hf.data.sources import load_problem_rows
+    from wmtp_hf.data.registry import load_problem_rows
 
     if dataset not in DEFAULT_SPLITS:
         raise ValueError(f"--dataset: expected one of {', '.join(DEFAULT_SPLITS)}, got {dataset!r}")

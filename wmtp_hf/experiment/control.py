@@ -83,7 +83,7 @@ def planted_rows(
 def build_control_data(plan: ExperimentPlan, say: Any = print) -> None:
     """Write the control's prepared folders (once) from the clean source rows."""
     from ..data import load_source, resolve_prompt_format, tokenize_dataset
-    from ..data.sources import HELD_OUT_SPLITS
+    from ..data.registry import HELD_OUT_SPLITS
     from ..fileio import atomic_directory
     from ..train.components import resolve_model_path, start_tokenizer
 

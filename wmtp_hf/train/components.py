@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from .. import loading
 from ..data import SOURCES, DataError, load_source, resolve_prompt_format, tokenize_dataset
 from ..data.prompt_formats import LEGACY_PROMPT_FORMAT
-from ..data.sources import HELD_OUT_SPLITS
+from ..data.registry import HELD_OUT_SPLITS
 from ..messages import looks_like_hub_id
 from ..micro import build_micro, build_micro_tokenizer, is_model_dir
 from ..modeling_wmtp import WmtpForMultiTokenPrediction
