@@ -205,3 +205,37 @@ def test_without_healing_generation_is_plain_generate(tiny_llama):
             eos_token_id=tokenizer.eos_token_id,
         )[0, enc["input_ids"].shape[1] :].tolist()  # fmt: skip
         assert rows[0] == ref[: len(rows[0])]
+
+
+def test_check_token_healing_script(tiny_llama, tmp_path):
+    """scripts/check_token_healing.py counts the healed prompts and the first tokens that stay the same,
+    here checked against a direct computation on the offline problems."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from wmtp_hf.evaluation.problems import load_problems
+
+    model, tokenizer = tiny_llama
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import check_token_healing
+
+    out = tmp_path / "r.json"
+    args = [
+        "--model",
+        str(tmp_path / "m"),
+        "--dataset",
+        "offline",
+        "--limit",
+        "4",
+        "--prompt-format",
+        "alpaca",
+    ]
+    assert check_token_healing.main([*args, "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    problems = load_problems("offline", None, None, "alpaca", tokenizer)[:4]
+    healed = [p for p in problems if heal_prompt(tokenizer, tokenizer(p.prompt)["input_ids"]).prefix]
+    assert report["problems"] == 4 and report["healed"] == len(healed) >= 1
+    assert report["same_first_token"] + len(report["differing"]) == report["healed"]
