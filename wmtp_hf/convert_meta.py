@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from .configuration_wmtp import WmtpConfig
+from .errors import ConversionError  # noqa: F401  (also importable from here)
 from .fileio import atomic_directory
 from .modeling_wmtp import WmtpForMultiTokenPrediction
 from .remote_code import PACKAGE_DIR, remote_code_files
@@ -38,10 +39,6 @@ _BLOCK_KEYS = {  # Meta block key -> HF block key
     "attention_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
 }
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted; the message names the file or key."""
 
 
 def ffn_hidden_size(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from wmtp_hf.errors import UsageError, WmtpError, report_error
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m wmtp_hf.evaluate", description=__doc__)
@@ -84,9 +86,9 @@ def _parse_ks(text: str) -> list[int]:
     try:
         ks = sorted({int(k) for k in text.split(",") if k.strip()})
     except ValueError:
-        raise ValueError(f"--k: expected comma-separated positive integers, got {text!r}") from None
+        raise UsageError(f"--k: expected comma-separated positive integers, got {text!r}") from None
     if not ks or ks[0] < 1:
-        raise ValueError(f"--k: expected comma-separated positive integers, got {text!r}")
+        raise UsageError(f"--k: expected comma-separated positive integers, got {text!r}")
     return ks
 
 
@@ -103,11 +105,11 @@ def run(args: argparse.Namespace) -> dict:
     ks = _parse_ks(args.k)
     for name in ("n_samples", "max_new_tokens", "batch_size"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
     if args.temperature < 0 or args.timeout <= 0:
-        raise ValueError("--temperature: expected >= 0; --timeout: expected > 0")
+        raise UsageError("--temperature: expected >= 0; --timeout: expected > 0")
     if args.speculative and (args.samples or args.temperature > 0):
-        raise ValueError(
+        raise UsageError(
             "--speculative: decodes greedily with a model; expected --model and --temperature 0, got "
             + (f"--temperature {args.temperature:g}" if args.temperature > 0 else "--samples")
         )
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     split = args.split or DEFAULT_SPLITS[args.dataset]
     rows = load_problem_rows(args.dataset, path=args.path, split=split)  # bad data fails before the model
     if not rows:
-        raise ValueError(
+        raise UsageError(
             f"--dataset {args.dataset}: no problems found (path={args.path}, split={args.split})"
         )
     model = tokenizer = isolation = None
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.limit is not None:
         problems = problems[: args.limit]
     if not problems:
-        raise ValueError(f"--limit: expected >= 1, got {args.limit}")
+        raise UsageError(f"--limit: expected >= 1, got {args.limit}")
     selected = problems
     problems, trained_report = leave_out_trained_problems(args, problems)
     note = trained_report.pop("note")
@@ -184,7 +186,7 @@ def leave_out_trained_problems(args: argparse.Namespace, problems: list) -> tupl
 
     owner = args.trained_problems or args.model
     if args.trained_problems and not Path(args.trained_problems).exists():
-        raise ValueError(f"--trained-problems '{args.trained_problems}': no such file or folder")
+        raise UsageError(f"--trained-problems '{args.trained_problems}': no such file or folder")
     from wmtp_hf.models import is_named_model
 
     # A registered name or a .gguf file is a pretrained start: nothing recorded, and no Hub id to ask.
@@ -197,7 +199,7 @@ def leave_out_trained_problems(args: argparse.Namespace, problems: list) -> tupl
     kept, report = leave_out_trained(problems, record, include=args.include_trained_problems, missing=missing)
     n = report["n_trained_problems_evaluated"]
     if report["trained_problems_excluded"] and not kept:
-        raise ValueError(
+        raise UsageError(
             f"--dataset {args.dataset}: the model was trained on all {n} selected problems "
             f"({record.location}); evaluate other problems (e.g. a held-out split) or pass "
             "--include-trained-problems"
@@ -219,9 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         summary = run(args)
-    except (ValueError, OSError) as exc:  # bad input: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (WmtpError, OSError) as exc:  # bad input: one line, no traceback (wmtp_hf.errors)
+        return report_error(exc)
     scores = ", ".join(f"{k} = {v:.4f}" for k, v in summary.items() if k.startswith("pass@"))
     skipped = ", ".join(summary["skipped_k"]) or "none"
     print(

@@ -14,13 +14,10 @@ from pathlib import Path
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard
 
+from .errors import PublishError  # noqa: F401  (also importable from here)
 from .remote_code import remote_code_files
 
 SKIPPED_FILES = {"training_args.bin", "README.md"}  # README.md: replaced by the card text
-
-
-class PublishError(ValueError):
-    """Invalid input to a publish; the message is one line naming the file or option."""
 
 
 @dataclass(frozen=True)

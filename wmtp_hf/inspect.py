@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .messages import first_line
+from .errors import InspectError, WmtpError, report_error
 
 DEFAULT_N = 3
 
@@ -55,10 +55,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="folder for tokens.html, tokens.png, tokens.json")
     p.add_argument("--overwrite", action="store_true", help="replace an OUTPUT folder this command wrote")
     return p.parse_args(argv)
-
-
-class InspectError(ValueError):
-    """Bad input to the inspect command: one line naming the option."""
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -161,9 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         summary = run(args)
-    except (ValueError, OSError) as err:  # ConfigError, DataError, InspectError: one line, no traceback
-        print(f"error: {first_line(err)}", file=sys.stderr)
-        return 2
+    except (WmtpError, OSError) as err:  # every one-line user error (wmtp_hf.errors)
+        return report_error(err)
     print(
         f"{summary['examples']} examples, {summary['tokens']} response tokens ({'; '.join(summary['views'])}): "
         f"{summary['output']}/tokens.html, tokens.png, tokens.json"

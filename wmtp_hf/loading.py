@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .errors import LoadError  # noqa: F401  (also importable from here)
 from .messages import first_line
 
 __all__ = [
@@ -37,10 +38,6 @@ __all__ = [
     "read_model_type",
     "resolve_model",
 ]
-
-
-class LoadError(ValueError):
-    """A model, tokenizer, device or dtype that cannot be used (one line)."""
 
 
 DTYPES: dict[str, str | torch.dtype] = {

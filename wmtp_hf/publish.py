@@ -16,6 +16,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult
 from huggingface_hub.errors import HfHubHTTPError
 
+from .errors import WmtpError, report_error
 from .hub import ModelFolder, PublishError, check_model_folder, push_folder, read_json_object
 from .model_card import is_hub_id, pass_at_k_results, rerender_card
 
@@ -98,9 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         folder, card, base_model = prepare(args)
-    except PublishError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except WmtpError as err:  # every one-line user error (wmtp_hf.errors)
+        return report_error(err)
     try:
         commit = push_folder(
             folder,

@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from .errors import UsageError
+
 EVALUATE_MAX_THREADS = 4  # generation of small models gains little beyond this
 
 
@@ -49,7 +51,7 @@ def set_threads(threads: int | None, *, default: int, option: str = "--threads")
     threads too (torch allows that once, before any parallel work); returns the count."""
     count = default if threads is None else threads
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"{option}: expected a positive number of threads, got {threads!r}")
+        raise UsageError(f"{option}: expected a positive number of threads, got {threads!r}")
     torch.set_num_threads(count)
     if torch.get_num_interop_threads() != count:
         try:

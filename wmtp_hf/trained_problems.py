@@ -15,14 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import TrainedProblemsError  # noqa: F401  (also importable from here)
 from .fileio import atomic_write_text
 from .messages import first_line, looks_like_hub_id
 
 TRAINED_PROBLEMS_FILE = "trained_problems.json"
-
-
-class TrainedProblemsError(ValueError):
-    """An unreadable trained_problems.json (one line naming the file and key)."""
 
 
 @dataclass(frozen=True)

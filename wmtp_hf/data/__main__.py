@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import WmtpError, report_error
 from .formatting import DEFAULT_MAX_LENGTH
 from .prompt_formats import PROMPT_FORMAT_CHOICES
 from .registry import SOURCES
@@ -94,9 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = _reference_losses(args) if args.command == "reference-losses" else _prepare(args)
-    except (DataError, OSError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+    except (WmtpError, OSError) as err:  # every one-line user error (wmtp_hf.errors)
+        return report_error(err)
     print(json.dumps(summary))
     return 0
 

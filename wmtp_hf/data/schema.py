@@ -7,6 +7,8 @@ from typing import Any
 
 import datasets
 
+from ..errors import DataError  # noqa: F401  (also importable from here)
+
 FEATURES = datasets.Features(
     {
         "instruction": datasets.Value("string"),
@@ -24,10 +26,6 @@ FEATURES = datasets.Features(
 COLUMNS = tuple(FEATURES)
 
 _TYPE_NAMES = {str: "str", int: "int", list: "list", dict: "dict", bool: "bool"}
-
-
-class DataError(ValueError):
-    """Bad input data: the message is one line naming the file, line, field and what was expected."""
 
 
 def where(path: str, line: int | None = None) -> str:

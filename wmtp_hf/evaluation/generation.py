@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ..data.formatting import adds_special_tokens
+from ..errors import UsageError
 from ..loading import ensure_pad_token, load_for_inference
 from .extraction import closed_block_end
 from .token_healing import HealedPrompt, PrefixConstraint, heal_prompt, strip_prefix
@@ -171,12 +172,12 @@ def generate_completions(
     removed token's text, but `token_ids` start with the token that replaced it.
     """
     if n_samples < 1:
-        raise ValueError(f"n_samples: expected >= 1, got {n_samples}")
+        raise UsageError(f"n_samples: expected >= 1, got {n_samples}")
     greedy = temperature == 0
     if speculative and not greedy:
-        raise ValueError(f"--speculative: decodes greedily; expected --temperature 0, got {temperature}")
+        raise UsageError(f"--speculative: decodes greedily; expected --temperature 0, got {temperature}")
     if speculative and getattr(model.config, "n_future_tokens", None) is None:
-        raise ValueError(
+        raise UsageError(
             f"--speculative: needs a WMTP model with MTP heads; got model_type {model.config.model_type!r}"
         )
     copies = 1 if greedy else n_samples

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.registry import DEFAULT_SPLITS
+from ..errors import UsageError
 from .extraction import extract_code, has_fence, keep_definitions
 from .generation import CLOSED_CODE_BLOCK, COMPLETION_STOPS, INSTRUCTION_STOPS
 
@@ -108,6 +109,6 @@ def load_problems(
     from wmtp_hf.data.registry import load_problem_rows
 
     if dataset not in DEFAULT_SPLITS:
-        raise ValueError(f"--dataset: expected one of {', '.join(DEFAULT_SPLITS)}, got {dataset!r}")
+        raise UsageError(f"--dataset: expected one of {', '.join(DEFAULT_SPLITS)}, got {dataset!r}")
     rows = load_problem_rows(dataset, path=path, split=split or DEFAULT_SPLITS[dataset])
     return problems_from_rows(rows, prompt_format, tokenizer)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import SamplesError
 from ..execution.harness import check_solutions
 from ..execution.sandbox import ISOLATION_GAPS, resolve_isolation
 from .pass_at_k import summarize_pass_at_k
@@ -38,7 +39,7 @@ def score_samples(
     by_id = {p.task_id: p for p in problems}
     unknown = sorted({s.task_id for s in samples} - by_id.keys())
     if unknown:
-        raise ValueError(f"samples: unknown task_id {unknown[0]!r} ({len(unknown)} unknown in total)")
+        raise SamplesError(f"samples: unknown task_id {unknown[0]!r} ({len(unknown)} unknown in total)")
     results = check_solutions(
         [by_id[s.task_id].tests for s in samples],
         [by_id[s.task_id].program(s.completion) for s in samples],

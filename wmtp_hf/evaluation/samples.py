@@ -7,9 +7,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class SamplesError(ValueError):
-    """Bad samples file: the message is one line naming the file, line and what was expected."""
+from ..errors import SamplesError  # noqa: F401  (also importable from here)
 
 
 @dataclass(frozen=True)

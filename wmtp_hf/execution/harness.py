@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..errors import DataError
 from .sandbox import RawRun, SandboxLimits, resolve_isolation, run_sandboxed
 
 STATUSES = ("passed", "failed", "timeout", "error", "no_tests")
@@ -50,9 +51,9 @@ def parse_tests(tests: str, where: str = "tests") -> dict[str, Any]:
     try:
         spec = json.loads(tests)
     except (TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{where}: expected a JSON object string, got invalid JSON ({exc})") from None
+        raise DataError(f"{where}: expected a JSON object string, got invalid JSON ({exc})") from None
     if not isinstance(spec, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(spec).__name__}")
+        raise DataError(f"{where}: expected a JSON object, got {type(spec).__name__}")
     kind = spec.get("kind")
     required = {
         "humaneval": {"test": str, "entry_point": str},
@@ -60,12 +61,12 @@ def parse_tests(tests: str, where: str = "tests") -> dict[str, Any]:
         "stdio": {"inputs": list, "outputs": list},
     }
     if kind not in required:
-        raise ValueError(f"{where}: key 'kind': expected one of {sorted(required)}, got {kind!r}")
+        raise DataError(f"{where}: key 'kind': expected one of {sorted(required)}, got {kind!r}")
     for key, typ in required[kind].items():
         if not isinstance(spec.get(key), typ):
-            raise ValueError(f"{where}: key '{key}': expected {typ.__name__} for kind {kind!r}")
+            raise DataError(f"{where}: key '{key}': expected {typ.__name__} for kind {kind!r}")
     if kind == "stdio" and len(spec["inputs"]) != len(spec["outputs"]):
-        raise ValueError(f"{where}: 'inputs' and 'outputs' differ in length")
+        raise DataError(f"{where}: 'inputs' and 'outputs' differ in length")
     spec.setdefault("setup", "")
     return spec
 

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from ..data import DataError
+from ..errors import WmtpError, report_error
 from ..train.config import ConfigError
 from .plan import build_plan, read_experiment_file, read_seeds
 from .report import verdict_line
@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         data, source = read_experiment_file(args.config)
         plan = build_plan(data, source, args.output_dir, max_steps=args.max_steps, seeds=seeds)
         report = run_experiment(plan, say=lambda line: print(f"[experiment] {line}", flush=True))
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except WmtpError as err:  # every one-line user error (wmtp_hf.errors)
+        return report_error(err)
     minutes = (time.perf_counter() - start) / 60
     print(f"\nexperiment finished in {minutes:.1f} min: {plan.output_dir / 'report.md'}")
     for name, c in report["comparisons"].items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import UsageError
 from .records import Inspection, TokenRecord
 
 RGB = tuple[int, int, int]
@@ -105,7 +106,7 @@ def token_colour(token: TokenRecord, mode: str, head: int, scales: Scales) -> RG
     if mode == "ce":
         ce = _head(token.ce, head)
         return WHITE if ce is None else mix(SEQUENTIAL, ce / scales.ce_max)
-    raise ValueError(f"colour by: expected one of {', '.join(MODE_TITLES)}, got {mode!r}")
+    raise UsageError(f"colour by: expected one of {', '.join(MODE_TITLES)}, got {mode!r}")
 
 
 def legend(mode: str, scales: Scales) -> str:

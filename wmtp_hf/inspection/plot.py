@@ -10,6 +10,7 @@ import io
 import textwrap
 from collections.abc import Sequence
 
+from ..errors import UsageError
 from ..fileio import atomic_write_bytes
 from .colours import MODE_TITLES, PER_HEAD_MODES, available_modes, legend, page_scales, token_colour
 from .records import ExampleRecord, Inspection
@@ -61,9 +62,9 @@ def render_png(
     modes = available_modes(inspection)
     mode = color_by or modes[0]
     if mode not in modes:
-        raise ValueError(f"color_by: expected one of {', '.join(modes)} for this inspection, got {mode!r}")
+        raise UsageError(f"color_by: expected one of {', '.join(modes)} for this inspection, got {mode!r}")
     if not 0 <= head < inspection.n_heads:
-        raise ValueError(f"head: expected 0..{inspection.n_heads - 1}, got {head}")
+        raise UsageError(f"head: expected 0..{inspection.n_heads - 1}, got {head}")
     indices = list(range(len(inspection.examples))) if examples is None else list(examples)
     scales = page_scales(inspection)
     laid = []

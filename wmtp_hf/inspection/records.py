@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..data import WmtpDataCollator
+from ..errors import DataError
 from ..losses import mtp_target_mask
 from ..weighting import (
     EmaNormalizer,
@@ -190,7 +191,7 @@ def inspect_examples(
         labels: names for titles (`model`, `reference`, `dataset`, `split`).
     """
     if not rows:
-        raise ValueError("rows: expected at least one tokenized row")
+        raise DataError("rows: expected at least one tokenized row")
     unwrapped = getattr(model, "module", model)
     n_heads = int(unwrapped.config.n_future_tokens)
     features = [dict(r) for r in rows]

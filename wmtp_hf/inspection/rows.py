@@ -7,6 +7,7 @@ from typing import Any
 
 from ..data import encode_example
 from ..data.formatting import drop_reason
+from ..errors import UsageError
 
 ROW_FIELDS = ("is_correct", "task_id", "problem_id", "ref_token_losses")
 
@@ -56,7 +57,7 @@ def select_rows(
         found = {r["task_id"]: dict(r) for r in rows if r.get("task_id") in wanted}
         missing = [t for t in task_ids if t not in found]
         if missing:
-            raise ValueError(f"not in the split (or over the length limit): {', '.join(missing)}")
+            raise UsageError(f"not in the split (or over the length limit): {', '.join(missing)}")
         return [found[t] for t in task_ids]
     correct: list[Mapping[str, Any]] = []
     incorrect: list[Mapping[str, Any]] = []

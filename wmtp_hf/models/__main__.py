@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import MODELS, ModelError, fetched, model_root, models_root, named_folders
+from ..errors import WmtpError, report_error
+from . import MODELS, fetched, model_root, models_root, named_folders
 
 
 def _list() -> None:
@@ -46,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         folders = named_folders(args.name)
-    except ModelError as err:
-        print(f"error: '{args.name}': {err}", file=sys.stderr)
-        return 1
+    except WmtpError as err:  # every one-line user error (wmtp_hf.errors)
+        return report_error(err, prefix=f"'{args.name}': ", status=1)  # fetch or conversion failed
     if args.command == "path":
         print(folders.pick(args.kind))
         return 0

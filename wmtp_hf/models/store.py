@@ -21,14 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelError  # noqa: F401  (also importable from here)
 from ..fileio import atomic_directory, atomic_write_text
 from ..messages import first_line
 
 DONE_FILE = "source.json"  # written last: the folders are complete when it exists
-
-
-class ModelError(ValueError):
-    """A named model or GGUF file that cannot be fetched or converted (one line; callers prefix the name)."""
 
 
 def cache_root() -> Path:

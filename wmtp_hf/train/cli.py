@@ -11,12 +11,11 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
 from typing import Any
 
 import yaml
 
-from ..data import DataError
+from ..errors import WmtpError, report_error
 from ..threads import set_threads, train_default_threads
 from .config import (
     ConfigError,
@@ -160,9 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             raise ConfigError(str(err)) from None
         summary = run(args.stage, config, dry_run=args.dry_run, resume=args.resume)
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except WmtpError as err:  # every one-line user error (wmtp_hf.errors)
+        return report_error(err)
     if config.process_index == 0:
         print_summary(summary)
     destroy_process_group()  # every process leaves together (no rank aborts at exit)

@@ -21,7 +21,7 @@ import yaml
 from transformers import TrainingArguments
 from transformers.trainer_utils import HubStrategy, SchedulerType
 
-from .config_error import ConfigError
+from ..errors import ConfigError
 
 # The attention and MLP projections of every decoder block (trunk and heads; also LLaMA's names).
 LORA_DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .config_error import ConfigError
+from ..errors import ConfigError
 
 STATE_DICT_TYPES = ("FULL_STATE_DICT", "SHARDED_STATE_DICT")
 SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"  # the names accelerate uses for its sharded checkpoints

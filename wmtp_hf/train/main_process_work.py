@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from ..errors import WmtpError
 from ..messages import first_line
-from .config import ConfigError
 
 _CALLS = itertools.count()
 OK = "ok"
@@ -53,8 +53,8 @@ def run_on_main_process(fn: Callable[[], Any], timeout_s: Callable[[], float]) -
     try:
         store.wait([key], timedelta(seconds=limit))
     except Exception as err:  # a store timeout: RuntimeError or DistStoreError, by torch version
-        raise ConfigError(f"process 0 did not finish within {limit:.0f} s ({first_line(err)})") from None
+        raise WmtpError(f"process 0 did not finish within {limit:.0f} s ({first_line(err)})") from None
     status = store.get(key).decode()
     if status != OK:
-        raise ConfigError(status)
+        raise WmtpError(status)  # e.g. a failed Hub upload: its own message, not a config error
     return result
