@@ -105,16 +105,6 @@ def test_patching_what_the_tests_use_fails(tmp_path, name):
         assert [r["passed"] for r in rows] == [False, True], (isolation, rows)
 
 
-def test_patching_a_module_the_tests_use_fools_an_in_process_harness():
-    """The reference for the test above: candidate and asserts in one namespace, the module patch passes."""
-    namespace: dict = {}
-    code = PATCH_WHAT_THE_TESTS_USE["a module the tests use"].replace(
-        "import math\n", "import fractions as math\n"
-    )
-    exec(code, namespace)  # `fractions` stands in for `math`, so this process's math stays intact
-    exec("assert math.isclose(area(2.0), 12.566, rel_tol=1e-3)", namespace)
-
-
 READ_THE_TESTS = (  # a lookup, not a solution: read the expected answers from this run's own tests file
     "import json, re\ndef add(a, b):\n    spec = json.load(open('../tests.json'))['tests']\n"
     "    for line in spec['asserts']:\n"
