@@ -40,8 +40,8 @@ from .loading import (
     resolve_model,
 )
 from .loading import pad_token_id as padding_id
+from .losses import reference_token_losses_by_row
 from .messages import first_line
-from .weighting import reference_token_losses_by_row
 
 __all__ = [
     "REFERENCE_COLUMN",
@@ -313,7 +313,7 @@ def compute_reference_column(
     """Per row, `CE_ref(j)` for each of its tokens (0 on prompt tokens), in dataset order.
 
     Rows are collated `batch_size` at a time and each scored alone on the model's device by
-    `weighting.reference_token_losses_by_row`, as the live rho1 stage does, so the result is deterministic
+    `losses.reference_token_losses_by_row`, as the live rho1 stage does, so the result is deterministic
     and does not depend on `batch_size`.
     """
     _require_tokens(dataset, "dataset")
