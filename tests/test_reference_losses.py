@@ -14,7 +14,7 @@ import torch
 from hub_fixtures import use_hub_cache, write_hub_snapshot
 from train_fixtures import write_llama, write_tiny_model
 
-from wmtp_hf import reference
+from wmtp_hf import loading
 from wmtp_hf.data import DataError, WmtpDataCollator
 from wmtp_hf.data.__main__ import main
 from wmtp_hf.data.prepare import prepare
@@ -81,7 +81,7 @@ def env(tmp_path_factory, tiny_tokenizer):
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("WMTP_HF_CACHE", str(tmp_path / "cache"))
     # compare against CPU-computed losses at atol 1e-5 on any machine, GPU or not
-    monkeypatch.setattr(reference, "default_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(loading, "default_device", lambda: torch.device("cpu"))
 
 
 def live_losses(ds: datasets.Dataset, model, pad_token_id: int, batch_size: int) -> list[np.ndarray]:
