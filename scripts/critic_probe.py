@@ -21,7 +21,8 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from wmtp_hf.data import WmtpDataCollator, load_source, tokenize_dataset  # noqa: E402
-from wmtp_hf.weighting import binary_auroc, response_token_mask, td_errors, value_positions  # noqa: E402
+from wmtp_hf.stats import binary_auroc  # noqa: E402
+from wmtp_hf.weighting import response_token_mask, td_errors, value_positions  # noqa: E402
 
 
 def main() -> None:

@@ -167,6 +167,7 @@ def test_no_part_imports_itself_back():
         ("weighting", "train"),
         ("weighting", "inspection"),
         ("losses", "weighting"),
+        ("stats", "weighting"),
         ("data", "evaluation"),
         ("data", "reference"),
         ("data", "train"),

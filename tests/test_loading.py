@@ -17,6 +17,7 @@ from wmtp_hf.loading import (
     ensure_pad_token,
     load_causal_lm,
     load_for_inference,
+    load_frozen_causal_lm,
     load_tokenizer,
     move_to_device,
     pad_token_id,
@@ -99,6 +100,25 @@ def test_pad_token_falls_back_to_eos(folders, tmp_path, tiny_tokenizer):
     assert pad_token_id(load_tokenizer(tmp_path / "nopad", pad=False)) == tiny_tokenizer.eos_token_id
     kept = ensure_pad_token(copy.deepcopy(tiny_tokenizer))
     assert kept.pad_token_id == tiny_tokenizer.pad_token_id != tiny_tokenizer.eos_token_id
+
+
+def test_frozen_model_is_in_eval_mode_without_grad_and_its_tokenizer_as_saved(
+    folders, tmp_path, tiny_tokenizer
+):
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.pad_token = None
+    folder = write_llama(tmp_path / "ref", tok)
+    model, tokenizer = load_frozen_causal_lm(folder, dtype=torch.bfloat16)
+    direct = LlamaForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    assert isinstance(model, LlamaForCausalLM) and not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert next(model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        assert torch.equal(model(TOKENS).logits, direct(TOKENS).logits)
+    assert tokenizer.pad_token_id is None  # no pad token added: the tokenizer is fingerprinted as saved
+    with pytest.raises(ValueError, match=r"^ref 'missing': cannot load a causal LM") as err:
+        load_frozen_causal_lm(tmp_path / "missing", label="ref 'missing'", error=ValueError)
+    assert type(err.value) is ValueError
 
 
 def test_device_and_dtype_parsing():

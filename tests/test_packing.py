@@ -14,18 +14,12 @@ from train_fixtures import write_llama, write_tiny_model
 
 from wmtp_hf.data import WmtpDataCollator
 from wmtp_hf.data.packing import padded_view, unpack
-from wmtp_hf.losses import head_targets, packed_segment_ids, resolve_head_weights
+from wmtp_hf.losses import head_targets, packed_segment_ids, reference_token_losses, resolve_head_weights
 from wmtp_hf.train.cli import main, resolve
 from wmtp_hf.train.components import load_tokenizer
 from wmtp_hf.train.lora import wrap_with_lora
 from wmtp_hf.train.stages import STAGE_TRAINERS, build_config
-from wmtp_hf.weighting import (
-    lambda_returns,
-    mc_returns,
-    reference_token_losses,
-    td_token_weights,
-    value_positions,
-)
+from wmtp_hf.weighting import lambda_returns, mc_returns, td_token_weights, value_positions
 
 LENGTHS = [(3, 9), (2, 5), (5, 13), (4, 4), (2, 10), (6, 7)]  # (prompt, response) of each example
 

@@ -14,10 +14,11 @@ import torch
 from hub_fixtures import use_hub_cache, write_hub_snapshot
 from train_fixtures import write_llama, write_tiny_model
 
-from wmtp_hf import reference
+from wmtp_hf import loading
 from wmtp_hf.data import DataError, WmtpDataCollator
 from wmtp_hf.data.__main__ import main
 from wmtp_hf.data.prepare import prepare
+from wmtp_hf.losses import reference_token_losses
 from wmtp_hf.reference import (
     REFERENCE_COLUMN,
     add_reference_losses,
@@ -33,7 +34,6 @@ from wmtp_hf.reference import (
     tokenizer_fingerprint,
 )
 from wmtp_hf.tokenizer import train_code_tokenizer
-from wmtp_hf.weighting import reference_token_losses
 
 
 def write_mbpp(path: Path, task_ids: list[int]) -> Path:
@@ -81,7 +81,7 @@ def env(tmp_path_factory, tiny_tokenizer):
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("WMTP_HF_CACHE", str(tmp_path / "cache"))
     # compare against CPU-computed losses at atol 1e-5 on any machine, GPU or not
-    monkeypatch.setattr(reference, "default_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(loading, "default_device", lambda: torch.device("cpu"))
 
 
 def live_losses(ds: datasets.Dataset, model, pad_token_id: int, batch_size: int) -> list[np.ndarray]:
@@ -124,7 +124,7 @@ def test_cli_writes_reference_column(env, tmp_path, tiny_tokenizer, capsys):
             assert got.shape == (len(row["input_ids"]),)
             np.testing.assert_allclose(got, expected, atol=1e-5)
             assert np.all(got[:n] == 0) and np.all(got[n:] > 0)
-    # independently of weighting.py: CE of token j from the logits at j-1
+    # independently of losses.py: CE of token j from the logits at j-1
     row = datasets.load_from_disk(str(data / "train"))[0]
     ids = torch.tensor([row["input_ids"]])
     logp = torch.log_softmax(model(ids).logits.float(), dim=-1)[0]

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from wmtp_hf.stats import auroc, auroc_bootstrap, crossed_bootstrap, verdict, weighted_cell_mean
-from wmtp_hf.weighting import binary_auroc
+from wmtp_hf.stats import auroc, auroc_bootstrap, binary_auroc, crossed_bootstrap, verdict, weighted_cell_mean
 
 
 def test_two_examples_give_the_hand_computed_bootstrap_distribution():

@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from wmtp_hf.losses import bradley_terry_loss, masked_row_mean
+from wmtp_hf.stats import binary_auroc, explained_variance
 from wmtp_hf.weighting import (
     EmaNormalizer,
-    binary_auroc,
-    bradley_terry_loss,
     excess_losses,
-    explained_variance,
     gae,
     lambda_returns,
-    masked_row_mean,
     mc_returns,
     normalize_advantages,
     ref_losses_per_head,

@@ -29,6 +29,7 @@ __all__ = [
     "is_adapter",
     "load_causal_lm",
     "load_for_inference",
+    "load_frozen_causal_lm",
     "load_merged_adapter",
     "load_tokenizer",
     "move_to_device",
@@ -270,3 +271,29 @@ def load_for_inference(
     kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
     model = load_causal_lm(name_or_path, label=label, error=error, **kwargs)
     return move_to_device(model, target, error=error).eval(), tokenizer
+
+
+def load_frozen_causal_lm(
+    name_or_path: str | Path,
+    *,
+    kind: str = "llama",
+    label: str | None = None,
+    error: type[ValueError] = LoadError,
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    revision: str | None = None,
+) -> tuple[Any, Any]:
+    """`(model, tokenizer)` of a model that is only scored (a reference): any causal LM via `load_causal_lm`,
+    frozen (eval mode, no grad), left where it loads (the caller places it), and its tokenizer as saved
+    (no pad token added).
+
+    `dtype` None loads the checkpoint's own dtype (`"auto"`); `revision` pins a Hub commit."""
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if revision:
+        kwargs["revision"] = revision
+    model = load_causal_lm(name_or_path, kind=kind, label=label, error=error, **kwargs)
+    model.eval()
+    model.requires_grad_(False)
+    return model, load_tokenizer(name_or_path, label=label, revision=revision, pad=False, error=error)

@@ -1,5 +1,6 @@
 """Loss math of WMTP (docs/design.md §4): the chunked per-token cross-entropy the model computes, and the plain
-functions over per-token losses `[B, T, n]` that the training stages weight and sum.
+functions over per-token losses `[B, T, n]` that the training stages weight and sum; the critic's losses
+(value regression, the pairwise Bradley-Terry loss) and a reference model's per-token CE (Rho-1).
 
 Imports only `torch`: `modeling_wmtp.py` imports it relatively, so `save_pretrained` ships it and
 `trust_remote_code` loads it where `wmtp_hf` is not installed.
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 IGNORE_INDEX = -100
 
@@ -27,6 +30,10 @@ __all__ = [
     "target_weights_per_head",
     "value_error_terms",
     "value_regression_loss",
+    "reference_token_losses",
+    "reference_token_losses_by_row",
+    "bradley_terry_loss",
+    "masked_row_mean",
 ]
 
 
@@ -273,3 +280,102 @@ def value_regression_loss(
     if count is None:
         count = mask.sum()
     return total / torch.as_tensor(count, device=total.device, dtype=total.dtype).clamp(min=1)
+
+
+def bradley_terry_loss(v_correct: torch.Tensor, v_incorrect: torch.Tensor) -> torch.Tensor:
+    """`[P]` Bradley-Terry loss `-log sigmoid(v_correct - v_incorrect)` per (correct, incorrect) pair."""
+    return -F.logsigmoid(v_correct - v_incorrect)
+
+
+def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`[B]` mean of each row's masked entries (0 for rows with none), differentiable in `values`."""
+    mask = mask.bool()
+    total = torch.where(mask, values, torch.zeros_like(values)).sum(dim=1)
+    return total / mask.sum(dim=1).clamp(min=1).to(total.dtype)
+
+
+@torch.no_grad()
+def reference_token_losses(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    chunk_size: int = 1024,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`[B, T]` float32 `CE_ref(j) = -log p_ref(x_j | x_<j)` of a causal LM, 0 where `labels[j] == -100`.
+
+    A packed row (examples back to back, `position_ids` restarting at each, no attention mask; its labels
+    -100 on each example's first token, as `WmtpDataCollator(packing=True)` writes them) runs without a
+    cache, so attention and targets stay inside each example.
+
+    The cross-entropy is computed `chunk_size` positions at a time from the model's final hidden states
+    and its output projection, so a 32k–128k vocabulary never materialises `[B, T, V]` logits. Models
+    whose logits are not a plain bias-free projection of the last hidden state (biases, soft-capping,
+    logit scaling) fall back to one row of full logits at a time.
+    """
+    targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    plain_projection = (
+        isinstance(head, nn.Linear)
+        and head.bias is None
+        and not getattr(model.config, "final_logit_softcapping", None)
+        and getattr(model.config, "logit_scale", None) in (None, 1.0)
+        and hasattr(model, "base_model_prefix")
+        and hasattr(model, getattr(model, "base_model_prefix", ""))
+    )
+    if plain_projection:
+        base = getattr(model, model.base_model_prefix)
+        hidden = base(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        losses = chunked_cross_entropy(hidden, head.weight, targets, chunk_size)
+    else:
+        rows = []
+        for b in range(input_ids.shape[0]):
+            mask = attention_mask[b : b + 1] if attention_mask is not None else None
+            positions = position_ids[b : b + 1] if position_ids is not None else None
+            logits = model(
+                input_ids=input_ids[b : b + 1], attention_mask=mask, position_ids=positions, use_cache=False
+            ).logits
+            logits = logits.float()
+            row_targets = targets[b : b + 1]
+            row = F.cross_entropy(logits.transpose(1, 2), row_targets.clamp(min=0), reduction="none")
+            rows.append(row.masked_fill(row_targets == IGNORE_INDEX, 0.0))
+        losses = torch.cat(rows)
+    # CE of token j is predicted at position j-1: shift right by one so it is indexed by the token.
+    losses = torch.cat([losses.new_zeros(losses.shape[0], 1), losses[:, :-1]], dim=1)
+    return losses.masked_fill(labels == IGNORE_INDEX, 0.0)
+
+
+@torch.no_grad()
+def reference_token_losses_by_row(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    lengths: torch.Tensor | list[int],
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """`[B, W]` float32 `CE_ref` of B examples, each scored alone, unpadded (`reference_token_losses` of
+    a one-row batch without attention mask), so a token's loss does not depend on the other rows.
+
+    Scored in a batch, the same row's losses change in the last bits with the batch's width and
+    companions (padding changes the kernels' shapes: about 4e-6 nats on SmolLM2-135M), so losses
+    cached in `reference_batch_size` rows and live losses of the training batch differed, and with them
+    the kept tokens wherever excess losses were near-ties. Scored alone, cached and live are bit-identical.
+
+    `input_ids` and `labels` are `[B, W]` right-padded rows with `lengths[b]` real tokens (`W` is the
+    output width), or one packed row `[1, N]` of examples `lengths` long back to back (`W = max(lengths)`).
+    """
+    lengths = [int(n) for n in lengths]
+    packed = input_ids.shape[0] == 1 and len(lengths) > 1
+    width = max(lengths, default=0) if packed else input_ids.shape[1]
+    out = torch.zeros(len(lengths), width, dtype=torch.float32, device=input_ids.device)
+    start = 0
+    for b, n in enumerate(lengths):
+        row, at = (0, start) if packed else (b, 0)
+        if n > 0:
+            ids, targets = input_ids[row : row + 1, at : at + n], labels[row : row + 1, at : at + n]
+            out[b, :n] = reference_token_losses(model, ids, None, targets, chunk_size=chunk_size)[0].float()
+        start += n
+    return out

@@ -1,4 +1,5 @@
-"""Confidence intervals for the experiment: a paired bootstrap over held-out examples, crossed with seeds.
+"""Statistics: a critic's AUROC and explained variance (over tensors, for the stages and the experiment), and
+the experiment's confidence intervals: a paired bootstrap over held-out examples, crossed with seeds.
 
 The experiment measures every run on the same held-out examples, and (with `seeds`) trains every run once
 per seed. A comparison "weighted − baseline" is therefore a matrix of paired differences `d[s, i]` (seed s,
@@ -18,8 +19,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-
-from .weighting import binary_auroc
 
 LEVEL = 0.95
 N_RESAMPLES = 2000
@@ -103,8 +102,44 @@ def verdict(low: float, high: float, lower_is_better: bool) -> str:
     return "better" if below == lower_is_better else "worse"
 
 
+def binary_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve: P(random positive scores above random negative), ties counting 1/2.
+
+    Mann-Whitney U from average ranks (O(N log N), float64). NaN when either class is empty.
+    """
+    scores = scores.detach().reshape(-1).to(torch.float64)
+    positive = labels.reshape(-1).bool()
+    n_pos = int(positive.sum())
+    n_neg = positive.numel() - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = torch.unique(scores, sorted=True, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(dim=0).to(torch.float64)
+    average_rank = ends - (counts.to(torch.float64) - 1.0) / 2.0
+    rank_sum = average_rank[inverse][positive].sum()
+    u = rank_sum - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    """`1 - Var(target - pred) / Var(target)` over masked entries (population, float64).
+
+    1 is a perfect critic, 0 one no better than the mean; NaN when there are no entries or the targets
+    are constant.
+    """
+    mask = mask.bool()
+    y = target.detach()[mask].to(torch.float64)
+    if y.numel() == 0:
+        return float("nan")
+    residual = y - pred.detach()[mask].to(torch.float64)
+    var_y = float(y.var(unbiased=False))
+    if var_y == 0.0:
+        return float("nan")
+    return 1.0 - float(residual.var(unbiased=False)) / var_y
+
+
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """`weighting.binary_auroc` on arrays: P(a positive scores above a negative), ties 1/2; NaN with one class."""
+    """`binary_auroc` on arrays: P(a positive scores above a negative), ties 1/2; NaN with one class."""
     return binary_auroc(
         torch.as_tensor(np.asarray(scores, dtype=np.float64)), torch.as_tensor(np.asarray(labels))
     )

@@ -18,10 +18,11 @@ import torch
 
 from ..data import WmtpDataCollator
 from ..loading import load_for_inference
-from ..losses import mtp_target_mask
+from ..losses import mtp_target_mask, reference_token_losses
+from ..stats import binary_auroc
 from ..train.config import ConfigError
 from ..trained_problems import TrainedProblems, read_record
-from ..weighting import binary_auroc, reference_token_losses, value_positions
+from ..weighting import value_positions
 from .plan import EvaluationOptions
 
 

@@ -19,13 +19,12 @@ import torch
 
 from ..data import WmtpDataCollator
 from ..errors import DataError
-from ..losses import mtp_target_mask
+from ..losses import mtp_target_mask, reference_token_losses
 from ..weighting import (
     EmaNormalizer,
     Rho1Weighting,
     VerifiableWeighting,
     excess_losses,
-    reference_token_losses,
     rho1_weights,
     td_token_weights,
 )

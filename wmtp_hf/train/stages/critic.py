@@ -19,16 +19,9 @@ import torch
 
 from ...data.packing import padded_view
 from ...data.sampling import pair_indices, read_metadata, read_problem_ids
-from ...losses import value_error_terms, value_regression_loss
-from ...weighting import (
-    binary_auroc,
-    bradley_terry_loss,
-    explained_variance,
-    lambda_returns,
-    masked_row_mean,
-    mc_returns,
-    value_positions,
-)
+from ...losses import bradley_terry_loss, masked_row_mean, value_error_terms, value_regression_loss
+from ...stats import binary_auroc, explained_variance
+from ...weighting import lambda_returns, mc_returns, value_positions
 from ..components import held_out_split, load_model, tokenized_rows
 from ..config import ConfigError, WmtpTrainingConfig, _help
 from ..trainer import WeightedMTPTrainer, forward_inputs, unpack_outputs

@@ -29,7 +29,7 @@ from ...data.io import cache_root
 from ...data.packing import EXAMPLE_LENGTHS, PACKED_INPUTS, is_packed
 from ...fileio import atomic_directory
 from ...loading import resolve_model
-from ...losses import mtp_target_mask
+from ...losses import mtp_target_mask, reference_token_losses_by_row
 from ...micro import is_model_dir
 from ...reference import (
     check_cached_fingerprint,
@@ -37,13 +37,7 @@ from ...reference import (
     load_reference_model,
     precompute_reference_losses,
 )
-from ...weighting import (
-    Rho1Weighting,
-    excess_losses,
-    reference_token_losses_by_row,
-    rho1_keep_counts,
-    rho1_weights,
-)
+from ...weighting import Rho1Weighting, excess_losses, rho1_keep_counts, rho1_weights
 from ..components import check_model_location
 from ..config import ConfigError, WmtpTrainingConfig, _help
 from ..fsdp import gathered_root, shard_model, wrap_classes

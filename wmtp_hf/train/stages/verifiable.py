@@ -19,10 +19,10 @@ import torch
 
 from ...data.sampling import curriculum_indices, read_metadata
 from ...losses import target_weights_per_head, value_regression_loss
+from ...stats import explained_variance
 from ...weighting import (
     EmaNormalizer,
     VerifiableWeighting,
-    explained_variance,
     mc_returns,
     response_token_mask,
     td_token_weights,
