@@ -74,11 +74,11 @@ def load_policy(path: str, device: Any) -> Any:
     """The WMTP model at `path` (its own dtype) in eval mode on `device`."""
     from .loading import load_causal_lm, move_to_device, read_model_type
 
-    model_type = read_model_type(path, label=f"--model '{path}'", error=InspectError)
+    model_type = read_model_type(path, label=f"--model '{path}'")
     if model_type != "wmtp":
         raise InspectError(f"--model '{path}': expected a WMTP model (model_type wmtp), got '{model_type}'")
-    model = load_causal_lm(path, label=f"--model '{path}'", error=InspectError, dtype="auto")
-    return move_to_device(model, device, error=InspectError).eval()
+    model = load_causal_lm(path, label=f"--model '{path}'", dtype="auto")
+    return move_to_device(model, device).eval()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_model_location("--model", args.model)
     if args.reference:
         check_model_location("--reference", args.reference)
-    tokenizer = load_tokenizer(args.model, label=f"--model '{args.model}'", error=InspectError)
+    tokenizer = load_tokenizer(args.model, label=f"--model '{args.model}'")
 
     options = {"dataset": args.dataset, "dataset_path": args.dataset_path, "report_to": "none"}
     data = build_config("baseline", None, {k: v for k, v in options.items() if v is not None})
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"--dataset {args.dataset}: split '{split}' has no row within --max-length {args.max_length}"
         )
 
-    device = parse_device(args.device, error=InspectError)
+    device = parse_device(args.device)
     reference = None
     if args.reference:
         check_same_tokenizer(tokenizer, load_reference_tokenizer(args.reference), args.model, args.reference,
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load_policy(args.model, device)
     if args.reference:
         reference, _ = load_reference_model(args.reference)
-        reference = move_to_device(reference, device, what="the reference", error=InspectError)
+        reference = move_to_device(reference, device, what="the reference")
     cached = "ref_token_losses" in rows[0] and reference is None
     labels = {"model": args.model, "reference": args.reference or ("cached ref_token_losses" if cached else ""),
               "dataset": args.dataset, "split": split}  # fmt: skip

@@ -2,11 +2,11 @@
 model name (`smollm2-135m`) or a `.gguf` file, on a device.
 
 Registered names and GGUF files become local folders through `resolve_model` (wmtp_hf.models: fetched or
-converted once, cached), the one place a model name is turned into a path. One place for what evaluation, the experiment, `inspect` and the Rho-1 reference all do before they use
-a model: parse `--device` / `--dtype`, load the tokenizer (with the pad-token fallback), load the causal
-LM (a PEFT LoRA adapter folder is loaded on its base model and merged), move it to the device. Every
-failure is one line naming the option and the model; callers pass their own error class (`error=`) so
-their command's error handling stays as it is.
+converted once, cached), the one place a model name is turned into a path. One place for what evaluation,
+the experiment, `inspect` and the Rho-1 reference all do before they use a model: parse `--device` /
+`--dtype`, load the tokenizer (with the pad-token fallback), load the causal LM (a PEFT LoRA adapter folder
+is loaded on its base model and merged), move it to the device. Every failure is one `LoadError` line
+naming the option and the model (a `WmtpError`: every command reports it the same way).
 """
 
 from __future__ import annotations
@@ -64,27 +64,23 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def parse_device(
-    name: str | torch.device | None, *, option: str = "--device", error: type[ValueError] = LoadError
-) -> torch.device:
+def parse_device(name: str | torch.device | None, *, option: str = "--device") -> torch.device:
     """`name` as a `torch.device`; None is `default_device()`."""
     if name is None:
         return default_device()
     try:
         return torch.device(name)
     except (RuntimeError, TypeError) as err:
-        raise error(f"{option}: not a torch device '{name}' ({first_line(err)})") from None
+        raise LoadError(f"{option}: not a torch device '{name}' ({first_line(err)})") from None
 
 
-def parse_dtype(
-    name: str | torch.dtype | None, *, option: str = "--dtype", error: type[ValueError] = LoadError
-) -> str | torch.dtype | None:
+def parse_dtype(name: str | torch.dtype | None, *, option: str = "--dtype") -> str | torch.dtype | None:
     """`"auto"` (the checkpoint's own dtype), a `torch.dtype` from its name, or None (from_pretrained's default)."""
     if name is None or isinstance(name, torch.dtype):
         return name
     if isinstance(name, str) and name.lower() in DTYPES:
         return DTYPES[name.lower()]
-    raise error(f"{option}: expected one of {', '.join(DTYPES)}; got '{name}'")
+    raise LoadError(f"{option}: expected one of {', '.join(DTYPES)}; got '{name}'")
 
 
 def move_to_device(
@@ -93,13 +89,12 @@ def move_to_device(
     *,
     what: str = "the model",
     option: str = "--device",
-    error: type[ValueError] = LoadError,
 ) -> Any:
     """`model.to(device)`; a one-line error when the device cannot take it (e.g. cuda on a CPU-only build)."""
     try:
         return model.to(device)
     except (RuntimeError, AssertionError) as err:
-        raise error(f"{option} {device}: cannot move {what} there ({first_line(err)})") from None
+        raise LoadError(f"{option} {device}: cannot move {what} there ({first_line(err)})") from None
 
 
 # ---------------------------------------------------------------------------------------- model names
@@ -111,7 +106,6 @@ def resolve_model(
     kind: str = "wmtp",
     n_future_tokens: int | None = None,
     label: str | None = None,
-    error: type[ValueError] = LoadError,
 ) -> str:
     """The folder or Hub id to load for `name_or_path`: a registered name (`smollm2-135m`) or a `.gguf`
     file becomes its local folder, fetched or converted on first use (a progress line on stderr); anything
@@ -126,7 +120,7 @@ def resolve_model(
     try:
         return resolve(name_or_path, kind, n_future_tokens)
     except ModelError as err:
-        raise error(f"{label or repr(str(name_or_path))}: {err}") from None
+        raise LoadError(f"{label or repr(str(name_or_path))}: {err}") from None
 
 
 # ------------------------------------------------------------------------------------------------ tokenizer
@@ -153,7 +147,6 @@ def load_tokenizer(
     label: str | None = None,
     revision: str | None = None,
     pad: bool = True,
-    error: type[ValueError] = LoadError,
 ) -> Any:
     """`AutoTokenizer` of a folder, Hub id, registered name or `.gguf` file; `pad` adds EOS as the pad
     token when it has none.
@@ -163,13 +156,13 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     kwargs = {"revision": revision} if revision else {}
-    source = resolve_model(name_or_path, kind="llama", label=label, error=error)
+    source = resolve_model(name_or_path, kind="llama", label=label)
     if is_adapter(source) and not (Path(source) / "tokenizer_config.json").is_file():
         source = adapter_base(source) or source
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as err:  # OSError, ValueError, and whatever a broken tokenizer file raises
-        raise error(
+        raise LoadError(
             f"{label or repr(str(name_or_path))}: cannot load its tokenizer ({first_line(err)})"
         ) from None
     return ensure_pad_token(tokenizer) if pad else tokenizer
@@ -198,30 +191,27 @@ def read_model_type(
     *,
     kind: str = "wmtp",
     label: str | None = None,
-    error: type[ValueError] = LoadError,
 ) -> str:
     """`model_type` of a folder's or Hub id's config (a registered name or `.gguf` file: of its `kind`)."""
     from transformers import AutoConfig
 
-    source = resolve_model(name_or_path, kind=kind, label=label, error=error)
+    source = resolve_model(name_or_path, kind=kind, label=label)
     try:
         return AutoConfig.from_pretrained(source).model_type
     except (OSError, ValueError) as err:
-        raise error(
+        raise LoadError(
             f"{label or repr(str(name_or_path))}: cannot load its config ({first_line(err)})"
         ) from None
 
 
-def load_merged_adapter(
-    path: str | Path, *, label: str | None = None, error: type[ValueError] = LoadError, **kwargs: Any
-) -> Any:
+def load_merged_adapter(path: str | Path, *, label: str | None = None, **kwargs: Any) -> Any:
     """A LoRA adapter folder (e.g. a `use_peft` run's final folder) loaded on its base model and merged."""
     from peft import AutoPeftModelForCausalLM
 
     try:
         return AutoPeftModelForCausalLM.from_pretrained(str(path), **kwargs).merge_and_unload()
     except (OSError, ValueError) as err:
-        raise error(
+        raise LoadError(
             f"{label or repr(str(path))}: cannot load the adapter on its base model ({first_line(err)})"
         ) from None
 
@@ -231,7 +221,6 @@ def load_causal_lm(
     *,
     kind: str = "wmtp",
     label: str | None = None,
-    error: type[ValueError] = LoadError,
     **kwargs: Any,
 ) -> Any:
     """Any causal LM via `AutoModelForCausalLM` (WMTP too: importing wmtp_hf registers it); an adapter
@@ -240,14 +229,14 @@ def load_causal_lm(
     import wmtp_hf  # noqa: F401  - registers the `wmtp` model type with the Auto classes
 
     if is_adapter(name_or_path):
-        return load_merged_adapter(name_or_path, label=label, error=error, **kwargs)
+        return load_merged_adapter(name_or_path, label=label, **kwargs)
     from transformers import AutoModelForCausalLM
 
-    source = resolve_model(name_or_path, kind=kind, label=label, error=error)
+    source = resolve_model(name_or_path, kind=kind, label=label)
     try:
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as err:  # a missing folder, an unknown Hub id, a broken checkpoint
-        raise error(
+        raise LoadError(
             f"{label or repr(str(name_or_path))}: cannot load a causal LM ({first_line(err)})"
         ) from None
 
@@ -258,19 +247,18 @@ def load_for_inference(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = "auto",
     label: str | None = None,
-    error: type[ValueError] = LoadError,
 ) -> tuple[Any, Any]:
     """`(model in eval mode on `device`, tokenizer with a pad token)` of a folder, Hub id, adapter folder,
     registered name or `.gguf` file (its WMTP folder when it is a LLaMA).
 
     `device` None is `default_device()`; `dtype` as `parse_dtype` reads it (None: from_pretrained's
     default)."""
-    target = parse_device(device, error=error)
-    torch_dtype = parse_dtype(dtype, error=error)
-    tokenizer = load_tokenizer(name_or_path, label=label, error=error)
+    target = parse_device(device)
+    torch_dtype = parse_dtype(dtype)
+    tokenizer = load_tokenizer(name_or_path, label=label)
     kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
-    model = load_causal_lm(name_or_path, label=label, error=error, **kwargs)
-    return move_to_device(model, target, error=error).eval(), tokenizer
+    model = load_causal_lm(name_or_path, label=label, **kwargs)
+    return move_to_device(model, target).eval(), tokenizer
 
 
 def load_frozen_causal_lm(
@@ -278,7 +266,6 @@ def load_frozen_causal_lm(
     *,
     kind: str = "llama",
     label: str | None = None,
-    error: type[ValueError] = LoadError,
     dtype: str | torch.dtype | None = None,
     attn_implementation: str | None = None,
     revision: str | None = None,
@@ -293,7 +280,7 @@ def load_frozen_causal_lm(
         kwargs["attn_implementation"] = attn_implementation
     if revision:
         kwargs["revision"] = revision
-    model = load_causal_lm(name_or_path, kind=kind, label=label, error=error, **kwargs)
+    model = load_causal_lm(name_or_path, kind=kind, label=label, **kwargs)
     model.eval()
     model.requires_grad_(False)
-    return model, load_tokenizer(name_or_path, label=label, revision=revision, pad=False, error=error)
+    return model, load_tokenizer(name_or_path, label=label, revision=revision, pad=False)

@@ -58,7 +58,7 @@ def load_tokenizer(path: str) -> Any:
 
     from ..loading import resolve_model
 
-    source = resolve_model(path, kind="llama", label=f"--tokenizer {path}", error=DataError)
+    source = resolve_model(path, kind="llama", label=f"--tokenizer {path}")
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:

@@ -114,6 +114,9 @@ def log_to_mlflow(params: dict[str, Any], summary: dict[str, Any], out_dir: str 
         key.replace("@", "_at_"): float(value) for key, value in summary.items() if key.startswith("pass@")
     }
     metrics["n_problems"] = float(summary["n_problems"])
+    # The store named now, not one an earlier run in this process used (mlflow caches the experiment id).
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "wmtp_hf")
     with mlflow.start_run(run_name=f"eval-{params.get('dataset', '')}"):
         mlflow.log_params({k: str(v) for k, v in params.items()})
         mlflow.log_metrics(metrics)

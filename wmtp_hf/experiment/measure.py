@@ -20,7 +20,6 @@ from ..data import WmtpDataCollator
 from ..loading import load_for_inference
 from ..losses import mtp_target_mask, reference_token_losses
 from ..stats import binary_auroc
-from ..train.config import ConfigError
 from ..trained_problems import TrainedProblems, read_record
 from ..weighting import value_positions
 from .plan import EvaluationOptions
@@ -203,9 +202,7 @@ COMPARED_STAGES = ("baseline", "critic", "verifiable", "rho1")  # the reference 
 
 def load_final(final_dir: Path) -> tuple[Any, Any]:
     """`(model in eval mode, tokenizer)` of a run's final folder; a LoRA adapter is merged into its base."""
-    return load_for_inference(
-        final_dir, device="cpu", dtype=None, label=f"model_name_or_path '{final_dir}'", error=ConfigError
-    )
+    return load_for_inference(final_dir, device="cpu", dtype=None, label=f"model_name_or_path '{final_dir}'")
 
 
 def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:

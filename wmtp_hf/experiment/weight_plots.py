@@ -17,7 +17,6 @@ def inspect_run(plan: Any, name: str) -> Inspection | None:
     from ..data.prompt_formats import recorded_prompt_format
     from ..loading import load_causal_lm
     from ..train.components import held_out_split, load_rows, resolve_training_format
-    from ..train.config import ConfigError
     from .measure import load_final
 
     run = plan.run(name)
@@ -36,9 +35,7 @@ def inspect_run(plan: Any, name: str) -> Inspection | None:
     reference = None
     if run.stage == "rho1":
         label = f"reference_model '{config.reference_model}'"
-        reference = load_causal_lm(
-            config.reference_model, kind="llama", label=label, error=ConfigError
-        ).eval()
+        reference = load_causal_lm(config.reference_model, kind="llama", label=label).eval()
     labels = {"model": name, "dataset": str(config.dataset), "split": split}
     if reference is not None:
         labels["reference"] = str(config.reference_model)

@@ -77,9 +77,7 @@ def model_fingerprint(name_or_path: str) -> dict[str, Any]:
     through `huggingface_hub` (the local cache is enough with `HF_HUB_OFFLINE=1`). A registered name or a
     `.gguf` file is its plain-LLaMA folder's fingerprint.
     """
-    path = Path(
-        resolve_model(name_or_path, kind="llama", label=f"reference '{name_or_path}'", error=DataError)
-    )
+    path = Path(resolve_model(name_or_path, kind="llama", label=f"reference '{name_or_path}'"))
     if path.is_dir():
         names = sorted(p.name for p in path.iterdir() if p.is_file() and _is_model_file(p.name))
         if "config.json" not in names:

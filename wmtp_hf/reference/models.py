@@ -1,6 +1,5 @@
-"""The reference model and its tokenizer, loaded through `wmtp_hf.loading` with load failures as one-line
-DataErrors naming the reference.
-"""
+"""The reference model and its tokenizer, loaded through `wmtp_hf.loading`; a load failure is a one-line
+`LoadError` naming the reference."""
 
 from __future__ import annotations
 
@@ -8,16 +7,13 @@ from typing import Any
 
 import torch
 
-from ..data.schema import DataError
 from ..loading import load_frozen_causal_lm, load_tokenizer
 
 
 def load_reference_tokenizer(name_or_path: str, revision: str | None = None) -> Any:
     """The reference's tokenizer (`AutoTokenizer`, as saved: no pad token added); a load failure is a
-    one-line DataError."""
-    return load_tokenizer(
-        name_or_path, label=f"reference '{name_or_path}'", revision=revision, pad=False, error=DataError
-    )
+    one-line LoadError."""
+    return load_tokenizer(name_or_path, label=f"reference '{name_or_path}'", revision=revision, pad=False)
 
 
 def load_reference_model(
@@ -30,13 +26,12 @@ def load_reference_model(
     placed (`loading.load_frozen_causal_lm`).
 
     `dtype` None loads the checkpoint's own dtype (`"auto"`). `revision` pins a Hub commit. Load failures
-    are one-line DataErrors naming the reference.
+    are one-line LoadErrors naming the reference.
     """
     return load_frozen_causal_lm(
         name_or_path,
         kind="llama",
         label=f"reference '{name_or_path}'",
-        error=DataError,
         dtype=dtype,
         attn_implementation=attn_implementation,
         revision=revision,

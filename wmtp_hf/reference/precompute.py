@@ -55,7 +55,7 @@ def precompute_reference_losses(
         return datasets.load_from_disk(str(folder))
     if model is None:
         model, _ = load_reference_model(reference, revision=revision)
-        move_to_device(model, parse_device(None), what="the reference", error=DataError)
+        move_to_device(model, parse_device(None), what="the reference")
     logger.info(
         "reference losses: computing %d rows with reference %s into %s", len(dataset), reference, folder
     )

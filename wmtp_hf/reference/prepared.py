@@ -17,7 +17,7 @@ import datasets
 import torch
 
 from ..data.io import atomic_write_json
-from ..data.schema import DataError
+from ..errors import DataError, LoadError
 from ..fileio import atomic_directory
 from ..loading import load_tokenizer, move_to_device, parse_device
 from ..loading import pad_token_id as padding_id
@@ -77,8 +77,8 @@ def _dataset_tokenizer(stats: Mapping[str, Any], dataset_dir: Path) -> tuple[Any
         return None, None
     try:
         label = f"could not load the dataset's tokenizer '{name}'"
-        return load_tokenizer(name, label=label, pad=False, error=DataError), str(name)
-    except DataError as err:
+        return load_tokenizer(name, label=label, pad=False), str(name)
+    except LoadError as err:
         logger.warning("%s: %s; the reference tokenizer is not checked", dataset_dir, first_line(err))
         return None, str(name)
 
@@ -161,7 +161,7 @@ def add_reference_losses(
     dataset_dir = Path(dataset_dir)
     if batch_size < 1:
         raise DataError(f"--batch-size: expected a positive integer, got {batch_size}")
-    target_device = parse_device(device, error=DataError)
+    target_device = parse_device(device)
     stats = _read_stats(dataset_dir)
     available = [s for s in stats["splits"] if (dataset_dir / s).is_dir()]
     selected = list(dict.fromkeys(splits)) if splits else available
@@ -176,7 +176,7 @@ def add_reference_losses(
 
     model_fp = model_fingerprint(reference)
     model, ref_tokenizer = load_reference_model(reference, revision=hub_revision(reference, model_fp))
-    move_to_device(model, target_device, what="the reference", error=DataError)
+    move_to_device(model, target_device, what="the reference")
     fingerprint = combine_fingerprint(reference, model_fp, tokenizer_fingerprint(ref_tokenizer))
     data_tokenizer, data_tokenizer_name = _dataset_tokenizer(stats, dataset_dir)
     if data_tokenizer is not None:

@@ -60,7 +60,6 @@ def resolve_model_path(
             kind=kind,
             n_future_tokens=config.n_future_tokens,
             label=f"model_name_or_path '{config.model_name_or_path}'",
-            error=ConfigError,
         )
     return str(Path(config.output_dir) / preset_folder)
 
@@ -88,14 +87,12 @@ def build_preset(
 
 def load_tokenizer(path: str) -> Any:
     """The tokenizer of the model at `path` (a pad token is added as EOS when missing)."""
-    return loading.load_tokenizer(path, label=f"model_name_or_path '{path}'", error=ConfigError)
+    return loading.load_tokenizer(path, label=f"model_name_or_path '{path}'")
 
 
 def load_merged_adapter(path: str, **kwargs: Any) -> PreTrainedModel:
     """A LoRA adapter folder (e.g. a `use_peft` run's final folder) loaded on its base and merged."""
-    return loading.load_merged_adapter(
-        path, label=f"model_name_or_path '{path}'", error=ConfigError, **kwargs
-    )
+    return loading.load_merged_adapter(path, label=f"model_name_or_path '{path}'", **kwargs)
 
 
 def load_model(config: WmtpTrainingConfig, path: str, tokenizer: Any, **model_kwargs: Any) -> PreTrainedModel:
@@ -110,7 +107,7 @@ def load_model(config: WmtpTrainingConfig, path: str, tokenizer: Any, **model_kw
     if adapter:
         model_type = source.config.model_type
     else:
-        model_type = loading.read_model_type(path, label=f"model_name_or_path '{path}'", error=ConfigError)
+        model_type = loading.read_model_type(path, label=f"model_name_or_path '{path}'")
     if model_type == "wmtp":
         model = source if adapter else AutoModelForCausalLM.from_pretrained(path, **kwargs)
     elif model_type == "llama":

@@ -20,8 +20,10 @@ def configure_mlflow() -> str:
     os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
     import mlflow
 
-    # transformers' MLflowCallback keeps a URI set earlier in this process; make the current one win.
+    # transformers' MLflowCallback keeps a URI set earlier in this process, and mlflow the experiment id it
+    # used there; make the current store and its experiment win.
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
     return os.environ["MLFLOW_TRACKING_URI"]
 
 

@@ -153,7 +153,7 @@ def resolve_reference(config: Rho1Config) -> str:
     if config.reference_model is not None:
         check_model_location("reference_model", config.reference_model)
         label = f"reference_model '{config.reference_model}'"
-        return resolve_model(config.reference_model, kind="llama", label=label, error=ConfigError)
+        return resolve_model(config.reference_model, kind="llama", label=label)
     if config.model_name_or_path is None:
         return micro_reference_path(config)
     raise ConfigError(
