@@ -18,12 +18,14 @@ on the machine hits both alike. Reported:
 Datasets: the offline training rows (baseline's order: correct rows, seeded shuffle) and the CodeContests
 sample in `../shared/data` (30 real problems; the file has no solutions, so each row is the problem's real
 prompt with an empty response, i.e. the EOS; rows in a seeded shuffle). Tokenizers: the micro tokenizer
-(2048 entries) and SmolLM2's (49152, from /tmp/smol/llama or --smol-tokenizer; skipped with the reason
-when absent). Stages: baseline and rho1 (with cached reference losses: a `ref_token_losses` column of
+(2048 entries) and SmolLM2's (49152, the fetched `smollm2-135m` or --smol-tokenizer; skipped with the
+reason when absent). Models: the micro model with each tokenizer's vocabulary, and SmolLM2-135M itself as
+a 4-head WMTP model with its own tokenizer (`--models`, at `--real-batches`). Stages: baseline and rho1 (with cached reference losses: a `ref_token_losses` column of
 seeded values, as `python -m wmtp_hf.data reference-losses` would add; selecting costs the same).
 
 Goals (issue 27, CPU): padded fraction <= 5%, packed/padded >= 1.5 at batch 8.
-CPU default (a few minutes on 2 cores): `python scripts/bench_packing.py`.
+CPU default (tens of minutes on 2 cores; SmolLM2-135M alone ~20 min): `python scripts/bench_packing.py`;
+`--models micro` for the micro model only, `--models smollm2 --tokenizers smollm2` for SmolLM2 only.
 GPU: `python scripts/bench_packing.py --device cuda --steps 10`.
 """
 
