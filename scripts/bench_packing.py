@@ -10,17 +10,22 @@ on the machine hits both alike. Reported:
 - non-padding tokens/s: the non-padding tokens of the timed batches / their summed wall time (forward +
   backward of the stage loss; the optimizer step, identical in both, is left out);
 - packed/padded: median over rounds of the paired step-time ratio padded / packed (same batch, same load),
-  i.e. the gain in non-padding tokens/s; and that the packed loss equals the padded one.
+  i.e. the gain in non-padding tokens/s; and that the packed loss equals the padded one;
+- the same ratio on the process's CPU time (`... _cpu` in the JSON, "(CPU time)" in the table): on a CPU
+  shared with other jobs, wall time also counts the time the step waited for a core, CPU time only the
+  work (run with 1 thread, OMP_NUM_THREADS=1, for it to mean that). The goal is judged on wall time.
 
 Datasets: the offline training rows (baseline's order: correct rows, seeded shuffle) and the CodeContests
 sample in `../shared/data` (30 real problems; the file has no solutions, so each row is the problem's real
 prompt with an empty response, i.e. the EOS; rows in a seeded shuffle). Tokenizers: the micro tokenizer
-(2048 entries) and SmolLM2's (49152, from /tmp/smol/llama or --smol-tokenizer; skipped with the reason
-when absent). Stages: baseline and rho1 (with cached reference losses: a `ref_token_losses` column of
+(2048 entries) and SmolLM2's (49152, the fetched `smollm2-135m` or --smol-tokenizer; skipped with the
+reason when absent). Models: the micro model with each tokenizer's vocabulary, and SmolLM2-135M itself as
+a 4-head WMTP model with its own tokenizer (`--models`, at `--real-batches`). Stages: baseline and rho1 (with cached reference losses: a `ref_token_losses` column of
 seeded values, as `python -m wmtp_hf.data reference-losses` would add; selecting costs the same).
 
 Goals (issue 27, CPU): padded fraction <= 5%, packed/padded >= 1.5 at batch 8.
-CPU default (a few minutes on 2 cores): `python scripts/bench_packing.py`.
+CPU default (tens of minutes on 2 cores; SmolLM2-135M alone ~20 min): `python scripts/bench_packing.py`;
+`--models micro` for the micro model only, `--models smollm2 --tokenizers smollm2` for SmolLM2 only.
 GPU: `python scripts/bench_packing.py --device cuda --steps 10`.
 """
 
@@ -42,7 +47,7 @@ from bench_report import add_tiny_option, apply_tiny, print_table, run_config, w
 
 REPO = Path(__file__).resolve().parents[1]
 CODECONTESTS = REPO.parent / "shared" / "data" / "code_contests" / "train_sample30_partial.jsonl"
-SMOL_TOKENIZER = Path("/tmp/smol/llama")
+SMOL_NAME = "smollm2-135m"
 GOAL_PADDED_FRACTION = 0.05
 GOAL_SPEEDUP_BATCH8 = 1.5
 
@@ -69,9 +74,9 @@ def load_tokenizers(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
                 ["def f(x):\n    return x + 1\n", "print(i)\n"] * 20, vocab_size=296
             )
         elif name == "smollm2":
-            folder = Path(args.smol_tokenizer)
-            if not (folder / "tokenizer.json").is_file():
-                skipped[name] = f"no tokenizer at {folder} (python -m wmtp_hf.models fetch smollm2-135m)"
+            folder = smol_folder("llama", args.smol_tokenizer)
+            if folder is None or not (folder / "tokenizer.json").is_file():
+                skipped[name] = f"no tokenizer at {folder} (python -m wmtp_hf.models fetch {SMOL_NAME})"
                 continue
             out[name] = AutoTokenizer.from_pretrained(folder)
         else:
@@ -79,6 +84,16 @@ def load_tokenizers(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
         if out[name].pad_token_id is None:
             out[name].pad_token = out[name].eos_token
     return out, skipped
+
+
+def smol_folder(kind: str, given: str | None = None) -> Path | None:
+    """SmolLM2's `llama` (tokenizer) or `wmtp` (4-head model) folder: `given`, else the fetched one, else None."""
+    if given:
+        return Path(given)
+    from wmtp_hf.models.fetch import fetched
+
+    folders = fetched(SMOL_NAME)
+    return None if folders is None else Path(getattr(folders, kind))
 
 
 def dataset_rows(name: str, args: argparse.Namespace) -> tuple[Any, str | None]:
@@ -117,12 +132,21 @@ def tokenized(rows: Any, tokenizer: Any, args: argparse.Namespace) -> list[dict[
     rng = np.random.default_rng(args.seed + 1)
     features = []
     for i in order.tolist():
-        row = data[i]
+        row = shrunk(data[i], args.shrink)
         losses = rng.uniform(0.0, 4.0, len(row["input_ids"])).astype(np.float32)
         losses[: row["prompt_length"]] = 0.0
         features.append({"input_ids": row["input_ids"], "prompt_length": row["prompt_length"],
                          "is_correct": True, "difficulty": -1, "ref_token_losses": losses.tolist()})  # fmt: skip
     return features
+
+
+def shrunk(row: dict[str, Any], factor: int) -> dict[str, Any]:
+    """`row` cut to its first 1/`factor` of tokens, the last kept a target (--tiny: short rows whose lengths
+    still differ, so its steps take milliseconds; the numbers mean nothing)."""
+    if factor <= 1:
+        return row
+    n = max(2, len(row["input_ids"]) // factor)
+    return {"input_ids": row["input_ids"][:n], "prompt_length": min(row["prompt_length"] // factor, n - 1)}
 
 
 def batches_of(features: list[dict[str, Any]], batch: int) -> list[list[dict[str, Any]]]:
@@ -144,41 +168,46 @@ def padded_fraction(features: list[dict[str, Any]], batch: int) -> tuple[float, 
 # --------------------------------------------------------------------------------------------------
 
 
-def build_trainer(
-    stage: str, tokenizer: Any, features: list[dict[str, Any]], args: argparse.Namespace, tmp: Path
-):
-    """The stage's trainer on the micro model (vocabulary = the tokenizer's), seeded."""
-    import datasets
-
+def build_model(model_name: str, tokenizer: Any, args: argparse.Namespace):
+    """The micro model (vocabulary = the tokenizer's), or SmolLM2-135M as a 4-head WMTP model, seeded."""
     from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction
     from wmtp_hf.micro import MICRO_CONFIG
-    from wmtp_hf.train.stages import STAGE_TRAINERS, build_config
 
+    torch.manual_seed(args.seed)
+    if model_name == "smollm2":
+        folder = smol_folder("wmtp", args.smol_model)
+        return WmtpForMultiTokenPrediction.from_pretrained(folder, attn_implementation="sdpa").to(args.device)
     sizes = {**MICRO_CONFIG, "vocab_size": len(tokenizer), "max_position_embeddings": args.max_length}
     if args.tiny:
         sizes.update(hidden_size=32, intermediate_size=64, num_hidden_layers=4, n_future_tokens=2)
-    torch.manual_seed(args.seed)
-    model = WmtpForMultiTokenPrediction(WmtpConfig(**sizes, pad_token_id=tokenizer.pad_token_id)).to(
-        args.device
-    )
-    overrides = {"output_dir": str(tmp / stage), "report_to": "none", "use_cpu": args.device == "cpu"}
+    config = WmtpConfig(**sizes, pad_token_id=tokenizer.pad_token_id)
+    return WmtpForMultiTokenPrediction(config).to(args.device)
+
+
+def build_trainer(stage: str, model: Any, features: list[dict[str, Any]], tmp: Path, device: str):
+    """The stage's trainer around `model` (its loss is what is timed)."""
+    import datasets
+
+    from wmtp_hf.train.stages import STAGE_TRAINERS, build_config
+
+    overrides = {"output_dir": str(tmp / stage), "report_to": "none", "use_cpu": device == "cpu"}
     config = build_config(stage, None, overrides)
     rows = datasets.Dataset.from_list(features[:2])
     extra = {"reference": None} if stage == "rho1" else {}
     return STAGE_TRAINERS[stage](model=model, args=config, train_dataset=rows, **extra)
 
 
-def step(trainer: Any, batch: dict[str, Any], timer: StepTimer) -> tuple[float, float]:
-    """One forward + backward of the stage loss: `(wall seconds, loss)`."""
+def step(trainer: Any, batch: dict[str, Any], timer: StepTimer) -> tuple[dict[str, float], float]:
+    """One forward + backward of the stage loss: `({wall_s, cpu_s}, loss)`."""
     model = trainer.model
     batch = trainer._prepare_inputs(batch)
     timer.start()
     counts = trainer._get_num_items_in_batch([batch], trainer.args.device)
     loss = trainer.compute_loss(model, batch, num_items_in_batch=counts)
     loss.backward()
-    wall = timer.stop()["wall_s"]
+    times = timer.stop()
     model.zero_grad(set_to_none=True)
-    return wall, float(loss.detach())
+    return times, float(loss.detach())
 
 
 def measure(
@@ -187,9 +216,10 @@ def measure(
     """Padded vs packed on the first `--steps` batches (after one warm-up round), alternating."""
     from wmtp_hf.data import WmtpDataCollator
 
+    flash = trainer.model.config._attn_implementation.startswith("flash_attention")  # varlen arguments too
     collators = {
         "padded": WmtpDataCollator(pad_token_id=0),
-        "packed": WmtpDataCollator(pad_token_id=0, packing=True),
+        "packed": WmtpDataCollator(pad_token_id=0, packing=True, flash_attn_kwargs=flash),
     }
     parts = [p for p in batches_of(features, batch) if len(p) == batch] or batches_of(features, batch)[:1]
     timer = StepTimer(torch.device(args.device))
@@ -197,28 +227,61 @@ def measure(
     for collate in collators.values():  # warm-up
         step(trainer, collate(parts[0]), timer)
     rounds = [parts[i % len(parts)] for i in range(args.steps)]
-    walls: dict[str, list[float]] = {"padded": [], "packed": []}
+    times: dict[str, dict[str, list[float]]] = {n: {"wall_s": [], "cpu_s": []} for n in collators}
     loss_diff = 0.0
     real = 0
     for part in rounds:
         losses = {}
         for name, collate in collators.items():
-            wall, losses[name] = step(trainer, collate(part), timer)
-            walls[name].append(wall)
+            took, losses[name] = step(trainer, collate(part), timer)
+            for clock in ("wall_s", "cpu_s"):
+                times[name][clock].append(took[clock])
         loss_diff = max(
             loss_diff, abs(losses["packed"] - losses["padded"]) / max(abs(losses["padded"]), 1e-9)
         )
         real += sum(len(f["input_ids"]) for f in part)
-    out = {f"{name}_tokens_per_s": real / sum(w) for name, w in walls.items()}
-    out["speedup"] = statistics.median(a / b for a, b in zip(walls["padded"], walls["packed"], strict=True))
+    out: dict[str, Any] = {}
+    for clock, suffix in (("wall_s", ""), ("cpu_s", "_cpu")):
+        padded, packed = times["padded"][clock], times["packed"][clock]
+        out[f"padded_tokens_per_s{suffix}"] = real / sum(padded)
+        out[f"packed_tokens_per_s{suffix}"] = real / sum(packed)
+        out[f"speedup{suffix}"] = statistics.median(a / b for a, b in zip(padded, packed, strict=True))
     out["max_rel_loss_diff"] = loss_diff
-    out["step_time_s"] = {name: statistics.median(w) for name, w in walls.items()}
+    out["step_time_s"] = {name: statistics.median(t["wall_s"]) for name, t in times.items()}
     return out
 
 
 # --------------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------------
+
+
+def bench_case(
+    case: dict[str, Any], trainer: Any, features: list[dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """One row of the report: `case` (dataset, model, tokenizer, stage, batch) and its measurements."""
+    batch = case["batch"]
+    print(f"[bench_packing] {' / '.join(str(v) for v in case.values())} ...", flush=True)
+    fraction, real, pad = padded_fraction(features, batch)
+    result = {**case, "rows": len(features), "padded_fraction_padded": fraction, "padded_fraction_packed": 0.0,
+              "tokens": {"non_padding": real, "padding": pad}, **measure(trainer, features, batch, args)}  # fmt: skip
+    speed_ok = batch != 8 or result["speedup"] >= GOAL_SPEEDUP_BATCH8
+    result["within_goal"] = result["padded_fraction_packed"] <= GOAL_PADDED_FRACTION and speed_ok
+    gain = f"packed/padded {result['speedup']:.2f} (CPU time {result['speedup_cpu']:.2f})"
+    print(f"  padded fraction {fraction:.3f} -> 0, {gain}", flush=True)
+    return result
+
+
+def models_for(tok_name: str, args: argparse.Namespace, skipped: dict[str, str]) -> list[str]:
+    """The `--models` to run with tokenizer `tok_name`: the micro model with any, SmolLM2 with its own."""
+    out = []
+    for name in args.models.split(","):
+        if name == "micro" or tok_name == "smollm2":
+            out.append(name)
+    if "smollm2" in out and smol_folder("wmtp", args.smol_model) is None:
+        skipped["smollm2 model"] = f"not fetched (python -m wmtp_hf.models fetch {SMOL_NAME})"
+        out.remove("smollm2")
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -229,16 +292,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stages", default="baseline,rho1")
     p.add_argument("--datasets", default="offline,codecontests")
     p.add_argument("--tokenizers", default="micro,smollm2")
-    p.add_argument("--smol-tokenizer", default=str(SMOL_TOKENIZER), help="folder with SmolLM2's tokenizer")
+    p.add_argument(
+        "--models",
+        default="micro,smollm2",
+        help="micro (any tokenizer's vocabulary), smollm2 (SmolLM2-135M, 4 heads, its tokenizer)",
+    )
+    p.add_argument("--real-batches", default="8", help="batch sizes for the smollm2 model (slow on CPU)")
+    p.add_argument(
+        "--smol-tokenizer", default=None, help=f"SmolLM2's tokenizer folder (default: {SMOL_NAME})"
+    )
+    p.add_argument("--smol-model", default=None, help=f"SmolLM2's WMTP folder (default: {SMOL_NAME})")
     p.add_argument("--codecontests", default=str(CODECONTESTS), help="the CodeContests sample (JSONL)")
     p.add_argument("--max-length", type=int, default=2048, help="longer rows are dropped, as in training")
     p.add_argument("--max-rows", type=int, default=None, help="rows per dataset (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--shrink", type=int, default=1, help="keep the first 1/N of each row's tokens (--tiny: 8)"
+    )
     p.add_argument("--output", type=Path, default=Path("bench_results/bench_packing.json"))
     add_tiny_option(p)
-    args = apply_tiny(
-        p.parse_args(argv), steps=1, batches="2,4", tokenizers="tiny", max_rows=6, max_length=4096
+    tiny = dict(
+        steps=1, batches="2,4", tokenizers="tiny", max_rows=6, max_length=4096, models="micro", shrink=8
     )
+    args = apply_tiny(p.parse_args(argv), **tiny)
+    unknown = set(args.models.split(",")) - {"micro", "smollm2"}
+    if unknown:
+        raise SystemExit(f"--models: unknown model '{sorted(unknown)[0]}' (micro, smollm2)")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -263,33 +342,22 @@ def main(argv: list[str] | None = None) -> int:
                 if not features:
                     skipped[f"{data_name}/{tok_name}"] = f"no row within --max-length {args.max_length}"
                     continue
-                for stage in args.stages.split(","):
-                    trainer = build_trainer(stage, tokenizer, features, args, Path(tmp))
-                    for batch in (int(b) for b in args.batches.split(",")):
-                        print(
-                            f"[bench_packing] {data_name} / {tok_name} / {stage} / batch {batch} ...",
-                            flush=True,
-                        )
-                        fraction, real, pad = padded_fraction(features, batch)
-                        result = {"dataset": data_name, "tokenizer": tok_name, "stage": stage, "batch": batch,
-                                  "rows": len(features), "padded_fraction_padded": fraction,
-                                  "padded_fraction_packed": 0.0, "tokens": {"non_padding": real, "padding": pad},
-                                  **measure(trainer, features, batch, args)}  # fmt: skip
-                        result["within_goal"] = result["padded_fraction_packed"] <= GOAL_PADDED_FRACTION and (
-                            batch != 8 or result["speedup"] >= GOAL_SPEEDUP_BATCH8
-                        )
-                        results.append(result)
-                        print(
-                            f"  padded fraction {fraction:.3f} -> 0, packed/padded {result['speedup']:.2f}",
-                            flush=True,
-                        )
+                for model_name in models_for(tok_name, args, skipped):
+                    batches = args.real_batches if model_name == "smollm2" else args.batches
+                    for stage in args.stages.split(","):
+                        model = build_model(model_name, tokenizer, args)
+                        trainer = build_trainer(stage, model, features, Path(tmp), args.device)
+                        for batch in (int(b) for b in batches.split(",")):
+                            case = {"dataset": data_name, "model": model_name, "tokenizer": tok_name,
+                                    "stage": stage, "batch": batch}  # fmt: skip
+                            results.append(bench_case(case, trainer, features, args))
     print()
     print_table(
-        ["dataset:<14", "tokenizer:<10", "stage:<10", "batch:>6", "padded frac:>12", "packed frac:>12",
-         "padded tok/s:>13", "packed tok/s:>13", "packed/padded:>14", "loss diff:>10"],
-        [[r["dataset"], r["tokenizer"], r["stage"], r["batch"], f"{r['padded_fraction_padded']:.3f}",
+        ["dataset:<14", "model:<8", "tokenizer:<10", "stage:<10", "batch:>6", "padded frac:>12", "packed frac:>12",
+         "padded tok/s:>13", "packed tok/s:>13", "packed/padded:>14", "(CPU time):>11", "loss diff:>10"],
+        [[r["dataset"], r["model"], r["tokenizer"], r["stage"], r["batch"], f"{r['padded_fraction_padded']:.3f}",
           f"{r['padded_fraction_packed']:.3f}", f"{r['padded_tokens_per_s']:.0f}", f"{r['packed_tokens_per_s']:.0f}",
-          f"{r['speedup']:.2f}", f"{r['max_rel_loss_diff']:.1e}"] for r in results],
+          f"{r['speedup']:.2f}", f"{r['speedup_cpu']:.2f}", f"{r['max_rel_loss_diff']:.1e}"] for r in results],
     )  # fmt: skip
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")

@@ -22,6 +22,10 @@ Sections (each independent: one that fails records its error and the rest still 
 7. `speculative`: self-speculative decoding on cycle models whose heads always agree and whose extra
    heads agree only partly: acceptance rate and speed-up, median of 3 after a warm-up, tokens equal to
    greedy decoding.
+8. `packing`: padded vs packed batches (issue 27) of the offline training rows, baseline and rho1 at
+   batch 8 and 32, on the `mfu` model size with flash_attention_2 varlen when flash-attn is installed
+   (sdpa otherwise): padded fraction, non-padding tokens/s of each, packed/padded, loss difference
+   (scripts/gpu_check_packing.py).
 Every section on CUDA also records its peak memory.
 """
 
@@ -45,6 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gpu_check_packing import packing  # noqa: E402
 from gpu_check_path import train_path  # noqa: E402
 
 from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction  # noqa: E402
@@ -363,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     sections = {"train_path": lambda s, d, t: train_path(s, d, work), "precision": precision, "mfu": mfu_section,
                 "heads_memory": heads_memory, "chunked_loss": chunked_loss, "attention_parity": attention_parity,
-                "speculative": speculative}  # fmt: skip
+                "speculative": speculative,
+                "packing": lambda s, d, t: packing(s, d, t, args.tiny, wmtp_config)}  # fmt: skip
     report = {"device": device_name(device), "gpus": torch.cuda.device_count(), "size": "tiny" if args.tiny else "full",
               "dtype": str(dtype), "torch": torch.__version__, "sections": {}}  # fmt: skip
     for name, fn in sections.items():

@@ -21,6 +21,7 @@ SECTIONS = {
     "chunked_loss",
     "attention_parity",
     "speculative",
+    "packing",
 }
 
 
@@ -51,7 +52,12 @@ def test_gpu_check_tiny_runs_every_section(tmp_path):
     spec = sections["speculative"]
     assert spec["heads_agree"]["acceptance_rate"] == 1.0 and spec["heads_agree"]["same_tokens"] is True
     assert 0 < spec["heads_partly_agree"]["acceptance_rate"] < 1 and spec["heads_partly_agree"]["same_tokens"]
-    assert "gpu_check on cpu" in proc.stdout and "speculative" in proc.stdout
+    packing = sections["packing"]
+    assert packing["attn_implementation"] == "sdpa" and packing["no_flash"] == "flash attention needs a GPU"
+    for case in ("baseline_b2", "baseline_b4", "rho1_b2", "rho1_b4"):  # same batches, padded vs packed
+        assert packing[case]["padded_fraction"] > 0 and packing[case]["packed_fraction"] == 0
+        assert packing[case]["loss_rel_diff"] < 1e-5 and packing[case]["packed_tok_s"] > 0
+    assert "gpu_check on cpu" in proc.stdout and "speculative" in proc.stdout and "packing" in proc.stdout
 
 
 def test_report_is_written_after_each_section(tmp_path, monkeypatch):
