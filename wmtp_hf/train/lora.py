@@ -44,6 +44,30 @@ def target_module_names(model: torch.nn.Module, names: list[str], scope: tuple[s
     return [n for n in in_scope if n.rsplit(".", 1)[-1] in names]
 
 
+def new_extra_heads(model: PreTrainedModel, path: str) -> list[str]:
+    """Module names of the extra head blocks (heads 1..n-1) when they are new: the start was converted from
+    a LLaMA at load, or it is a WMTP folder no stage of this project trained (no `trained_problems.json`,
+    e.g. a registered name's converted folder). New heads are trained fully under LoRA (`modules_to_save`):
+    low-rank updates of blocks that start far from their targets are not enough."""
+    from ..trained_problems import TRAINED_PROBLEMS_FILE
+
+    heads = getattr(getattr(model, "model", None), "extra_heads", None)
+    if not heads:
+        return []
+    converted = getattr(model, "name_or_path", None) != path or loading_model_type(path) == "llama"
+    if not converted and Path(path, TRAINED_PROBLEMS_FILE).is_file():
+        return []
+    return [f"model.extra_heads.{i}" for i in range(len(heads))]
+
+
+def loading_model_type(path: str) -> str | None:
+    """The `model_type` the folder or Hub id at `path` declares (None when it cannot be read)."""
+    try:
+        return AutoConfig.from_pretrained(path).model_type
+    except (OSError, ValueError):
+        return None
+
+
 def loads_unchanged(model: PreTrainedModel, path: str) -> bool:
     """Whether `path` loads exactly this model's architecture (no conversion, no added value head)."""
     if model.name_or_path != path:
@@ -88,6 +112,10 @@ def wrap_with_lora(
     scope = trainer_cls.lora_scope(config, model)
     targets = target_module_names(model, list(config.lora_target_modules), scope)
     trains_value = getattr(trainer_cls, "trains_value_head", False) and getattr(model, "value_head", None)
+    new_heads = new_extra_heads(model, path) if getattr(trainer_cls, "trains_heads", True) else []
+    if new_heads:  # trained fully, so no adapters inside them
+        targets = [t for t in targets if not any(t.startswith(f"{h}.") for h in new_heads)]
+    to_save = (["value_head"] if trains_value else []) + new_heads
     base = adapter_base(config, model, path, tokenizer, dry_run=dry_run)
     if config.push_to_hub and not config.merge_lora and not is_hub_id(base):
         raise ConfigError(
@@ -101,7 +129,7 @@ def wrap_with_lora(
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=targets,
-        modules_to_save=["value_head"] if trains_value else None,
+        modules_to_save=to_save or None,
     )
     with torch.random.fork_rng(devices=[]):  # the adapters' init depends on the seed alone (resume, DDP)
         torch.manual_seed(config.seed)
@@ -109,10 +137,12 @@ def wrap_with_lora(
     peft_model.peft_config["default"].base_model_name_or_path = base  # peft takes the model's name_or_path
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
+    fully = (["the value head"] if trains_value else []) + (
+        [f"{len(new_heads)} new extra heads"] if new_heads else []
+    )
     logger.info(
         "use_peft: LoRA r=%d on %d layers%s; %d of %d parameters train (%.2f%%)",
-        config.lora_r, len(targets), " + the value head" if trains_value else "", trainable, total,
-        100 * trainable / total,
+        config.lora_r, len(targets), "".join(f" + {f}" for f in fully), trainable, total, 100 * trainable / total,
     )  # fmt: skip
     return peft_model
 
