@@ -44,18 +44,19 @@ def target_module_names(model: torch.nn.Module, names: list[str], scope: tuple[s
     return [n for n in in_scope if n.rsplit(".", 1)[-1] in names]
 
 
-def new_extra_heads(model: PreTrainedModel, path: str) -> list[str]:
-    """Module names of the extra head blocks (heads 1..n-1) when they are new: the start was converted from
-    a LLaMA at load, or it is a WMTP folder no stage of this project trained (no `trained_problems.json`,
-    e.g. a registered name's converted folder). New heads are trained fully under LoRA (`modules_to_save`):
-    low-rank updates of blocks that start far from their targets are not enough."""
-    from ..trained_problems import TRAINED_PROBLEMS_FILE
+def new_extra_heads(model: PreTrainedModel, config: WmtpTrainingConfig, path: str) -> list[str]:
+    """Module names of the extra head blocks (heads 1..n-1) when they are new: the start is a plain LLaMA
+    converted at load (`head_init`), or a registered name or .gguf file, whose WMTP folder was converted with
+    `copy_last` heads no one trained. New heads are trained fully under LoRA (`modules_to_save`): low-rank
+    updates of blocks that start far from their targets are not enough. A WMTP folder keeps adapters on
+    its heads (they are taken as trained)."""
+    from ..models import is_named_model
 
     heads = getattr(getattr(model, "model", None), "extra_heads", None)
     if not heads:
         return []
-    converted = getattr(model, "name_or_path", None) != path or loading_model_type(path) == "llama"
-    if not converted and Path(path, TRAINED_PROBLEMS_FILE).is_file():
+    named = config.model_name_or_path is not None and is_named_model(config.model_name_or_path)
+    if not named and loading_model_type(path) != "llama":
         return []
     return [f"model.extra_heads.{i}" for i in range(len(heads))]
 
@@ -112,7 +113,7 @@ def wrap_with_lora(
     scope = trainer_cls.lora_scope(config, model)
     targets = target_module_names(model, list(config.lora_target_modules), scope)
     trains_value = getattr(trainer_cls, "trains_value_head", False) and getattr(model, "value_head", None)
-    new_heads = new_extra_heads(model, path) if getattr(trainer_cls, "trains_heads", True) else []
+    new_heads = new_extra_heads(model, config, path) if getattr(trainer_cls, "trains_heads", True) else []
     if new_heads:  # trained fully, so no adapters inside them
         targets = [t for t in targets if not any(t.startswith(f"{h}.") for h in new_heads)]
     to_save = (["value_head"] if trains_value else []) + new_heads
