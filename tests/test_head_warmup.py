@@ -105,3 +105,23 @@ def test_head_init_converts_a_llama_start_and_lora_trains_new_heads_fully(env):
     last = "model.layers.1.mlp.down_proj.weight"  # a copy_last head would start from (near) this
     head = model.state_dict()["model.extra_heads.0.mlp.down_proj.weight"]
     assert (head - llama[last]).abs().max() > 0.05 and head.std() < 0.05  # random init, std 0.02
+
+
+def test_head_learning_rate_scales_only_the_extra_heads_steps(env):
+    """One plain SGD step (constant rate, no clipping): with head_learning_rate = 3 x learning_rate each
+    extra-head update is 3 times the one at equal rates, every other update is the same."""
+    start = _weights(env["model"])
+    deltas = []
+    for name, head_lr in (("equal", 0.05), ("triple", 0.15)):
+        out = env["root"] / f"lr_{name}"
+        argv = stage_args("baseline", env["model"], env["data"], out, **{"max-steps": 1}, optim="sgd",
+                          learning_rate=0.05, head_learning_rate=head_lr, lr_scheduler_type="constant",
+                          max_grad_norm=0, head_warmup_steps=0)  # fmt: skip
+        assert main(argv) == 0
+        final = _weights(out / "final")
+        deltas.append({k: final[k] - start[k] for k in start})
+    equal, triple = deltas
+    for key in start:
+        factor = 3.0 if ".extra_heads." in key else 1.0
+        torch.testing.assert_close(triple[key], factor * equal[key], atol=1e-6, rtol=1e-4, msg=key)
+    assert any(equal[k].abs().max() > 0 for k in start if ".extra_heads." in k)

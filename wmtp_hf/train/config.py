@@ -101,6 +101,13 @@ class WmtpTrainingConfig(TrainingArguments):
             "(default: the recipe's; micro 0)."
         ),
     )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata=_help(
+            "Peak learning rate of the extra heads (heads 1..n-1), scheduled like learning_rate (default: "
+            "the recipe's; micro: learning_rate)."
+        ),
+    )
     head_init: str | None = field(
         default=None,
         metadata=_help(

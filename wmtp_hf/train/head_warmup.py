@@ -38,6 +38,24 @@ def drop_frozen_gradients(model: torch.nn.Module) -> int:
     return dropped
 
 
+def split_head_groups(optimizer: torch.optim.Optimizer, model: torch.nn.Module, head_lr: float) -> int:
+    """Move the extra heads' parameters of every param group into a copy of that group with `lr=head_lr`
+    (before the first step, so no optimizer state moves); returns how many parameters moved."""
+    heads = {id(p) for n, p in model.named_parameters() if is_extra_head_parameter(n)}
+    moved = 0
+    for group in list(optimizer.param_groups):
+        own = [p for p in group["params"] if id(p) in heads]
+        if not own:
+            continue
+        group["params"] = [p for p in group["params"] if id(p) not in heads]
+        optimizer.add_param_group(
+            {**{k: v for k, v in group.items() if k != "params"}, "params": own, "lr": head_lr}
+        )
+        moved += len(own)
+    logger.info("head_learning_rate %g: %d extra-head parameter tensors in their own groups", head_lr, moved)
+    return moved
+
+
 class _HeadWarmupCallback(TrainerCallback):
     """Drops the frozen gradients right before the optimizer step (also when no clipping runs)."""
 
@@ -79,6 +97,15 @@ class HeadWarmupMixin:
     def drop_warmup_gradients(self) -> None:
         if self.in_head_warmup():
             drop_frozen_gradients(self.model_wrapped if self.model_wrapped is not None else self.model)
+
+    def create_optimizer(self, model: torch.nn.Module | None = None):
+        """Transformers' optimizer, the extra heads in groups of their own at `head_learning_rate` (when
+        set and different): the scheduler then scales both rates alike."""
+        optimizer = super().create_optimizer(model)
+        head_lr = getattr(self.args, "head_learning_rate", None)
+        if head_lr is not None and head_lr != self.args.learning_rate and self.trains_heads:
+            split_head_groups(optimizer, model if model is not None else self.model, head_lr)
+        return optimizer
 
     def _clip_grad_norm(self, model: torch.nn.Module):
         """Drop the frozen gradients before clipping, so the clip sees only what the warm-up trains."""

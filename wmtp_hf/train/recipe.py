@@ -20,6 +20,7 @@ MICRO_RECIPE: dict[str, Any] = {
     "learning_rate": 2e-3,
     "warmup_steps": 10,
     "head_warmup_steps": 0,
+    "head_learning_rate": None,  # learning_rate
     "head_init": "copy_last",
     "head_weights": None,  # uniform, 1/n each
 }
@@ -29,6 +30,7 @@ FINETUNE_RECIPE: dict[str, Any] = {
     "learning_rate": 2e-5,
     "warmup_steps": 5,
     "head_warmup_steps": 20,
+    "head_learning_rate": 1e-3,
     "head_init": "copy_last",
     "head_weights": [0.7, 0.1, 0.1, 0.1],
 }
