@@ -36,8 +36,13 @@ def test_recipe_follows_the_start_and_never_overrides_a_given_option(env, tmp_pa
     assert tuned.recipe == "finetune" and tuned.learning_rate == FINETUNE_RECIPE["learning_rate"]
     assert tuned.head_warmup_steps == FINETUNE_RECIPE["head_warmup_steps"] > 0
     assert tuned.head_weights == pytest.approx([0.7, 0.1, 0.1, 0.1])
-    # A folder of the micro preset's shape keeps the micro recipe; any other model folder is a pretrained one.
-    assert build_config("baseline", None, {"model_name_or_path": str(env["model"])}).recipe == "finetune"
+    # A folder no larger than the micro preset (here hidden 32) keeps the micro recipe; a larger one is
+    # taken as pretrained.
+    assert build_config("baseline", None, {"model_name_or_path": str(env["model"])}).recipe == "micro"
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "config.json").write_text('{"model_type": "wmtp", "hidden_size": 576}')
+    assert build_config("baseline", None, {"model_name_or_path": str(big)}).recipe == "finetune"
     # Given options win, from a file or the command line; the rest still come from the recipe.
     (tmp_path / "c.yaml").write_text("learning_rate: 0.5\nhead_warmup_steps: 0\n")
     given = build_config(

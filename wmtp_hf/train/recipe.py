@@ -37,8 +37,9 @@ FINETUNE_RECIPE: dict[str, Any] = {
 
 
 def _is_micro_folder(path: str) -> bool:
-    """Whether `path` is a local model folder with the micro preset's shape (the preset or a model trained
-    from it, e.g. the baseline run the critic continues)."""
+    """Whether `path` is a local model folder no larger than the micro preset (hidden size at most the
+    preset's): the preset, a model trained from it (e.g. the baseline run a critic continues) or a tiny
+    random model; all start far from any data and want the micro recipe's high learning rate."""
     from ..micro import MICRO_CONFIG
 
     config_file = Path(path) / "config.json"
@@ -48,15 +49,16 @@ def _is_micro_folder(path: str) -> bool:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads")
-    return all(config.get(k) == MICRO_CONFIG[k] for k in keys)
+    hidden = config.get("hidden_size")
+    return isinstance(hidden, int) and hidden <= MICRO_CONFIG["hidden_size"]
 
 
 def recipe_kind(recipe: str, model_name_or_path: str | None) -> str:
     """`micro` or `finetune`. `auto` is finetune for a pretrained start: a registered name (smollm2-135m),
-    a .gguf file, a Hub id, or a local model folder not of the micro preset's shape; micro for the micro
-    preset (no model given), a folder of its shape (a run trained from it) or a folder not written yet
-    (a previous stage's output in the micro pipeline; the experiment names the recipe of its chain)."""
+    a .gguf file, a Hub id, or a local model folder larger than the micro preset; micro for the micro
+    preset (no model given), a folder no larger than it (a run trained from it, a tiny random model) or a
+    folder not written yet (a previous stage's output in the micro pipeline; the experiment names the
+    recipe of its chain)."""
     if recipe != "auto":
         return recipe
     if model_name_or_path is None:
