@@ -33,7 +33,7 @@ def per_row_ce(folder, rows, tokenizer) -> tuple[np.ndarray, np.ndarray]:
 
 def test_default_recipe_keeps_head0_and_trains_the_extra_heads(smollm2, tmp_path):
     out = tmp_path / "run"
-    argv = ["--stage", "baseline", "--model", "smollm2-135m", "--output-dir", str(out), "--max-steps", "4",
+    argv = ["--stage", "baseline", "--model", "smollm2-135m", "--output-dir", str(out), "--max-steps", "5",
             "--head_warmup_steps", "2", "--per_device_train_batch_size", "2", "--report_to", "none",
             "--save_strategy", "no", "--threads", "1"]  # fmt: skip
     for key, value in SHORT.items():

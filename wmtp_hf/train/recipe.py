@@ -27,9 +27,9 @@ MICRO_RECIPE: dict[str, Any] = {
 
 # A pretrained start; measured on SmolLM2-135M-Instruct (docs/training.md has the runs that chose it).
 FINETUNE_RECIPE: dict[str, Any] = {
-    "learning_rate": 2e-5,
-    "warmup_steps": 5,
-    "head_warmup_steps": 20,
+    "learning_rate": 2e-5,  # also TRL's SFTConfig default
+    "warmup_steps": 3,
+    "head_warmup_steps": 6,
     "head_learning_rate": 1e-3,
     "head_init": "copy_last",
     "head_weights": [0.7, 0.1, 0.1, 0.1],
