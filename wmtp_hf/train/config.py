@@ -90,7 +90,7 @@ class WmtpTrainingConfig(TrainingArguments):
         metadata=_help(
             "Defaults for options left unset (docs/training.md): micro (the random micro model: lr 2e-3, "
             "warmup 10) or finetune (a pretrained start: low lr, head warm-up, head 0 weighted most); auto: "
-            "micro for the micro preset or a folder of its shape, finetune for anything else."
+            "micro for the micro preset or a folder no larger than it, finetune for anything else."
         ),
     )
     head_warmup_steps: int | None = field(
