@@ -1,7 +1,7 @@
 """Do no harm: the default fine-tuning recipe on SmolLM2-135M-Instruct (marker real_model, about a minute).
 
-The baseline stage started from the real model with the recipe's options (only the step count, the head
-warm-up length, the batch and the row length cut to fit a test) must leave held-out head-0 CE no worse
+The baseline stage started from the real model with the recipe's options (only the step count, the batch
+and the row length cut to fit a test) must leave held-out head-0 CE no worse
 than the start's (the paired 95% interval of the per-row change includes 0 or lies below it) while heads
 1-3, new copies of the last block, improve clearly. docs/training.md "Fine-tuning a pretrained model"
 has the full-size run.
@@ -34,8 +34,8 @@ def per_row_ce(folder, rows, tokenizer) -> tuple[np.ndarray, np.ndarray]:
 def test_default_recipe_keeps_head0_and_trains_the_extra_heads(smollm2, tmp_path):
     out = tmp_path / "run"
     argv = ["--stage", "baseline", "--model", "smollm2-135m", "--output-dir", str(out), "--max-steps", "5",
-            "--head_warmup_steps", "2", "--per_device_train_batch_size", "2", "--report_to", "none",
-            "--save_strategy", "no", "--threads", "1"]  # fmt: skip
+            "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
+            "--threads", "1"]  # fmt: skip
     for key, value in SHORT.items():
         argv += [f"--{key}", str(value)]
     assert main(argv) == 0

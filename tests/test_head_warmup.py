@@ -34,7 +34,8 @@ def test_recipe_follows_the_start_and_never_overrides_a_given_option(env, tmp_pa
     assert micro.head_warmup_steps == 0 and micro.head_weights is None and micro.head_init == "copy_last"
     tuned = build_config("baseline", None, {"model_name_or_path": "smollm2-135m"})
     assert tuned.recipe == "finetune" and tuned.learning_rate == FINETUNE_RECIPE["learning_rate"]
-    assert tuned.head_warmup_steps == FINETUNE_RECIPE["head_warmup_steps"] > 0
+    assert tuned.head_warmup_steps == FINETUNE_RECIPE["head_warmup_steps"]
+    assert tuned.head_learning_rate == FINETUNE_RECIPE["head_learning_rate"] != tuned.learning_rate
     assert tuned.head_weights == pytest.approx([0.7, 0.1, 0.1, 0.1])
     # A folder no larger than the micro preset (here hidden 32) keeps the micro recipe; a larger one is
     # taken as pretrained.
