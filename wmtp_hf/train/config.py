@@ -89,8 +89,8 @@ class WmtpTrainingConfig(TrainingArguments):
         default="auto",
         metadata=_help(
             "Defaults for options left unset (docs/training.md): micro (the random micro model: lr 2e-3, "
-            "warmup 10) or finetune (a pretrained start: low lr, head warm-up, head 0 weighted most); auto: "
-            "micro for the micro preset or a folder no larger than it, finetune for anything else."
+            "warmup 10) or finetune (a pretrained start: lr 2e-5, the extra heads at 1e-3, head 0 weighted "
+            "0.7); auto: micro for the micro preset or a folder no larger than it, finetune for anything else."
         ),
     )
     head_warmup_steps: int | None = field(
