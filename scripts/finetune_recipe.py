@@ -28,7 +28,7 @@ import numpy as np
 def heldout(model_path: str, max_length: int, prompt_format: str) -> tuple[Any, Any]:
     """`(correct held-out rows, collator)` of the offline eval split in the model's tokenizer."""
     from wmtp_hf.data import WmtpDataCollator
-    from wmtp_hf.train.components import tokenized_rows
+    from wmtp_hf.train.components import load_tokenizer, resolve_model_path, tokenized_rows
     from wmtp_hf.train.stages import build_config
 
     config = build_config(
@@ -36,8 +36,6 @@ def heldout(model_path: str, max_length: int, prompt_format: str) -> tuple[Any, 
         None,
         {"model_name_or_path": model_path, "max_length": max_length, "prompt_format": prompt_format},
     )
-    from wmtp_hf.train.components import load_tokenizer, resolve_model_path
-
     tokenizer = load_tokenizer(resolve_model_path(config))
     rows, _, _ = tokenized_rows(config, tokenizer, "eval")
     return rows.filter(lambda r: bool(r["is_correct"])), WmtpDataCollator(tokenizer)

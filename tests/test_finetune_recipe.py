@@ -55,3 +55,16 @@ def test_default_recipe_keeps_head0_and_trains_the_extra_heads(smollm2, tmp_path
     assert changes[0]["low"] <= 0, changes[0]  # head 0: not significantly worse than the start
     for k in (1, 2, 3):
         assert changes[k]["high"] < 0 and changes[k]["estimate"] < -1.0, (k, changes[k])
+
+
+def test_head_init_of_a_registered_name_converts_its_llama_folder(smollm2):
+    """`smollm2-135m` resolves to its converted WMTP folder (copy_last heads) unless another head_init is
+    asked for: then its plain LLaMA folder, converted at load with that head_init."""
+    from pathlib import Path
+
+    from wmtp_hf.train.components import resolve_model_path
+
+    default = build_config("baseline", None, {"model_name_or_path": "smollm2-135m"})
+    assert Path(resolve_model_path(default)) == Path(smollm2.wmtp)
+    random = build_config("baseline", None, {"model_name_or_path": "smollm2-135m", "head_init": "random"})
+    assert Path(resolve_model_path(random)) == Path(smollm2.llama)
