@@ -1,6 +1,6 @@
 """Benchmark: plain greedy `generate` vs self-speculative greedy decoding (`mtp_speculative=True`).
 
-    python scripts/bench_generate.py [--model runs/baseline/final] [--problems 16] [--max-new-tokens 128]
+    python scripts/bench_generate.py [--model runs/baseline/final|smollm2-135m] [--problems 16] [--max-new-tokens 128]
         [--prompt-format alpaca|raw] [--batch-sizes 1,8] [--rounds 3] [--device cpu] [--threads N]
         [--output bench_results/bench_generate.json]
 
@@ -144,7 +144,11 @@ def compare(model: Any, tokenizer: Any, batches: list[dict], max_new_tokens: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="runs/baseline/final", help="trained WMTP checkpoint folder")
+    parser.add_argument(
+        "--model",
+        default="runs/baseline/final",
+        help="trained WMTP checkpoint folder, or a registered name (smollm2-135m: its fresh heads)",
+    )
     parser.add_argument(
         "--problems", type=int, default=16, help="HumanEval prompts (and heads-agree prompts)"
     )
@@ -172,7 +176,11 @@ def main() -> None:
     torch.manual_seed(0)
     results: list[dict] = []
     skipped: list[str] = []
-    model_dir = Path(args.model)
+    from wmtp_hf.loading import resolve_model
+
+    model_dir = Path(
+        resolve_model(args.model, kind="wmtp", n_future_tokens=4)
+    )  # a registered name: its folder
     if (model_dir / "config.json").exists():
         model, tokenizer = load_for_inference(model_dir, device=args.device, dtype="float32")
         n_future = model.config.n_future_tokens

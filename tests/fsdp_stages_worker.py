@@ -40,6 +40,9 @@ def jobs(fx: Path, out: Path) -> list[tuple[str, str, dict, str | None]]:
         ("rho1_live", "rho1", {"reference_model": llama, "report_to": "mlflow"}, None),
         ("rho1_cached", "rho1", {"reference_model": llama, "precompute_reference": "true"}, None),
         ("reference", "reference", {"model": llama}, None),
+        # Weight decay on: a frozen parameter that AdamW stepped would move even with a zero gradient.
+        ("head_warmup", "baseline", {"max-steps": 2, "head_warmup_steps": 2, "weight_decay": 0.1,
+                                     "head_learning_rate": 0.01}, None),
     ]  # fmt: skip
 
 

@@ -56,7 +56,7 @@ def test_precedence_file_then_overrides(tmp_path):
     [
         (
             "learnin_rate: 0.1\n",
-            r"c\.yaml: unknown key 'learnin_rate' for stage 'baseline'; did you mean learning_rate\? allowed: model_name_or_path, .*TrainingArguments",
+            r"c\.yaml: unknown key 'learnin_rate' for stage 'baseline'; did you mean learning_rate, head_learning_rate\? allowed: model_name_or_path, .*TrainingArguments",
         ),
         ("max_steps: ten\n", r"c\.yaml: key 'max_steps' expects int, got str 'ten'"),
         ("head_weights: [0.5, x]\n", r"c\.yaml: key 'head_weights' expects list\[float\] \| None"),
@@ -108,10 +108,12 @@ def test_cli_rejects_unknown_option_in_one_line(tmp_path):
     proc = run_cli("--stage", "baseline", "--learning_rat", "0.1", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "error: command line: unknown key 'learning_rat' for stage 'baseline'; did you mean learning_rate? "
+        "error: command line: unknown key 'learning_rat' for stage 'baseline'; did you mean learning_rate, "
+        "head_learning_rate? "
         "allowed: model_name_or_path, n_future_tokens, dataset, dataset_path, dataset_split, prompt_format, "
-        "max_length, n_samples, head_weights, loss_chunk_size, attn_implementation, packing, use_peft, lora_r, "
-        "lora_alpha, lora_dropout, lora_target_modules, merge_lora, or any transformers.TrainingArguments field"
+        "max_length, n_samples, head_weights, recipe, head_warmup_steps, head_learning_rate, head_init, loss_chunk_size, "
+        "attn_implementation, packing, use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules, merge_lora, "
+        "or any transformers.TrainingArguments field"
     )
     assert not (tmp_path / "runs").exists()
 

@@ -40,6 +40,7 @@ from typing import Any
 from ..models import is_named_model
 from ..train.components import check_model_location
 from ..train.config import ConfigError, WmtpTrainingConfig, check_values, config_to_dict, read_yaml
+from ..train.recipe import recipe_kind
 from ..train.stages import STAGE_CONFIGS
 from .control_options import ControlOptions, control_overrides
 
@@ -341,7 +342,9 @@ def _run_values(
                 values[key] = verifiable[key]
         values["model_name_or_path"] = str(output_dir / "baseline" / "final")
         values["output_dir"] = str(output_dir / name)
+        values["head_warmup_steps"] = verifiable.get("head_warmup_steps", 0)  # its heads are trained already
         values.setdefault("run_name", name)
+        values.setdefault("recipe", recipe_kind("auto", model))
         return values
     own = overrides[name]
     values = {**shared, **own, "output_dir": str(output_dir / name)}
@@ -365,4 +368,5 @@ def _run_values(
         )
     if name == "rho1" and own.get("reference_model") is None:
         values["reference_model"] = str(output_dir / "reference" / "final")
+    values.setdefault("recipe", recipe_kind("auto", model))  # every stage of the chain: its start's recipe
     return values

@@ -55,6 +55,8 @@ def resolve_model_path(
     if config.model_name_or_path is not None:
         made_by = getattr(config, "model_made_by", {}).get(config.model_name_or_path)
         check_model_location("model_name_or_path", config.model_name_or_path, made_by)
+        if kind == "wmtp" and getattr(config, "head_init", None) not in (None, "copy_last"):
+            kind = "llama"  # a registered name's WMTP folder has copy_last heads: convert its LLaMA instead
         return loading.resolve_model(
             config.model_name_or_path,
             kind=kind,
@@ -110,9 +112,16 @@ def load_model(config: WmtpTrainingConfig, path: str, tokenizer: Any, **model_kw
         model_type = loading.read_model_type(path, label=f"model_name_or_path '{path}'")
     if model_type == "wmtp":
         model = source if adapter else AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if getattr(config, "head_init", None) not in (None, "copy_last") and "head_init" not in getattr(
+            config, "recipe_filled", []
+        ):
+            logger.warning("head_init: '%s' has its heads already; head_init applies to a LLaMA start", path)
     elif model_type == "llama":
         model = WmtpForMultiTokenPrediction.from_llama(
-            source, n_future_tokens=config.n_future_tokens, **({} if adapter else kwargs)
+            source,
+            n_future_tokens=config.n_future_tokens,
+            head_init=getattr(config, "head_init", None) or "copy_last",
+            **({} if adapter else kwargs),
         )
     else:
         raise ConfigError(

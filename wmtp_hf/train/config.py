@@ -22,7 +22,9 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import HubStrategy, SchedulerType
 
 from ..errors import ConfigError
+from .recipe import RECIPES, apply_recipe
 
+HEAD_INITS = ("copy_last", "random")
 # The attention and MLP projections of every decoder block (trunk and heads; also LLaMA's names).
 LORA_DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -74,7 +76,42 @@ class WmtpTrainingConfig(TrainingArguments):
         default=None, metadata=_help("Rows the stage's sampler draws (default: all eligible rows).")
     )
     head_weights: list[float] | None = field(
-        default=None, metadata=_help("Loss weight `alpha_k` of each head (default 1/n each).")
+        default=None,
+        metadata=_help(
+            "Loss weight `alpha_k` of each head (default: the recipe's; micro 1/n each, finetune 0.7 for "
+            "head 0 and the rest shared by the extra heads)."
+        ),
+    )
+    recipe: str = field(
+        default="auto",
+        metadata=_help(
+            "Defaults for options left unset (docs/training.md): micro (the random micro model: lr 2e-3, "
+            "warmup 10) or finetune (a pretrained start: lr 2e-5, the extra heads at 1e-3, head 0 weighted "
+            "0.7); auto: micro for the micro preset or a folder no larger than it, finetune for anything else."
+        ),
+    )
+    head_warmup_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            "First N optimizer steps train only the extra heads (heads 1..n-1); the trunk, head 0, the shared "
+            "norm and unembedding keep their weights (their gradients are dropped), then everything trains "
+            "(default: the recipe's; micro 0)."
+        ),
+    )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata=_help(
+            "Peak learning rate of the extra heads (heads 1..n-1), scheduled like learning_rate (default: "
+            "the recipe's; micro: learning_rate)."
+        ),
+    )
+    head_init: str | None = field(
+        default=None,
+        metadata=_help(
+            "How extra heads are made when the start is a plain LLaMA converted at load (or a registered name, "
+            "then converted from its LLaMA folder): copy_last (copies of the last block) or random (default: "
+            "the recipe's)."
+        ),
     )
     loss_chunk_size: int | None = field(
         default=None, metadata=_help("Positions per cross-entropy chunk (default: the model config's).")
@@ -120,11 +157,16 @@ class WmtpTrainingConfig(TrainingArguments):
     )
     max_steps: int = field(default=300, metadata=_help("Optimizer steps."))
     per_device_train_batch_size: int = field(default=8, metadata=_help("Batch size per device."))
-    learning_rate: float = field(default=2e-3, metadata=_help("Peak AdamW learning rate."))
+    learning_rate: float | None = field(
+        default=None, metadata=_help("Peak AdamW learning rate (default: the recipe's; micro 2e-3).")
+    )
     lr_scheduler_type: SchedulerType | str = field(
         default="cosine", metadata=_help("Learning-rate schedule.")
     )
-    warmup_steps: float = field(default=10, metadata=_help("Linear warm-up steps (a float < 1 is a ratio)."))
+    warmup_steps: float | None = field(
+        default=None,
+        metadata=_help("Linear warm-up steps, a float < 1 is a ratio (default: the recipe's; micro 10)."),
+    )
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     logging_steps: float = field(default=10, metadata=_help("Log every N steps."))
     save_steps: float = field(default=100, metadata=_help("Checkpoint every N steps."))
@@ -154,6 +196,8 @@ class WmtpTrainingConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        self._check_recipe_options()
+        apply_recipe(self)
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps <= 0:
             raise ConfigError(
                 f"max_steps: expected a positive number of optimizer steps, got {self.max_steps!r}"
@@ -178,6 +222,18 @@ class WmtpTrainingConfig(TrainingArguments):
         if self.push_to_hub:
             _check_repo_id("hub_model_id", self.hub_model_id)
         super().__post_init__()
+
+    def _check_recipe_options(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"recipe: expected one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.head_warmup_steps is not None and (
+            isinstance(self.head_warmup_steps, bool) or self.head_warmup_steps < 0
+        ):
+            raise ConfigError(
+                f"head_warmup_steps: expected a non-negative number of optimizer steps, got {self.head_warmup_steps!r}"
+            )
+        if self.head_init not in (None, *HEAD_INITS):
+            raise ConfigError(f"head_init: expected one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
 
     def _bf16_without_accelerator(self) -> None:
         """bf16 asked for on a machine with no accelerator: train on the CPU (`use_cpu`), where torch runs

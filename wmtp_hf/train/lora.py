@@ -44,6 +44,31 @@ def target_module_names(model: torch.nn.Module, names: list[str], scope: tuple[s
     return [n for n in in_scope if n.rsplit(".", 1)[-1] in names]
 
 
+def new_extra_heads(model: PreTrainedModel, config: WmtpTrainingConfig, path: str) -> list[str]:
+    """Module names of the extra head blocks (heads 1..n-1) when they are new: the start is a plain LLaMA
+    converted at load (`head_init`), or a registered name or .gguf file, whose WMTP folder was converted with
+    `copy_last` heads no one trained. New heads are trained fully under LoRA (`modules_to_save`): low-rank
+    updates of blocks that start far from their targets are not enough. A WMTP folder keeps adapters on
+    its heads (they are taken as trained)."""
+    from ..models import is_named_model
+
+    heads = getattr(getattr(model, "model", None), "extra_heads", None)
+    if not heads:
+        return []
+    named = config.model_name_or_path is not None and is_named_model(config.model_name_or_path)
+    if not named and loading_model_type(path) != "llama":
+        return []
+    return [f"model.extra_heads.{i}" for i in range(len(heads))]
+
+
+def loading_model_type(path: str) -> str | None:
+    """The `model_type` the folder or Hub id at `path` declares (None when it cannot be read)."""
+    try:
+        return AutoConfig.from_pretrained(path).model_type
+    except (OSError, ValueError):
+        return None
+
+
 def loads_unchanged(model: PreTrainedModel, path: str) -> bool:
     """Whether `path` loads exactly this model's architecture (no conversion, no added value head)."""
     if model.name_or_path != path:
@@ -88,6 +113,10 @@ def wrap_with_lora(
     scope = trainer_cls.lora_scope(config, model)
     targets = target_module_names(model, list(config.lora_target_modules), scope)
     trains_value = getattr(trainer_cls, "trains_value_head", False) and getattr(model, "value_head", None)
+    new_heads = new_extra_heads(model, config, path) if getattr(trainer_cls, "trains_heads", True) else []
+    if new_heads:  # trained fully, so no adapters inside them
+        targets = [t for t in targets if not any(t.startswith(f"{h}.") for h in new_heads)]
+    to_save = (["value_head"] if trains_value else []) + new_heads
     base = adapter_base(config, model, path, tokenizer, dry_run=dry_run)
     if config.push_to_hub and not config.merge_lora and not is_hub_id(base):
         raise ConfigError(
@@ -101,7 +130,7 @@ def wrap_with_lora(
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=targets,
-        modules_to_save=["value_head"] if trains_value else None,
+        modules_to_save=to_save or None,
     )
     with torch.random.fork_rng(devices=[]):  # the adapters' init depends on the seed alone (resume, DDP)
         torch.manual_seed(config.seed)
@@ -109,10 +138,12 @@ def wrap_with_lora(
     peft_model.peft_config["default"].base_model_name_or_path = base  # peft takes the model's name_or_path
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
+    fully = (["the value head"] if trains_value else []) + (
+        [f"{len(new_heads)} new extra heads"] if new_heads else []
+    )
     logger.info(
         "use_peft: LoRA r=%d on %d layers%s; %d of %d parameters train (%.2f%%)",
-        config.lora_r, len(targets), " + the value head" if trains_value else "", trainable, total,
-        100 * trainable / total,
+        config.lora_r, len(targets), "".join(f" + {f}" for f in fully), trainable, total, 100 * trainable / total,
     )  # fmt: skip
     return peft_model
 

@@ -24,7 +24,9 @@ from ..data.sampling import order_indices
 from ..losses import mtp_target_mask, resolve_head_weights, weighted_mtp_loss
 from . import components
 from .fsdp import Fsdp2TrainerMixin
+from .head_warmup import HeadWarmupMixin
 from .outputs import FinalFolderPush
+from .recipe import trained_head_weights
 from .tokens import TokenCountMixin
 
 BATCH_EXTRAS = ("reward", "difficulty", "ref_token_losses", "row_id", EXAMPLE_LENGTHS)
@@ -119,7 +121,9 @@ def unpack_outputs(outputs: Any, inputs: dict[str, Any]) -> Any:
     return outputs
 
 
-class WeightedMTPTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, TokenCountMixin, Trainer):
+class WeightedMTPTrainer(
+    StageHooks, HeadWarmupMixin, FinalFolderPush, Fsdp2TrainerMixin, TokenCountMixin, Trainer
+):
     """Trains a `WmtpForMultiTokenPrediction` on `sum_k alpha_k sum_t w_k(t) m_k(t) CE_k(t) / N_k`.
 
     With `packing` the model runs on the packed row and every stage computes on the padded view of the
@@ -139,12 +143,13 @@ class WeightedMTPTrainer(StageHooks, FinalFolderPush, Fsdp2TrainerMixin, TokenCo
         self.n_heads = unwrapped.config.n_future_tokens
         if getattr(unwrapped, "value_head", None) is not None and not self.trains_value_head:
             unwrapped.value_head.requires_grad_(False)
-        self.head_weights = resolve_head_weights(getattr(self.args, "head_weights", None), self.n_heads)
+        self.head_weights = resolve_head_weights(trained_head_weights(self.args, self.n_heads), self.n_heads)
         self._sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self._extremes: dict[str, float] = {}
         self._last_log_time = time.perf_counter()
         # First in line, so the stage state is on disk before any user `on_save` callback runs.
         self.callback_handler.callbacks.insert(0, _StageStateCallback(self))
+        self.setup_head_warmup()
 
     # ------------------------------------------------------------------ stage hooks
 

@@ -67,7 +67,10 @@ class CriticConfig(WmtpTrainingConfig):
     )
     output_dir: str | None = field(default="runs/critic", metadata=_help("Checkpoints and the final model."))
     max_steps: int = field(default=200, metadata=_help("Optimizer steps."))
-    learning_rate: float = field(default=1e-3, metadata=_help("Peak AdamW learning rate."))
+    learning_rate: float | None = field(default=1e-3, metadata=_help("Peak AdamW learning rate."))
+    head_warmup_steps: int | None = field(
+        default=0, metadata=_help("Unused: the critic trains the value head, not the prediction heads.")
+    )
     eval_strategy: str = field(default="steps", metadata=_help("When to evaluate: no, steps, epoch."))
     eval_steps: float | None = field(default=50, metadata=_help("Evaluate every N steps."))
     per_device_eval_batch_size: int = field(default=16, metadata=_help("Batch size of evaluation."))
@@ -104,6 +107,7 @@ class CriticTrainer(WeightedMTPTrainer):
     """Value-head regression (or pairwise ranking) on the frozen trunk; see the module docstring."""
 
     trains_value_head = True
+    trains_heads = False
     sample_order_name = "balanced"  # correct/incorrect 50:50; critic_loss pairwise: same-problem pairs
 
     @classmethod

@@ -93,6 +93,10 @@ class VerifiableConfig(WmtpTrainingConfig):
     output_dir: str | None = field(
         default="runs/verifiable", metadata=_help("Checkpoints and the final model.")
     )
+    head_warmup_steps: int | None = field(
+        default=0,
+        metadata=_help("Its start (a critic of a trained model) has trained heads: no warm-up by default."),
+    )
 
     def __post_init__(self) -> None:
         try:
