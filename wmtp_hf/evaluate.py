@@ -92,6 +92,17 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
+def _isolation(requested: str) -> str:
+    """The sandbox mode for `--isolation` (the sandbox module reports a mode it cannot have as a plain
+    ValueError: it is loaded on its own, without this package)."""
+    from wmtp_hf.execution.sandbox import resolve_isolation
+
+    try:
+        return resolve_isolation(requested, "--isolation")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def run(args: argparse.Namespace) -> dict:
     """Load problems, get completions (generate or read), score them, write outputs; return the summary."""
     from wmtp_hf.data.prompt_formats import recorded_prompt_format, resolve_prompt_format
@@ -99,7 +110,6 @@ def run(args: argparse.Namespace) -> dict:
     from wmtp_hf.evaluation.problems import DEFAULT_SPLITS, problems_from_rows
     from wmtp_hf.evaluation.runner import log_to_mlflow, score_samples, write_outputs
     from wmtp_hf.evaluation.samples import read_samples
-    from wmtp_hf.execution.sandbox import resolve_isolation
     from wmtp_hf.threads import evaluate_default_threads, set_threads
 
     ks = _parse_ks(args.k)
@@ -124,7 +134,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.model:
         from wmtp_hf.evaluation.generation import load_model
 
-        isolation = resolve_isolation(args.isolation, "--isolation")  # fails closed, before anything slow
+        isolation = _isolation(args.isolation)  # fails closed, before anything slow
         model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     recorded = recorded_prompt_format(args.model) if args.model else None
     prompt_format = resolve_prompt_format(args.prompt_format, tokenizer, args.dataset, recorded)
@@ -141,7 +151,7 @@ def run(args: argparse.Namespace) -> dict:
         known.update({alias: p.task_id for p in selected for alias in p.aliases})
         kept = {p.task_id for p in problems}
         samples = [s for s in read_samples(args.samples, known) if s.task_id in kept]
-        isolation = resolve_isolation(args.isolation, "--isolation")  # fails closed, before any program runs
+        isolation = _isolation(args.isolation)  # fails closed, before any program runs
     else:
         from wmtp_hf.evaluation.generation import SpeculativeStats, sample_problems
 

@@ -32,7 +32,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
 
 SERVER = Path(__file__).with_name("sandbox_server.py")
 GRACE_S = 10.0  # extra time a server gets to clean up before the parent kills it
@@ -197,12 +196,12 @@ def resolve_isolation(requested: str, where: str = "--isolation") -> str:
     explicitly). Fails closed: "namespaces" where it cannot be had raises ValueError, one line naming the reason
     and `where`'s weaker choice; nothing ever falls back to the guard on its own."""
     if requested not in ISOLATION_MODES:
-        raise UsageError(f"{where}: expected one of {', '.join(ISOLATION_MODES)}, got {requested!r}")
+        raise ValueError(f"{where}: expected one of {', '.join(ISOLATION_MODES)}, got {requested!r}")
     if requested == "guard":
         return "guard"
     reason = namespaces_unavailable_reason()
     if reason:
-        raise UsageError(
+        raise ValueError(
             f"{where} namespaces: the strong sandbox is unavailable here ({reason}); nothing was run. To accept "
             f"the weaker guard, use {ACCEPT_GUARD} (docs/sandbox.md)"
         )
