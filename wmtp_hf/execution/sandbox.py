@@ -32,7 +32,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-
 SERVER = Path(__file__).with_name("sandbox_server.py")
 GRACE_S = 10.0  # extra time a server gets to clean up before the parent kills it
 OWNER_ENV = "WMTP_SANDBOX_PARENT"
