@@ -13,7 +13,7 @@ import torch
 from hub_fixtures import FakeHub, write_hub_snapshot
 from no_wmtp_hf import BLOCK_WMTP_HF
 from safetensors import safe_open
-from test_model_llama import TOKENS, tiny_llama
+from tiny_models import TOKENS, tiny_llama
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from wmtp_hf import WmtpForMultiTokenPrediction

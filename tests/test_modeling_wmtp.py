@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from test_model_llama import TOKENS, tiny_llama
+from tiny_models import TOKENS, tiny_llama
 from transformers.cache_utils import DynamicCache
 
 from wmtp_hf import WmtpForMultiTokenPrediction

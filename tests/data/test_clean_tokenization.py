@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import datasets
 import pytest
+from tokenization_fixtures import _bpe_tokenizer, _rows, _with_template
 
 from wmtp_hf.data import WmtpDataCollator, encode_example, tokenize_dataset
 from wmtp_hf.data.prompt_formats import format_prompt, render_example
-from wmtp_hf.data.schema import FEATURES, make_row
+from wmtp_hf.data.schema import FEATURES
 from wmtp_hf.micro import build_micro_tokenizer
 
 CHATML = (
@@ -22,69 +23,6 @@ OTHER_TURN_END = (
     "<s>{% for m in messages %}[{{ m['role'] }}]\n{{ m['content'] }}[END]\n{% endfor %}"
     "{% if add_generation_prompt %}[assistant]\n{% endif %}"
 )
-HUMANEVAL_TESTS = (
-    '{"kind": "humaneval", "test": "def check(f):\\n    assert f(1) == 2\\n", "entry_point": "inc"}'
-)
-
-
-def _rows() -> list[dict]:
-    base = dict(task_id="t", problem_id="p", is_correct=True, tests={})
-    return [
-        make_row(instruction="Add two numbers.", output="print(1 + 2)\n", source="mbpp", **base),
-        make_row(
-            instruction="Sum a list.",
-            input="1 2 3",
-            output="print(sum(map(int, input().split())))\n",
-            source="codecontests",
-            **base,
-        ),  # fmt: skip
-        {
-            **make_row(
-                instruction='def inc(x):\n    """Add one."""\n',
-                output="    return x + 1\n",
-                source="offline",
-                **base,
-            ),  # fmt: skip
-            "tests": HUMANEVAL_TESTS,
-        },
-    ]
-
-
-def _bpe_tokenizer():
-    """A byte-level BPE trained on code, adding BOS like LLaMA tokenizers (merges "\\n" with indentation)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [
-        "def inc(x):\n    return x + 1\n",
-        "### Response:\n    return a\n",
-        "for i in range(3):\n    print(i)\n",
-    ] * 50
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
-def _with_template(tokenizer, template: str):
-    tokenizer = tokenizer.__class__.from_pretrained(_saved(tokenizer))
-    tokenizer.chat_template = template
-    return tokenizer
-
-
-def _saved(tokenizer) -> str:
-    import tempfile
-
-    folder = tempfile.mkdtemp(prefix="tok-")
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def reference_encoding(row, tokenizer, prompt_format) -> tuple[list[int], int]:

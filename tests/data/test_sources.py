@@ -8,6 +8,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from codecontests_records import PY2, PY3, RECORDS
 
 from wmtp_hf.data import COLUMNS, DataError, load_source
 
@@ -88,38 +89,6 @@ def test_humaneval_from_package():
         "test": first["test"],
         "entry_point": first["entry_point"],
     }
-
-
-def _problem(name, solutions, incorrect=None, difficulty=7, **extra):
-    record = {
-        "name": name,
-        "description": f"Solve {name}.",
-        "public_tests": {"input": ["1\n", "2\n", "3\n"], "output": ["2\n", "3\n", "4\n"]},
-        "private_tests": {"input": ["5\n"], "output": ["6\n"]},
-        "generated_tests": {"input": ["9\n"], "output": ["10\n"]},
-        "difficulty": difficulty,
-        "solutions": {"language": [s[0] for s in solutions], "solution": [s[1] for s in solutions]},
-        **extra,
-    }
-    if incorrect is not None:
-        record["incorrect_solutions"] = {
-            "language": [s[0] for s in incorrect],
-            "solution": [s[1] for s in incorrect],
-        }
-    return record
-
-
-PY3 = "print(int(input()) + 1)\n"
-PY2 = "print int(raw_input()) + 1\n"
-CPP = "int main() { return 0; }"
-JAVA = "class Main { public static void main(String[] a) {} }"
-RECORDS = [
-    _problem(
-        "A", [(3, PY3), (2, CPP), (1, PY2), (4, JAVA)], incorrect=[(3, "print(0)\n"), (2, CPP)], difficulty=7
-    ),
-    _problem("B", [(4, JAVA), (3, PY3)], incorrect=[], difficulty=0),
-    _problem("C", [(2, CPP)], incorrect=None, difficulty=11),
-]
 
 
 def _check_codecontests(ds):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_clean_tokenization import _bpe_tokenizer, _rows, _with_template
+from tokenization_fixtures import _bpe_tokenizer, _rows, _with_template
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from wmtp_hf.data import encode_example
@@ -219,7 +219,7 @@ def test_check_token_healing_script(tiny_llama, tmp_path):
     model, tokenizer = tiny_llama
     model.save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     import check_token_healing
 
     out = tmp_path / "r.json"

@@ -290,7 +290,7 @@ def test_existing_folder_that_is_not_an_experiment_is_refused(tmp_path, capsys):
 def test_builtin_default_equals_the_yaml_file_and_adds_the_reference_stage():
     from wmtp_hf.experiment.plan import build_plan, default_config_dict, read_experiment_file
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     data, source = read_experiment_file(str(repo / "configs" / "experiment.yaml"))
     builtin = default_config_dict()
     assert {k: v for k, v in data.items() if k != "evaluation"} == {

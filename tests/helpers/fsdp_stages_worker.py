@@ -20,7 +20,7 @@ import wmtp_hf.train.fsdp as fsdp_module
 from wmtp_hf.train.cli import resolve, run
 from wmtp_hf.train.fsdp import destroy_process_group
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARDED = "{version: 2, state_dict_type: SHARDED_STATE_DICT}"
 
 

@@ -12,9 +12,8 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from test_train_rho1 import write_llama
-from test_train_stages import MARKER, stage_args
-from train_fixtures import write_marker_dataset, write_mbpp_fixture, write_tiny_model
+from stage_fixtures import MARKER, stage_args
+from train_fixtures import write_llama, write_marker_dataset, write_mbpp_fixture, write_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from wmtp_hf.data import WmtpDataCollator, encode_example

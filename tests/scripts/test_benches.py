@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from train_fixtures import write_tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 HELPERS = {"bench_common.py", "bench_report.py"}  # imported by the benches, not run
 BENCHES = sorted(p.name for p in SCRIPTS.glob("bench_*.py") if p.name not in HELPERS)

@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 from wmtp_hf import WmtpConfig, WmtpForMultiTokenPrediction
 from wmtp_hf.train.config import read_yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ACCELERATE = {
     "cpu.yaml": (DistributedType.NO, 1, True),
     "mps.yaml": (DistributedType.NO, 1, False),

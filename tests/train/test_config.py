@@ -13,7 +13,7 @@ from wmtp_hf.train.cli import parse_overrides
 from wmtp_hf.train.config import ConfigError, config_to_dict
 from wmtp_hf.train.stages import build_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_built_in_defaults_equal_the_yaml_files():

@@ -22,8 +22,8 @@ from wmtp_hf.train.cli import main
 from wmtp_hf.train.config import ConfigError
 from wmtp_hf.train.stages import build_config
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1] / "helpers"  # the subprocess workers and what they import
 MARKER = 7
 STAGE_JOBS = ["baseline_full", "baseline_sharded", "lora", "critic", "verifiable", "rho1_live", "rho1_cached",
               "reference"]  # fmt: skip

@@ -18,7 +18,7 @@ from train_fixtures import train_args, write_mbpp_fixture, write_tiny_model
 from wmtp_hf.train.config import ConfigError
 from wmtp_hf.train.launch import check_launch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without GPUs does")
 
 

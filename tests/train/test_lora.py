@@ -19,7 +19,7 @@ from hub_fixtures import FakeHub, use_hub_cache, write_hub_snapshot
 from huggingface_hub import ModelCard
 from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
-from test_train_stages import MARKER, stage_args
+from stage_fixtures import MARKER, stage_args
 from train_fixtures import log_losses, write_llama, write_marker_dataset, write_tiny_model
 from transformers import AutoModelForCausalLM
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from train_fixtures import train_args, write_mbpp_fixture, write_tiny_model
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
+TESTS = Path(__file__).resolve().parents[1] / "helpers"  # the subprocess workers and what they import
+REPO = TESTS.parents[1]
 SLOW_S, TIMEOUT_S = 8, 2
 
 

@@ -7,18 +7,18 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from run_comparisons import KILL_AFTER_SAVE, assert_same_weights, weights
 from safetensors.torch import load_file
 from train_fixtures import log_losses, train_args, write_mbpp_fixture, write_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from wmtp_hf.train.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -26,21 +26,8 @@ def fixtures(tmp_path, tiny_tokenizer):
     return write_tiny_model(tmp_path / "model", tiny_tokenizer), write_mbpp_fixture(tmp_path / "mbpp.jsonl")
 
 
-def weights(output_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(output_dir / "final" / "model.safetensors"))
-
-
 def summary_of(output_dir: Path) -> dict:
     return json.loads((output_dir / "run_summary.json").read_text())
-
-
-def assert_same_weights(a: Path, b: Path, atol: float) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(
-            wa[key], wb[key], atol=atol, rtol=0, msg=f"{key}: max diff {(wa[key] - wb[key]).abs().max()}"
-        )
 
 
 def test_run_writes_final_model_card_and_summary(tmp_path, fixtures, capsys):
@@ -76,23 +63,6 @@ def test_gradient_accumulation_equals_large_batch(tmp_path, fixtures):
     assert_same_weights(big, accumulated, atol=1e-6)
     initial = load_file(str(model_dir / "model.safetensors"))
     assert not torch.equal(initial["lm_head.weight"], weights(big)["lm_head.weight"])
-
-
-KILL_AFTER_SAVE = textwrap.dedent(
-    """
-    import os, signal, sys
-    from transformers import TrainerCallback
-    from wmtp_hf.train.cli import resolve, run
-
-    class KillAfterSave(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    args, config = resolve(sys.argv[1:])
-    run(args.stage, config, callbacks=[KillAfterSave()])
-    """
-)
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, fixtures):

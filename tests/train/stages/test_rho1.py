@@ -10,8 +10,8 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from test_train_run import KILL_AFTER_SAVE, assert_same_weights
-from test_train_stages import MARKER, stage_args
+from run_comparisons import KILL_AFTER_SAVE, assert_same_weights
+from stage_fixtures import MARKER, stage_args
 from train_fixtures import log_losses, write_llama, write_marker_dataset, write_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
@@ -22,7 +22,7 @@ from wmtp_hf.train.cli import main
 from wmtp_hf.train.stages import Rho1Trainer, build_config
 from wmtp_hf.weighting import rho1_keep_counts
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture()
@@ -168,7 +168,7 @@ def test_micro_reference_is_taken_from_the_cache(tmp_path, setup, monkeypatch, t
 def test_7b_fsdp_configs_pass_dry_run_on_tiny_stand_ins(tmp_path, setup, stage, capsys):
     import json
 
-    from test_data_sources import RECORDS
+    from codecontests_records import RECORDS
 
     model, _, ref = setup
     path = tmp_path / "cc.jsonl"
