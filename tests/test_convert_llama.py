@@ -36,7 +36,7 @@ def test_from_llama_with_tied_embeddings_and_from_path(tmp_path):
     model = WmtpForMultiTokenPrediction.from_llama(str(tmp_path / "llama"), n_future_tokens=2)
     with torch.no_grad():
         torch.testing.assert_close(model(TOKENS).logits, llama(TOKENS).logits, atol=1e-5, rtol=0)
-    assert model.config.tie_word_embeddings  # the LLaMA's choice is kept (tests/test_model_tied.py)
+    assert model.config.tie_word_embeddings  # the LLaMA's choice is kept (tests/test_convert_llama_tied.py)
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 

@@ -1,6 +1,6 @@
-"""The model under `fully_shard` on 2 CPU processes vs the same model in one (tests/test_train_fsdp.py).
+"""The model under `fully_shard` on 2 CPU processes vs the same model in one (tests/train/test_fsdp.py).
 
-`torchrun --nproc_per_node 2 tests/fsdp_model_worker.py OUT`: every process also trains an unsharded copy
+`torchrun --nproc_per_node 2 tests/helpers/fsdp_model_worker.py OUT`: every process also trains an unsharded copy
 on the whole batch (the 1-process reference); process r's sharded model sees rows [2r, 2r+2). Writes
 `OUT/model_check.json` with the largest differences.
 """

@@ -1,7 +1,7 @@
-"""Every stage through the project's trainer, one after the other in this process (tests/test_train_fsdp.py).
+"""Every stage through the project's trainer, one after the other in this process (tests/train/test_fsdp.py).
 
-`python tests/fsdp_stages_worker.py FIXTURES OUT` runs them in one process;
-`torchrun --nproc_per_node 2 tests/fsdp_stages_worker.py FIXTURES OUT --fsdp` runs them under FSDP2 on CPU
+`python tests/helpers/fsdp_stages_worker.py FIXTURES OUT` runs them in one process;
+`torchrun --nproc_per_node 2 tests/helpers/fsdp_stages_worker.py FIXTURES OUT --fsdp` runs them under FSDP2 on CPU
 (configs/fsdp_cpu.yaml) with half the per-process batch, so both see the same global batches (rho1, which
 selects tokens per micro-batch and process, gets the same micro-batches through gradient accumulation).
 Under FSDP2 one packed run per stage follows (`<job>_packed`, `packing: true`), to equal the padded job.

@@ -1,5 +1,5 @@
 """A run with push_to_hub on 2 CPU processes (DDP, gloo) whose upload outlasts the process group's timeout
-(tests/test_train_push_distributed.py): `torchrun --nproc_per_node 2 tests/hub_push_worker.py OUT SLOW_S
+(tests/train/test_push_distributed.py): `torchrun --nproc_per_node 2 tests/helpers/hub_push_worker.py OUT SLOW_S
 TIMEOUT_S ARGS...`. The group is created here with TIMEOUT_S (on CPU transformers does not pass
 `ddp_timeout` to it; on GPUs it does), and the run uses it.
 

@@ -202,7 +202,7 @@ def test_models_cli_unknown_name_is_one_line(cache, capsys):
 
 def test_build_in_a_subprocess_reports_the_childs_one_line_error(tmp_path):
     """Under torch.distributed the folders are built in a fresh Python (transformers saves only on rank 0);
-    its error comes back as one line (the torchrun test in test_train_fsdp.py covers the success)."""
+    its error comes back as one line (the torchrun test in tests/train/test_fsdp.py covers the success)."""
     from wmtp_hf.models import ModelError
     from wmtp_hf.models.store import _write_in_subprocess
 

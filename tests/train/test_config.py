@@ -32,7 +32,7 @@ def test_micro_yaml_is_a_valid_model_config():
 
 
 def test_fsdp_example_config_is_valid():
-    """The 7B config's own keys validate (its FSDP part needs GPUs: tests/test_accelerate_configs.py builds
+    """The 7B config's own keys validate (its FSDP part needs GPUs: tests/train/test_accelerate_configs.py builds
     it with transformers' and accelerate's loaders); on CPU, one process, FSDP stops with one line."""
     config = build_config("baseline", REPO / "configs" / "fsdp_7b.yaml", {"bf16": False, "fsdp": ""})
     assert config.gradient_accumulation_steps == 8 and config.max_length == 2048

@@ -48,7 +48,7 @@ def torchrun(
 
 @pytest.fixture(scope="module")
 def stage_runs(tmp_path_factory, tiny_tokenizer):
-    """Every stage in one process and under FSDP2 on two (tests/fsdp_stages_worker.py): (one, two)."""
+    """Every stage in one process and under FSDP2 on two (tests/helpers/fsdp_stages_worker.py): (one, two)."""
     root = tmp_path_factory.mktemp("fsdp")
     fx = root / "fx"
     write_tiny_model(fx / "model", tiny_tokenizer)

@@ -1,6 +1,6 @@
 """Launch forms that would silently train otherwise than asked stop at once with one line; the others
 run what they say (run_summary.json). torchrun (DDP, FSDP2) and `accelerate launch` with cpu.yaml are run
-in tests/test_train_run.py and tests/test_train_fsdp.py."""
+in tests/train/test_run.py and tests/train/test_fsdp.py."""
 
 from __future__ import annotations
 

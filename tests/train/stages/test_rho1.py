@@ -192,7 +192,7 @@ def test_7b_fsdp_configs_pass_dry_run_on_tiny_stand_ins(tmp_path, setup, stage, 
         "--bf16",
         "false",
         "--fsdp",
-        "",  # the configs' FSDP part needs GPUs (tests/test_accelerate_configs.py builds it)
+        "",  # the configs' FSDP part needs GPUs (tests/train/test_accelerate_configs.py builds it)
         "--output-dir",
         str(tmp_path / "out"),
         "--eval_split",
