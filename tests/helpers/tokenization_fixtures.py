@@ -1,5 +1,5 @@
-"""Tokenization fixtures: a few rows of every source's shape, a byte-level BPE tokenizer trained here (adds BOS
-like LLaMA's), and a copy of a tokenizer with a chat template; used by the clean-tokenization and
+"""Tokenization fixtures: a few rows of every source's shape, a byte-level BPE tokenizer trained here (adds
+BOS like LLaMA's), and a copy of a tokenizer with a chat template; used by the clean-tokenization and
 token-healing tests."""
 
 from __future__ import annotations
