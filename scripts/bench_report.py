@@ -66,8 +66,8 @@ def write_report(path: str | Path, report: dict[str, Any]) -> None:
 
 
 def add_tiny_option(parser: argparse.ArgumentParser) -> None:
-    """`--tiny`: toy sizes that run in seconds; tests/test_benches.py runs every bench this way so an API
-    change cannot break a bench silently. Its numbers mean nothing."""
+    """`--tiny`: toy sizes that run in seconds; tests/scripts/test_benches.py runs every bench this way so an
+    API change cannot break a bench silently. Its numbers mean nothing."""
     parser.add_argument(
         "--tiny", action="store_true", help="toy sizes, seconds (a smoke test: the numbers mean nothing)"
     )

@@ -23,7 +23,7 @@ PACKING = {
     "full": {"tokenizer": "micro", "batches": (8, 32), "steps": 5, "max_rows": None, "shrink": 1},
     "tiny": {"tokenizer": "tiny", "batches": (2, 4), "steps": 1, "max_rows": 8, "shrink": 8},
 }
-# Packed vs padded loss: equal in float32 (tests/test_packing.py); bf16 kernels round differently.
+# Packed vs padded loss: equal in float32 (tests/data/test_packing.py); bf16 kernels round differently.
 LOSS_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
 

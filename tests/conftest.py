@@ -11,9 +11,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # and 2 cores are not oversubscribed by the sandbox's and torchrun's processes (docs/training.md, CPU).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+# Shared non-test modules (fixtures, reference code, subprocess workers) live in tests/helpers and are imported
+# by bare name (`from train_fixtures import ...`); tests run with --import-mode=importlib, so put it on the path.
+HELPERS = Path(__file__).resolve().parent / "helpers"
+if str(HELPERS) not in sys.path:
+    sys.path.insert(0, str(HELPERS))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -14,7 +14,7 @@ import torch
 from hub_fixtures import FakeHub, use_hub_cache, write_hub_snapshot
 from huggingface_hub import ModelCard
 from no_wmtp_hf import BLOCK_WMTP_HF
-from test_train_stages import MARKER, stage_args
+from stage_fixtures import MARKER, stage_args
 from train_fixtures import train_args, write_llama, write_marker_dataset, write_mbpp_fixture, write_tiny_model
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
