@@ -13,8 +13,10 @@ from transformers import TrainerCallback
 DEFAULT_EXPERIMENT = "wmtp_hf"
 
 
-def configure_mlflow() -> str:
-    """Use `MLFLOW_TRACKING_URI` when set, else a SQLite store `./mlflow.db` in the working directory."""
+def configure_mlflow(main_process: bool = True) -> str:
+    """Use `MLFLOW_TRACKING_URI` when set, else a SQLite store `./mlflow.db` in the working directory.
+    Only the main process (the one that logs) opens the store: two processes creating one SQLite store
+    at once collide."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
@@ -23,7 +25,8 @@ def configure_mlflow() -> str:
     # transformers' MLflowCallback keeps a URI set earlier in this process, and mlflow the experiment id it
     # used there; make the current store and its experiment win.
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    if main_process:
+        mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
     return os.environ["MLFLOW_TRACKING_URI"]
 
 

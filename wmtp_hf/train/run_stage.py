@@ -87,7 +87,7 @@ def run(
                 "prompt_format": config.prompt_format,
                 "data": data_report, "output_dir": config.output_dir}  # fmt: skip
     if any(r == "mlflow" for r in config.report_to):
-        configure_mlflow()
+        configure_mlflow(main_process=config.process_index == 0)
     try:  # with push_to_hub, the Trainer creates the Hub repo here, before any step
         trainer = trainer_cls(
             model=model,
