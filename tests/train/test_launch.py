@@ -55,6 +55,7 @@ def test_launch_that_would_do_something_else_stops_at_once(tmp_path, fixtures, l
     model, data = fixtures
     proc = accelerate_launch(launch, train_args(model, data, tmp_path / "out", **{"max-steps": 1}))
     assert proc.returncode != 0
+    assert len(error_lines(proc)) == 1, proc.stderr[-4000:]
     (line,) = error_lines(proc)
     assert words in line and "torchrun --nproc_per_node" in line, line
     assert not (tmp_path / "out").exists()  # stopped before any work: nothing written
