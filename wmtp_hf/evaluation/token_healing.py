@@ -44,12 +44,17 @@ def vocab_texts(tokenizer: Any) -> list[str]:
     return _VOCAB_TEXTS[tokenizer]
 
 
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids healing never removes or allows: special and added tokens (a chat template's markers)."""
+    return set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+
+
 def compatible_tokens(tokenizer: Any, rest: str) -> tuple[int, ...]:
     """Ids of the ordinary (not special or added) tokens that may come next when the generated text must
     still produce `rest`: their text starts with `rest`, or is a non-empty start of it (cached)."""
     cache = _ALLOWED.setdefault(tokenizer, {})
     if rest not in cache:
-        added = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+        added = special_ids(tokenizer)
         cache[rest] = tuple(
             i
             for i, t in enumerate(vocab_texts(tokenizer))
@@ -64,7 +69,7 @@ def heal_prompt(tokenizer: Any, input_ids: Sequence[int]) -> HealedPrompt:
     if len(ids) < 2:
         return HealedPrompt(ids)
     last = ids[-1]
-    if last in set(tokenizer.all_special_ids) or last in tokenizer.added_tokens_decoder:
+    if last in special_ids(tokenizer):
         return HealedPrompt(ids)
     prefix = vocab_texts(tokenizer)[last]
     if not prefix or "\ufffd" in prefix or compatible_tokens(tokenizer, prefix) == (last,):
