@@ -1,7 +1,7 @@
 """Benchmark: plain greedy `generate` vs self-speculative greedy decoding (`mtp_speculative=True`).
 
     python scripts/bench_generate.py [--model runs/baseline/final|smollm2-135m] [--problems 16] [--max-new-tokens 128]
-        [--prompt-format alpaca|raw] [--batch-sizes 1,8] [--rounds 3] [--device cpu] [--threads N]
+        [--prompt-format alpaca|raw|chat] [--batch-sizes 1,8] [--rounds 3] [--device cpu] [--threads N]
         [--output bench_results/bench_generate.json]
 
 Two models, each decoded both ways on the same prompts in this one run:
@@ -46,9 +46,11 @@ def humaneval_batches(
     tokenizer: Any, n_problems: int, batch_size: int, device: str, prompt_format: str
 ) -> list[dict]:
     """Left-padded batches of the first `n_problems` HumanEval problems with evaluate's stop strings:
-    `raw` prompts (the function header, as `evaluate --dataset humaneval` sends them) or `alpaca` (the
-    training prompt format, `wmtp_hf.data.format_prompt`, stopping at EOS or the next `### ` header)."""
+    `raw` prompts (the function header, as `evaluate --dataset humaneval` sends them), `alpaca` (the
+    training prompt format, `wmtp_hf.data.format_prompt`, stopping at EOS or the next `### ` header) or
+    `chat` (the tokenizer's chat template, as `--prompt_format chat` trains, stopping at EOS)."""
     from wmtp_hf.data import format_prompt
+    from wmtp_hf.data.prompt_formats import render_prompt
     from wmtp_hf.data.registry import load_problem_rows
     from wmtp_hf.evaluation.generation import COMPLETION_STOPS, INSTRUCTION_STOPS
     from wmtp_hf.loading import ensure_pad_token
@@ -56,6 +58,8 @@ def humaneval_batches(
     rows = list(load_problem_rows("humaneval", split="test"))[:n_problems]
     if prompt_format == "raw":
         prompts, stops = [r["instruction"] for r in rows], COMPLETION_STOPS
+    elif prompt_format == "chat":
+        prompts, stops = [render_prompt(r, "chat", tokenizer) for r in rows], ()
     else:
         prompts, stops = [format_prompt(r) for r in rows], INSTRUCTION_STOPS
     tokenizer.padding_side = "left"
@@ -154,9 +158,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--prompt-format",
-        choices=["alpaca", "raw"],
+        choices=["alpaca", "raw", "chat"],
         default="alpaca",
-        help="HumanEval prompts as the model was trained (alpaca) or as evaluate sends them (raw)",
+        help="HumanEval prompts as the model was trained (alpaca or chat) or as evaluate sends them (raw)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
