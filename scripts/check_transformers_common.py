@@ -8,12 +8,15 @@ sdist `transformers-X.tar.gz` ships `tests/test_modeling_common.py`). The tree i
 repository and CI does not have it, so this is a script, not a test. The script writes a small pytest
 module into a temporary folder (the WMTP tester and `class WmtpModelTest(ModelTesterMixin, TestCase)`),
 imports the tree as the package `hf_tests`, runs pytest in a subprocess and prints passed / failed /
-skipped / errors with each failure's test and one-line reason; JSON goes to `--output`.
+skipped / errors with each failure's test and one-line reason; JSON goes to `--output`. `ConfigTester`
+(`test_configuration_common.py`) runs as `test_config`.
 
-Modules that `test_modeling_common.py` imports but the sdist lacks (`exporters/test_export.py`,
-`generation/test_utils.py`) are replaced by empty mixins, so the export and generate suites do not run
-then; with a full checkout of the tests tree `GenerationTesterMixin` is mixed in as well. Tests that assume
-what WMTP legitimately does differently are skipped in the generated class, each with its reason (`SKIPS`).
+Modules those files import but the sdist lacks (`exporters/test_export.py`, `generation/test_utils.py`,
+`utils/test_configuration_utils.py`) are replaced by stand-ins (`OPTIONAL_MODULES`), so the export and
+generate suites do not run then; with a full checkout of the tests tree `GenerationTesterMixin` is mixed in
+as well. Tests that assume what WMTP legitimately does differently are skipped in the generated class, each
+with its reason (`SKIPS`). Run it with the interpreter whose transformers the tree belongs to (the floor:
+/tmp/wmtp-floor-venv/bin/python with the 5.13.1 sdist's tests).
 """
 
 from __future__ import annotations
@@ -30,10 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_report import print_table, write_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+# Modules `test_modeling_common.py` / `test_configuration_common.py` import that the sdist lacks: stand-ins
+# are an empty mixin, or an empty `config_common_kwargs` (ConfigTester's arguments-init check then checks nothing).
 OPTIONAL_MODULES = {
     "exporters/test_export.py": "ExportTesterMixin",
     "generation/test_utils.py": "GenerationTesterMixin",
+    "utils/test_configuration_utils.py": "config_common_kwargs",
 }
+NO_GENERATION = (
+    "environment: the tests tree has no generation/test_utils.py (the sdist ships none), so "
+    "GenerationTesterMixin cannot be mixed in; tests/test_generation_wmtp.py covers generate"
+)
 
 # test name -> why WMTP legitimately differs (docs/design.md, "transformers' common model tests").
 SKIPS: dict[str, str] = {
@@ -44,14 +54,30 @@ SKIPS: dict[str, str] = {
 }
 
 CONFTEST = '''"""Stand-ins for modules of transformers' tests tree that this copy lacks (written by the script)."""
+import os
 import sys
 import types
+
+import transformers.utils
+
+_direct_import = transformers.utils.direct_transformers_import
+
+
+def direct_transformers_import(path, file="__init__.py"):
+    """test_configuration_common runs tests/__init__.py as `transformers`, which the sdist lacks: the
+    result is the installed transformers either way."""
+    if not os.path.isfile(os.path.join(path, file)):
+        return transformers
+    return _direct_import(path, file)
+
+
+transformers.utils.direct_transformers_import = direct_transformers_import
 
 for name, mixin in {stubs!r}.items():
     parent = "hf_tests." + name.rsplit(".", 1)[0]
     sys.modules.setdefault(parent, types.ModuleType(parent))
     module = types.ModuleType("hf_tests." + name)
-    setattr(module, mixin, type(mixin, (), {{}}))
+    setattr(module, mixin, type(mixin, (), {{}}) if mixin.endswith("Mixin") else {{}})
     sys.modules["hf_tests." + name] = module
 '''
 
@@ -60,6 +86,7 @@ import unittest
 
 import torch
 from hf_tests.generation.test_utils import GenerationTesterMixin
+from hf_tests.test_configuration_common import ConfigTester
 from hf_tests.test_modeling_common import ModelTesterMixin
 from transformers.models.auto import modeling_auto
 
@@ -101,6 +128,13 @@ class WmtpModelTest({bases}unittest.TestCase):
 
     def setUp(self):
         self.model_tester = WmtpModelTester(self)
+        self.config_tester = ConfigTester(
+            self, config_class=WmtpConfig, hidden_size=32, num_attention_heads=4, num_hidden_layers=4,
+            n_future_tokens=2,
+        )
+
+    def test_config(self):
+        self.config_tester.run_common_tests()
 {skips}'''
 
 
@@ -120,13 +154,15 @@ def write_suite(folder: Path, tests: Path) -> list[str]:
     (folder / "hf_tests").symlink_to(tests, target_is_directory=True)
     stubs = {p[:-3].replace("/", "."): m for p, m in OPTIONAL_MODULES.items() if not (tests / p).is_file()}
     (folder / "conftest.py").write_text(CONFTEST.format(stubs=stubs))
+    stubbed = "generation.test_utils" in stubs
     (folder / "pytest.ini").write_text("[pytest]\n")
-    skips = "".join(
+    skips = {**SKIPS, **({"test_generation_tester_mixin_inheritance": NO_GENERATION} if stubbed else {})}
+    methods = "".join(
         f"\n    @unittest.skip(reason={reason!r})\n    def {name}(self):\n        pass\n"
-        for name, reason in SKIPS.items()
+        for name, reason in skips.items()
     )
-    bases = "ModelTesterMixin, " + ("" if "generation.test_utils" in stubs else "GenerationTesterMixin, ")
-    (folder / "test_wmtp_common.py").write_text(TEST_MODULE.format(bases=bases, skips=skips))
+    bases = "ModelTesterMixin, " + ("" if stubbed else "GenerationTesterMixin, ")
+    (folder / "test_wmtp_common.py").write_text(TEST_MODULE.format(bases=bases, skips=methods))
     return sorted(stubs)
 
 
@@ -139,7 +175,10 @@ def parse_junit(path: Path) -> list[dict[str, str]]:
             node = case.find(tag)
             if node is not None:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                message = node.get("message") or (node.text or "").strip()
+                message = node.get("message") or ""
+                raised = [line for line in (node.text or "").splitlines() if line.startswith("E ")]
+                if raised and (not message or message == "collection failure"):
+                    message = raised[-1][1:]  # the exception pytest printed, not its bare label
                 reason = " ".join(message.split())[:240]
                 break
         records.append({"test": case.get("name", "?"), "outcome": outcome, "reason": reason})
