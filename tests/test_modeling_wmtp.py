@@ -4,6 +4,7 @@ deprecation warning from the model's own calls on the installed transformers."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 
@@ -174,6 +175,19 @@ def test_no_attentions_or_hidden_states_unless_asked():
     with torch.no_grad():
         out = model(TOKENS, use_cache=False)
     assert out.attentions is None and out.hidden_states is None
+
+
+def test_output_attentions_is_declared_and_defaults_to_the_config():
+    """Signature readers (transformers' common tests) see it, as in LLaMA's typed kwargs; left out, the
+    config's `output_attentions` decides, as for LLaMA."""
+    llama, model = pair(2)
+    assert "output_attentions" in inspect.signature(model.forward).parameters
+    model.config.output_attentions = llama.config.output_attentions = True
+    with torch.no_grad():
+        out, reference = model(TOKENS, use_cache=False), llama(TOKENS, use_cache=False)
+    assert len(out.attentions) == model.config.num_hidden_layers == len(reference.attentions) + 1
+    for got, want in zip(out.attentions[:-1], reference.attentions, strict=True):  # LLaMA's blocks first
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def shifted_by_one(labels: torch.Tensor) -> torch.Tensor:

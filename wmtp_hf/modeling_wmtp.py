@@ -69,9 +69,8 @@ def _old_cache_name(forward: Callable) -> Callable:
     """Accept the cache as `past_key_values` too; both names at once is an error. From 5.25 with transformers'
     own deprecation warning (as LLaMA's forwards); before 5.25 silently, as `generate` still passes it so."""
     if CACHE_NAME == "cache":
-        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)(
-            forward
-        )
+        rename = deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
+        return rename(forward)
 
     @functools.wraps(forward)
     def renamed(self, *args, past_key_values: Cache | None = None, **kwargs):
@@ -394,6 +393,7 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         num_items_in_batch: torch.Tensor | int | None = None,
         value_only: bool = False,
         shift_labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> WmtpCausalLMOutput:
         r"""
@@ -415,6 +415,8 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
         has_targets = labels is not None or shift_labels is not None
         # Packed examples: no head's target comes from the next example (docs/design.md §6).
         segments = _packed_segments(position_ids, attention_mask, cache) if has_targets else None
+        if output_attentions is None:  # passed on explicitly, so None would turn off the recording
+            output_attentions = self.config.output_attentions
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -425,6 +427,7 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             return_all_heads=return_all_heads or has_targets,
             output_trunk_state=self.value_head is not None,
             trunk_only=value_only,
+            output_attentions=output_attentions,
             return_dict=True,
             **kwargs,
         )
