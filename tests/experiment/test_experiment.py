@@ -422,3 +422,58 @@ def test_runs_keep_checkpoints_only_when_asked(tmp_path, capsys):
     assert main(["--config", str(config), "--output-dir", str(tmp_path / "o")]) == 2
     assert "key 'keep_checkpoints' expects true or false, got 'yes'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_control_measures_every_run_on_the_same_clean_rows(tmp_path, tiny_tokenizer):
+    """In a positive control the planted runs (critic, verifiable, baseline_matched) draw `max_rows` from
+    another correct/incorrect mix (1 planted copy per correct row: 6 of 12 drawn rows correct, 4 of the clean); their CE must still be on the clean rows the start model and baseline
+    are measured on (else their difference to the start compares other rows), and the critic's AUROC on
+    the planted rows."""
+    model = write_tiny_model(tmp_path / "model", tiny_tokenizer)
+    llama = write_llama(tmp_path / "llama", tiny_tokenizer)
+    config = {
+        "model": str(model),
+        "seeds": [0],
+        "control": {"noise_fraction": 0.5, "planted_per_correct": 1},
+        "control_report": None,
+        "shared": {"dataset": "offline", "report_to": "none", "per_device_train_batch_size": 4, "max_length": 384,
+                   "save_strategy": "no", "learning_rate": 1e-2, "warmup_steps": 0, "max_steps": 2},
+        "stages": {"baseline": {}, "critic": {"eval_strategy": "no"}, "verifiable": {},
+                   "rho1": {"reference_model": str(llama)}},
+        "evaluation": {"batch_size": 8, "inspect_examples": 0, "max_rows": 12, "n_problems": 1,
+                       "max_new_tokens": 4, "speculative": False},
+    }  # fmt: skip
+    path = tmp_path / "control.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "control"
+    assert main(["--config", str(path), "--output-dir", str(out)]) == 0
+
+    def measured(run: str) -> dict:
+        return json.loads((out / "evaluation" / run / "measurements.json").read_text())["metrics"]
+
+    start_rows = measured("start")["ce_rows"]["task_id"]
+    for run in RUNS:
+        assert measured(run)["ce_rows"]["task_id"] == start_rows, run
+    critic = measured("critic")["critic_rows"]
+    assert len(critic["task_id"]) == 12 and sum(critic["is_correct"]) == 6  # the planted mix: 1 in 2
+    assert len(start_rows) == 4  # the clean mix: 9 of the 27 rows that fit are correct
+    assert any("_planted_" in t for t in critic["task_id"]), "the critic's AUROC rows are the planted rows"
+    report = json.loads((out / "report.json").read_text())
+    for run in RUNS:
+        entry = report["from_start"][run]["ce_head_0"]
+        assert "unpaired" not in report["from_start"][run]
+        assert entry["ci95"][0] - 1e-9 <= entry["difference"] <= entry["ci95"][1] + 1e-9, (run, entry)
+
+
+def test_runs_measured_on_different_rows_get_no_paired_interval():
+    from wmtp_hf.experiment.report import compare
+
+    def run(ids: list[str], ce: float) -> dict:
+        rows = {"task_id": ids, "sum": [[ce * 10]] * len(ids), "count": [[10]] * len(ids)}
+        return {"ce_per_head": [ce], "ce_rows": rows}
+
+    same = compare([run(["a", "b", "c"], 1.0)], [run(["a", "b", "c"], 2.0)])
+    assert same["ce_head_0"]["ci95"] == [-1.0, -1.0] and "unpaired" not in same
+    other = compare([run(["a", "b", "d"], 1.0)], [run(["a", "b", "c"], 2.0)])
+    assert other["ce_head_0"]["ci95"] is None and other["ce_head_0"]["verdict"] == "inconclusive"
+    assert "different held-out rows" in other["unpaired"]

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 from typing import Any
@@ -213,8 +214,20 @@ def measure_final_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
     return measure_model(
         plan.evaluation, stage.config, model, tokenizer, out_dir,
         recorded=recorded_prompt_format(stage.final_dir), trained=read_record(stage.final_dir),
-        with_pass_at_k=stage.stage in COMPARED_STAGES,
+        with_pass_at_k=stage.stage in COMPARED_STAGES, heldout_config=clean_heldout_config(plan, stage.config),
     )  # fmt: skip
+
+
+def clean_heldout_config(plan: Any, config: Any) -> Any:
+    """The config whose held-out rows CE and pass@k are measured on: `config` itself, or in a positive
+    control its copy reading the clean held-out rows (the noisy folder's held-out split is the clean
+    one). Runs on the planted rows would otherwise draw their `max_rows` from another correct/incorrect
+    mix, i.e. other correct rows, than the start model and the runs on clean or noisy rows."""
+    if plan.control is None:
+        return config
+    clean = copy.copy(config)
+    clean.dataset, clean.dataset_path = str(plan.control.folder(plan.output_dir, "noisy")), None
+    return clean
 
 
 def measure_start_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
@@ -231,7 +244,7 @@ def measure_start_model(plan: Any, stage: Any, out_dir: Path) -> dict[str, Any]:
     recorded = recorded_prompt_format(path) if Path(path).is_dir() else None
     metrics = measure_model(
         plan.evaluation, config, model, tokenizer, out_dir, recorded=recorded, trained=read_record(path),
-        with_pass_at_k=True,
+        with_pass_at_k=True, heldout_config=clean_heldout_config(plan, config),
     )  # fmt: skip
     return {"start_model_path": path, **metrics}
 
@@ -245,16 +258,28 @@ def measure_model(
     recorded: str | None,
     trained: TrainedProblems | None,
     with_pass_at_k: bool,
+    heldout_config: Any = None,
 ) -> dict[str, Any]:
-    """Every held-out measurement of `model` on `config`'s data; `out_dir` receives pass@k's results."""
+    """Every held-out measurement of `model` on `config`'s data; `out_dir` receives pass@k's results.
+    CE and pass@k read `heldout_config`'s held-out rows instead when given (a control's clean rows); the
+    critic's AUROC always reads `config`'s (a control's critic: the planted rows)."""
     from ..train.components import held_out_split, resolve_training_format, tokenized_rows
 
-    split = options.split or held_out_split(config)
-    if split is None:
+    def drawn_rows(cfg: Any) -> tuple[datasets.Dataset | None, str | None]:
+        split = options.split or held_out_split(cfg)
+        if split is None:
+            return None, None
+        rows, _, _ = tokenized_rows(cfg, tokenizer, split, recorded)
+        return rows.select(
+            draw_rows([bool(c) for c in rows["is_correct"]], options.max_rows, options.seed)
+        ), split
+
+    rows, split = drawn_rows(config)
+    clean = heldout_config if heldout_config is not None else config
+    ce_source, ce_split = (rows, split) if clean is config else drawn_rows(clean)
+    if rows is None or ce_source is None:
         return {"skipped": f"dataset '{config.dataset}' has no held-out split; set evaluation.split"}
-    rows, _, _ = tokenized_rows(config, tokenizer, split, recorded)
-    rows = rows.select(draw_rows([bool(c) for c in rows["is_correct"]], options.max_rows, options.seed))
-    correct = rows.filter(lambda r: bool(r["is_correct"]))
+    correct = ce_source.filter(lambda r: bool(r["is_correct"]))
     collator = WmtpDataCollator(tokenizer)
     sums, counts = heldout_ce_rows(model, correct, collator, options.batch_size)
     labels = [bool(c) for c in rows["is_correct"]]
@@ -274,7 +299,7 @@ def measure_model(
         metrics["critic_rows"] = {"task_id": list(rows["task_id"]), "is_correct": labels, "value": scores}
     if with_pass_at_k:
         summary = pass_at_k(
-            model, tokenizer, config.dataset, config.dataset_path, split, options, out_dir / "pass_at_k",
+            model, tokenizer, clean.dataset, clean.dataset_path, ce_split, options, out_dir / "pass_at_k",
             seed=config.seed, trained=trained,
             prompt_format=resolve_training_format(config, tokenizer, recorded),
         )  # fmt: skip

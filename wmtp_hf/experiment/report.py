@@ -56,6 +56,11 @@ def _ce_cells(runs: list[dict[str, Any]], order: list[str], heads: int) -> tuple
     return values, weights
 
 
+def _same_rows(runs: list[dict[str, Any]], key: str) -> bool:
+    """Whether every run's `key` rows name the same examples (the pairing of a paired interval)."""
+    return len({frozenset(m[key]["task_id"]) for m in runs}) == 1
+
+
 def _problem_cells(runs: list[dict[str, Any]], order: list[str], k: str) -> np.ndarray:
     out = np.full((len(runs), len(order)), np.nan)
     for s, m in enumerate(runs):
@@ -127,6 +132,9 @@ def compare(weighted: list[dict[str, Any]], base: list[dict[str, Any]]) -> dict[
     out: dict[str, Any] = {}
     heads = min(len(weighted[0]["ce_per_head"]), len(base[0]["ce_per_head"]))
     paired = _has_rows(weighted, "ce_rows") and _has_rows(base, "ce_rows")
+    if paired and not _same_rows(weighted + base, "ce_rows"):
+        paired = False  # an interval over the shared rows would not be about the two means compared
+        out["unpaired"] = "the runs were measured on different held-out rows: no paired interval"
     if paired:
         order = base[0]["ce_rows"]["task_id"]
         wv, _ = _ce_cells(weighted, order, heads)
@@ -292,6 +300,8 @@ def verdict_line(weighted: str, c: dict[str, Any]) -> str:
     """One line: the head-0 CE verdict first, then mean over heads and pass@k."""
     parts = [_diff_text("held-out CE head 0", c["ce_head_0"]), _diff_text("mean over heads", c["ce_mean"])]
     parts += [_diff_text(k, v) for k, v in c.items() if k.startswith("pass@")]
+    if c.get("unpaired"):
+        parts.append(c["unpaired"])
     return f"**{weighted}** vs **{c['against']}**: **{c['ce_head_0']['verdict']}** — " + "; ".join(parts)
 
 
