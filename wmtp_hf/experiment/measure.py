@@ -258,11 +258,11 @@ def measure_model(
     recorded: str | None,
     trained: TrainedProblems | None,
     with_pass_at_k: bool,
-    heldout_config: Any = None,
+    heldout_config: Any,
 ) -> dict[str, Any]:
     """Every held-out measurement of `model` on `config`'s data; `out_dir` receives pass@k's results.
-    CE and pass@k read `heldout_config`'s held-out rows instead when given (a control's clean rows); the
-    critic's AUROC always reads `config`'s (a control's critic: the planted rows)."""
+    CE and pass@k read `heldout_config`'s held-out rows (`config` itself, or a control's clean rows:
+    `clean_heldout_config`); the critic's AUROC reads `config`'s (a control's critic: the planted rows)."""
     from ..train.components import held_out_split, resolve_training_format, tokenized_rows
 
     def drawn_rows(cfg: Any) -> tuple[datasets.Dataset | None, str | None]:
@@ -275,7 +275,7 @@ def measure_model(
         ), split
 
     rows, split = drawn_rows(config)
-    clean = heldout_config if heldout_config is not None else config
+    clean = heldout_config
     ce_source, ce_split = (rows, split) if clean is config else drawn_rows(clean)
     if rows is None or ce_source is None:
         return {"skipped": f"dataset '{config.dataset}' has no held-out split; set evaluation.split"}

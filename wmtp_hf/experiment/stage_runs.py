@@ -128,22 +128,23 @@ def log_summary(enabled: bool, summary: dict[str, Any]) -> None:
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
 
 
-MEASURE_VERSION = 4  # bump when the measurements change, so cached ones are recomputed
-CONTROL_MEASURE_VERSION = 1  # the same for a positive control's measurements only (1: CE on the clean rows)
+MEASURE_VERSION = 5  # bump when the measurements change, so cached ones are recomputed (5: a control's CE
+# and pass@k on the clean held-out rows)
 
 
 def measurement_key(stage: StagePlan, record: dict[str, Any], plan: ExperimentPlan) -> str:
     """Same stage config, same training run (its finish time), evaluation options and measurement code."""
-    parts = [
-        MEASURE_VERSION,
-        stage.fingerprint,
-        record.get("finished_at"),
-        dataclasses.asdict(plan.evaluation),
-        record.get("start", False),
-    ]
-    if plan.control is not None:
-        parts.append(CONTROL_MEASURE_VERSION)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    payload = json.dumps(
+        [
+            MEASURE_VERSION,
+            stage.fingerprint,
+            record.get("finished_at"),
+            dataclasses.asdict(plan.evaluation),
+            record.get("start", False),
+        ],
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def measure_stages(
