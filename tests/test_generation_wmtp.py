@@ -65,8 +65,9 @@ def both(model, inputs: dict, **kwargs):
     return plain, model.generate(**inputs, **kwargs, mtp_speculative=True)
 
 
-def assert_same_as_plain(plain, spec, enders: tuple[int, ...] = (EOS,)) -> None:
-    """Same tokens, same scores, cache cropped to the output; `enders` are the tokens that end a row."""
+def assert_same_as_plain(plain, spec, enders: tuple[int, ...] = (EOS,), idle_heads: int = 0) -> None:
+    """Same tokens, same scores, cache cropped to the output; `enders` are the tokens that end a row,
+    `idle_heads` the last extra heads that did not draft (`mtp_num_drafts`)."""
     assert spec.sequences.tolist() == plain.sequences.tolist()
     # Scores must agree wherever they chose a token; a row that has ended gets pad whatever its scores.
     new = plain.sequences[:, plain.sequences.shape[1] - len(plain.scores) :]
@@ -76,9 +77,11 @@ def assert_same_as_plain(plain, spec, enders: tuple[int, ...] = (EOS,)) -> None:
     torch.testing.assert_close(
         torch.stack(spec.scores)[live], torch.stack(plain.scores)[live], atol=1e-4, rtol=1e-4
     )
-    # The returned cache holds every position but the last, in every layer (extra heads included).
-    lengths = {layer.keys.shape[-2] for layer in spec.past_key_values.layers}
-    assert lengths == {spec.sequences.shape[1] - 1}
+    # The returned cache holds every position but the last, in every layer that ran (the trunk, head 0 and
+    # the drafting heads); the heads that did not draft never ran.
+    lengths = [layer.get_seq_length() for layer in spec.past_key_values.layers]
+    ran = len(lengths) - idle_heads
+    assert set(lengths[:ran]) == {spec.sequences.shape[1] - 1} and set(lengths[ran:]) <= {0}
     assert spec.new_tokens == len(plain.scores)
 
 
@@ -143,6 +146,33 @@ def test_heads_agree_model_needs_one_forward_per_n_tokens(n_future):
     # The prompt's forward gives one token; each later forward gives the fed token's successor + n-1 drafts.
     assert spec.forwards == 1 + math.ceil((new - 1) / n_future)
     assert spec.accepted_draft_tokens == spec.draft_tokens == new - spec.forwards
+
+
+@pytest.mark.parametrize("drafts", [1, 2])
+def test_fewer_drafts_per_step_keep_the_output_and_feed_fewer_tokens(drafts, trained):
+    """`mtp_num_drafts=k`: heads 1..k draft, so a forward yields at most k+1 tokens (the heads-agree model
+    gets exactly that) and the output is plain greedy's (the trained model, which also rejects drafts)."""
+    model = build_cycle_model(CYCLE, n_future_tokens=4, pad_token_id=PAD, eos_token_id=EOS)
+    inputs, new = left_padded([[3, 4, 5], [9, 10]]), 31
+    plain, spec = both(model, inputs, max_new_tokens=new, mtp_num_drafts=drafts)
+    assert_same_as_plain(plain, spec, idle_heads=3 - drafts)
+    assert spec.forwards == 1 + math.ceil((new - 1) / (drafts + 1))
+    assert spec.accepted_draft_tokens == spec.draft_tokens == new - spec.forwards
+    trained_model, tok = trained
+    batch = dict(tok(PROMPTS, return_tensors="pt", padding=True))
+    plain, spec = both(
+        trained_model, batch, max_new_tokens=30, pad_token_id=tok.pad_token_id, mtp_num_drafts=drafts
+    )
+    assert_same_as_plain(plain, spec, enders=(tok.eos_token_id,), idle_heads=3 - drafts)
+    assert spec.draft_tokens <= drafts * (spec.forwards - 1)
+
+
+@pytest.mark.parametrize("bad", [0, 4, 1.5, True])
+def test_num_drafts_out_of_range_is_a_clear_error(bad):
+    model = random_model(4)
+    with pytest.raises(ValueError, match=r"mtp_num_drafts must be an integer in 1\.\.3, got"):
+        model.generate(**left_padded([[BOS, 5, 6]]), max_new_tokens=3, do_sample=False, mtp_speculative=True,
+                       mtp_num_drafts=bad)  # fmt: skip
 
 
 def test_eos_inside_an_accepted_draft_ends_that_row():

@@ -93,15 +93,19 @@ def _prompt_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | No
 
 
 def _drop_last_cached_tokens(cache: Cache, count: int) -> None:
-    """Remove the last `count` positions from every cache layer: trunk, head 0 and the extra heads.
+    """Remove the last `count` positions from every cache layer that holds any: trunk, head 0 and the
+    extra heads that ran (with fewer drafts, the others never run and stay empty).
 
-    `Cache.crop` changed meaning within transformers 5.x: before 5.14 its argument was the length to keep
-    (so `crop(0)` emptied the cache), from 5.14 it is minus the number of tokens to remove, and from 5.20 a
-    positive argument is an error. A negative argument removes that many tokens in every 5.x release, so
-    only negative arguments are passed, and nothing is called for `count == 0`.
+    `crop` changed meaning within transformers 5.x: before 5.14 its argument was the length to keep (so
+    `crop(0)` emptied the cache), from 5.14 it is minus the number of tokens to remove, and from 5.20 a
+    positive argument is an error; before 5.14 an empty layer cannot be cropped at all. A negative argument
+    removes that many tokens in every 5.x release, so only negative arguments are passed, only to layers
+    holding tokens, and nothing is called for `count == 0`.
     """
     if count > 0:
-        cache.crop(-count)
+        for layer in cache.layers:
+            if layer.get_seq_length() > 0:
+                layer.crop(-count)
 
 
 def mtp_speculative_greedy(
@@ -112,12 +116,14 @@ def mtp_speculative_greedy(
     generation_config: GenerationConfig,
     synced_gpus: bool = False,
     streamer=None,
+    num_drafts: int | None = None,
     **model_kwargs,
 ) -> WmtpSpeculativeOutput | torch.LongTensor:
     """The decoding loop `generate(..., mtp_speculative=True)` runs (as a `custom_generate` callable).
 
-    Each forward feeds the last accepted token followed by the drafts of heads 1..n-1 (made at the position
-    that predicted it), runs every block with the KV cache, and reads head 0 at each fed position in turn:
+    Each forward feeds the last accepted token followed by the drafts of heads 1..`num_drafts` (default
+    n-1; made at the position that predicted it), runs every block with the KV cache, and reads head 0 at
+    each fed position in turn:
     the token it picks (after the logits processors, exactly as plain greedy) is appended, and the next
     position is used only while the fed draft equals that token in every row that still generates. The
     cache of every layer is then cropped to the accepted tokens, so all rows of a batch keep one length and
@@ -125,6 +131,12 @@ def mtp_speculative_greedy(
     """
     _check_speculative_request(generation_config, model_kwargs)
     n_heads = self.config.n_future_tokens
+    if num_drafts is None:
+        num_drafts = n_heads - 1
+    elif isinstance(num_drafts, bool) or not isinstance(num_drafts, int) or not 1 <= num_drafts < n_heads:
+        raise ValueError(
+            f"generate: mtp_num_drafts must be an integer in 1..{n_heads - 1}, got {num_drafts!r}"
+        )
     batch = input_ids.shape[0]
     device = input_ids.device
     pad_token = generation_config._pad_token_tensor
@@ -159,10 +171,16 @@ def mtp_speculative_greedy(
             cache=cache,
             use_cache=True,
             return_all_heads=True,
+            heads_to_run=1 + num_drafts,
         ).head_hidden_states
         forwards += 1
         n_verify = drafts.shape[1] + 1  # head 0 reads the last token's position and every draft's
-        head0_logits = self.lm_head(heads[0][:, -n_verify:]).float()
+        # One unembedding pass for every running head at every verified position: which position drafts
+        # next is known only after verification, and at so few rows reading the unembedding matrix
+        # dominates, so one pass over them all costs far less than one pass per head.
+        states = [h[:, -n_verify:] for h in heads]
+        logits = self.lm_head(torch.stack(states, dim=1))  # [B, 1 + num_drafts, n_verify, V]
+        head0_logits = logits[:, 0].float()
         appended, stopped = 0, False
         for j in range(n_verify):
             step_logits = head0_logits[:, j]
@@ -197,15 +215,13 @@ def mtp_speculative_greedy(
         if stopped:
             break
         last_position = last_position + appended
-        at = feed.shape[1] - n_verify + appended - 1  # fed position that predicted the last token
-        n_drafts = n_heads - 1
+        at = appended - 1  # verified position that predicted the last token
+        n_drafts = num_drafts
         if max_length is not None:  # drafts past max_length could never be kept
             n_drafts = max(0, min(n_drafts, max_length - input_ids.shape[1] - 1))
         drafts = input_ids.new_empty((batch, 0))
         if n_drafts:
-            drafts = torch.stack(
-                [self.lm_head(heads[k][:, at]).argmax(dim=-1) for k in range(1, n_drafts + 1)], dim=1
-            )
+            drafts = logits[:, 1 : n_drafts + 1, at].argmax(dim=-1)
         draft_tokens += n_drafts
         feed = torch.cat([input_ids[:, -1:], drafts], dim=1)
         feed_positions = last_position[:, None] + torch.arange(1 + n_drafts, device=device)

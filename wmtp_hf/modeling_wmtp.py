@@ -287,14 +287,16 @@ class WmtpModel(WmtpPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         return_all_heads: bool = False,
+        heads_to_run: int | None = None,
         output_trunk_state: bool = False,
         trunk_only: bool = False,
         output_attentions: bool | None = None,
         **kwargs,
     ) -> WmtpModelOutput:
         """`output_trunk_state` adds `trunk_hidden_state = norm(h_trunk)`; `trunk_only` runs no head block
-        (the critic's forward) and returns only that state (also as `last_hidden_state`). `past_key_values`
-        is the cache's older name."""
+        (the critic's forward) and returns only that state (also as `last_hidden_state`). With
+        `return_all_heads`, `heads_to_run` runs only the first heads (self-speculative decoding with fewer
+        drafts; the others' cache stays empty). `past_key_values` is the cache's older name."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("WmtpModel.forward: pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -341,6 +343,8 @@ class WmtpModel(WmtpPreTrainedModel):
                 output_attentions = self.config.output_attentions
             all_heads = return_all_heads or output_attentions
             heads = self.prediction_heads if all_heads else self.prediction_heads[:1]
+            if return_all_heads and heads_to_run is not None:
+                heads = heads[:heads_to_run]
             head_hidden = tuple(self.norm(head(hidden, **block_kwargs)) for head in heads)
         return WmtpModelOutput(
             last_hidden_state=head_hidden[0] if head_hidden is not None else trunk_state,
@@ -467,7 +471,7 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             **shared,
         )
 
-    def generate(self, *args, mtp_speculative: bool = False, **kwargs):
+    def generate(self, *args, mtp_speculative: bool = False, mtp_num_drafts: int | None = None, **kwargs):
         r"""`GenerationMixin.generate`, plus self-speculative greedy decoding with the MTP heads.
 
         mtp_speculative: with `do_sample=False`, decode greedily with heads 1..n-1 drafting the tokens after
@@ -476,13 +480,16 @@ class WmtpForMultiTokenPrediction(WmtpPreTrainedModel, GenerationMixin):
             stopping criteria, logits processors and streamers work as in plain greedy decoding. With
             `return_dict_in_generate=True` the output is a `WmtpSpeculativeOutput`, which adds `forwards`,
             `new_tokens`, `draft_tokens`, `accepted_draft_tokens` and `tokens_per_forward`.
+        mtp_num_drafts: heads drafting per step, 1..n-1 (default n-1): fewer drafts verify fewer positions.
         """
         if not mtp_speculative:
             return super().generate(*args, **kwargs)
         for name in ("custom_generate", "assistant_model", "synced_gpus"):
             if kwargs.get(name):
                 raise ValueError(f"generate: mtp_speculative=True cannot be combined with {name}")
-        decode = functools.partial(mtp_speculative_greedy, streamer=kwargs.get("streamer"))
+        decode = functools.partial(
+            mtp_speculative_greedy, streamer=kwargs.get("streamer"), num_drafts=mtp_num_drafts
+        )
         return super().generate(*args, custom_generate=decode, **kwargs)
 
     @classmethod

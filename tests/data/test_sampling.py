@@ -70,6 +70,26 @@ def test_critic_balanced_and_correct_only():
     )
 
 
+def test_baseline_train_rows_all_takes_every_row():
+    """`train_rows: all` (a self-distill folder): every row, right or wrong, once per pass in a seeded
+    order; the default keeps only the correct rows."""
+    from wmtp_hf.train.stages import BaselineTrainer, build_config
+
+    is_correct, difficulty = _meta(1_000)
+    ds = _dataset(is_correct, difficulty)
+    every = build_config("baseline", overrides={"train_rows": "all", "seed": 3})
+    order = BaselineTrainer.sample_order(every, ds)
+    assert sorted(order.tolist()) == list(range(1_000)) and not np.array_equal(order, np.arange(1_000))
+    twice = BaselineTrainer.sample_order(
+        build_config("baseline", overrides={"train_rows": "all", "n_samples": 2_000}), ds
+    )
+    assert np.bincount(twice, minlength=1_000).tolist() == [2] * 1_000
+    correct = BaselineTrainer.sample_order(build_config("baseline", overrides={"seed": 3}), ds)
+    assert sorted(correct.tolist()) == np.flatnonzero(is_correct).tolist()
+    with pytest.raises(Exception, match="train_rows: expected one of correct, all, got 'some'"):
+        build_config("baseline", overrides={"train_rows": "some"})
+
+
 def test_deterministic_and_resumable():
     is_correct, difficulty = _meta(5_000)
     ds = _dataset(is_correct, difficulty)

@@ -112,7 +112,7 @@ def test_cli_rejects_unknown_option_in_one_line(tmp_path):
         "head_learning_rate? "
         "allowed: model_name_or_path, n_future_tokens, dataset, dataset_path, dataset_split, prompt_format, "
         "max_length, n_samples, head_weights, recipe, head_warmup_steps, head_learning_rate, head_init, loss_chunk_size, "
-        "attn_implementation, packing, use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules, merge_lora, "
+        "attn_implementation, packing, use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules, merge_lora, train_rows, "
         "or any transformers.TrainingArguments field"
     )
     assert not (tmp_path / "runs").exists()

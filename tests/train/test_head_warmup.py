@@ -93,6 +93,33 @@ def test_head_warmup_trains_only_the_extra_heads_then_everything(env):
             assert changed["model.layers.0.self_attn.q_proj.weight"] and changed["model.embed_tokens.weight"]
 
 
+def test_a_run_that_is_all_warmup_freezes_up_front_and_trains_the_heads_alike(env, caplog):
+    """max_steps == head_warmup_steps freezes everything outside the extra heads before training (the
+    backward stops at the heads); its heads equal those of the first two steps of a longer run whose
+    warm-up drops the other gradients instead (constant rates, so the two steps are the same steps)."""
+    common = {"head_warmup_steps": 2, "lr_scheduler_type": "constant", "warmup_steps": 0}
+    frozen_run, dropping_run = env["root"] / "all_warmup", env["root"] / "longer"
+    with caplog.at_level("INFO", logger="wmtp_hf.train.head_warmup"):
+        assert (
+            main(stage_args("baseline", env["model"], env["data"], frozen_run, **{"max-steps": 2}, **common))
+            == 0
+        )
+    assert "frozen up front" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="wmtp_hf.train.head_warmup"):
+        assert main(stage_args("baseline", env["model"], env["data"], dropping_run, **{"max-steps": 3},
+                               save_steps=2, **common)) == 0  # fmt: skip
+    assert "frozen up front" not in caplog.text
+    frozen, dropped = _weights(frozen_run / "final"), _weights(dropping_run / "checkpoint-2")
+    start = _weights(env["model"])
+    heads = [k for k in start if ".extra_heads." in k]
+    assert heads and all(not torch.equal(frozen[k], start[k]) for k in heads)
+    for key in start:
+        torch.testing.assert_close(frozen[key], dropped[key], rtol=0, atol=1e-6, msg=key)
+        if key not in heads:
+            assert torch.equal(frozen[key], start[key]), key
+
+
 def test_head_init_converts_a_llama_start_and_lora_trains_new_heads_fully(env):
     """A LLaMA start converted with head_init random under LoRA: the extra heads are saved whole in the
     adapter (modules_to_save), the trunk only through adapters."""

@@ -1,7 +1,8 @@
 """`python -m wmtp_hf.data prepare --source NAME [--path P] [--split S] [--tokenizer DIR]
 [--prompt-format F] --output DIR`
 and `python -m wmtp_hf.data reference-losses --dataset DIR --reference MODEL [--batch-size N] [--split S]
-[--device D]`.
+[--device D]`
+and `python -m wmtp_hf.data self-distill --model M --source NAME [--path P] [--split S ...] [--limit N] --output DIR`.
 """
 
 from __future__ import annotations
@@ -52,7 +53,48 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--batch-size", type=int, default=8, help="rows per reference forward pass")
     ref.add_argument("--split", action="append", help="split to process (repeatable); default: all")
     ref.add_argument("--device", help="where the reference runs (cuda, cuda:1, mps, cpu); default: auto")
+    distill = commands.add_parser(
+        "self-distill",
+        help="a model's greedy answers to a source's prompts, as a folder to train drafting heads on",
+    )
+    distill.add_argument(
+        "--model", required=True, help="model folder, Hub id, registered name or .gguf file that answers"
+    )
+    distill.add_argument("--source", required=True, help=f"whose prompts: one of {', '.join(SOURCES)}")
+    distill.add_argument("--path", help="local file for the source (else its default)")
+    distill.add_argument(
+        "--split", action="append", help="the source's split to answer (repeatable; default: train)"
+    )
+    distill.add_argument(
+        "--prompt-format",
+        choices=PROMPT_FORMAT_CHOICES,
+        default="auto",
+        help="auto: the format the model was trained with, else chat when it has a chat template",
+    )
+    distill.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens")
+    distill.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
+    distill.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16 (faster on many CPUs)")
+    distill.add_argument("--device", help="cuda, mps or cpu; default: auto")
+    distill.add_argument("--limit", type=int, help="answer only the first N problems")
+    distill.add_argument(
+        "--isolation", choices=["namespaces", "guard"], default="namespaces", help="how answers are tested"
+    )
+    distill.add_argument("--output", required=True, help="folder to write (train/ and stats.json)")
+    distill.add_argument("--overwrite", action="store_true", help="replace an existing folder it wrote")
     return parser
+
+
+def _self_distill(args: argparse.Namespace) -> dict:
+    from ..evaluation.self_distill import self_distill
+
+    stats = self_distill(
+        args.model, args.source, args.output, path=args.path, splits=args.split or ["train"],
+        prompt_format=args.prompt_format, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        dtype=args.dtype, device=args.device, limit=args.limit, isolation=args.isolation,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    return {"rows": stats["self_distill"]["problems"], "passed": stats["self_distill"]["passed"],
+            "prompt_format": stats["prompt_format"]}  # fmt: skip
 
 
 def _prepare(args: argparse.Namespace) -> dict:
@@ -94,7 +136,8 @@ def _reference_losses(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        summary = _reference_losses(args) if args.command == "reference-losses" else _prepare(args)
+        commands = {"prepare": _prepare, "reference-losses": _reference_losses, "self-distill": _self_distill}
+        summary = commands[args.command](args)
     except (WmtpError, OSError) as err:  # every one-line user error (wmtp_hf.errors)
         return report_error(err)
     print(json.dumps(summary))

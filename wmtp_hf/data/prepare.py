@@ -52,6 +52,20 @@ def split_stats(ds: datasets.Dataset, loaded: int, dropped: Counter, tokenized: 
     return out
 
 
+def check_output_folder(output: str | Path, overwrite: bool) -> Path:
+    """`output` as a Path, if it may be written: absent or empty, or (with `overwrite`) a folder that
+    `prepare` or `self-distill` wrote (it has a stats.json); else a one-line DataError."""
+    output = Path(output)
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise DataError(f"{output}: already exists and is not empty; pass --overwrite to replace it")
+        if not (output / "stats.json").exists():
+            raise DataError(
+                f"{output}: --overwrite only replaces a folder written by prepare or self-distill (no stats.json)"
+            )
+    return output
+
+
 def load_tokenizer(path: str) -> Any:
     """A local HF tokenizer folder (no network), or a registered model's / `.gguf` file's (wmtp_hf.models)."""
     from transformers import AutoTokenizer
@@ -86,14 +100,7 @@ def prepare(
     """
     if source not in SOURCES:
         raise DataError(f"unknown source '{source}'; valid: {', '.join(SOURCES)}")
-    output = Path(output)
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise DataError(f"{output}: already exists and is not empty; pass --overwrite to replace it")
-        if not (output / "stats.json").exists():
-            raise DataError(
-                f"{output}: --overwrite only replaces a folder written by prepare (no stats.json)"
-            )
+    output = check_output_folder(output, overwrite)
     tok = load_tokenizer(tokenizer) if tokenizer else None
     fmt = resolve_prompt_format(prompt_format, tok, source) if tok else None
     splits = splits or prepare_splits(source, path)

@@ -1,6 +1,6 @@
 """Row orders for training (docs/design.md §3.4) from metadata columns only, deterministic and resumable.
 
-The orders are named by what they pick (`ORDERS`: correct, balanced, curriculum, plus same-problem
+The orders are named by what they pick (`ORDERS`: correct, all, balanced, curriculum, plus same-problem
 pairs); each stage's trainer says which one it trains on (`wmtp_hf.train.stages`).
 
 Every function returns the full index order for `n_samples` positions as a pure function of the seed
@@ -219,8 +219,17 @@ def pair_indices(
     return np.stack([picks[True], picks[False]], axis=1).reshape(-1).astype(np.int64)
 
 
+def all_rows_indices(n_rows: int, n_samples: int | None = None, seed: int = 0) -> np.ndarray:
+    """Every row, uniform, seeded order; `n_samples` defaults to one pass over them."""
+    if not n_rows:
+        raise DataError("sampling: the dataset has no rows")
+    rows = np.arange(n_rows, dtype=np.int64)
+    return _draw(rows, n_rows if n_samples is None else n_samples, np.random.default_rng(seed))
+
+
 ORDERS: dict[str, Callable[..., np.ndarray]] = {
     "correct": lambda is_correct, difficulty, n, seed: correct_only_indices(is_correct, n, seed),
+    "all": lambda is_correct, difficulty, n, seed: all_rows_indices(len(is_correct), n, seed),
     "balanced": lambda is_correct, difficulty, n, seed: critic_indices(is_correct, n, seed),
     "curriculum": lambda is_correct, difficulty, n, seed: curriculum_indices(is_correct, difficulty, n, seed),
 }

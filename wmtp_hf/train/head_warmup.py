@@ -7,7 +7,9 @@ outside the extra heads) has its gradient dropped (set to None) after the backwa
 gradient clipping and the optimizer step. AdamW skips a parameter without a gradient entirely (no moment,
 no step count, no weight decay), so those weights stay bit-identical, and after the warm-up they start
 with a fresh optimizer state. Nothing toggles `requires_grad` mid-run, so this works the same under DDP and
-FSDP2 (whose sharded parameters carry their reduced gradient shards when the step runs).
+FSDP2 (whose sharded parameters carry their reduced gradient shards when the step runs). A run that is
+all warm-up (`head_warmup_steps >= max_steps`, e.g. training drafting heads) instead freezes everything
+else up front, before the model is wrapped, so its backward pass stops at the extra heads.
 """
 
 from __future__ import annotations
@@ -36,6 +38,17 @@ def drop_frozen_gradients(model: torch.nn.Module) -> int:
             param.grad = None
             dropped += 1
     return dropped
+
+
+def freeze_outside_extra_heads(model: torch.nn.Module) -> int:
+    """`requires_grad_(False)` on every trainable parameter outside the extra heads (a run that is all
+    warm-up, before any wrapping); returns how many were frozen."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if param.requires_grad and not is_extra_head_parameter(name):
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 def split_head_groups(optimizer: torch.optim.Optimizer, model: torch.nn.Module, head_lr: float) -> int:
@@ -89,6 +102,13 @@ class HeadWarmupMixin:
         if steps:
             logger.info("head warm-up: the first %d optimizer steps train only heads 1..n-1", steps)
             self.callback_handler.add_callback(_HeadWarmupCallback(self))
+        if steps and 0 < self.args.max_steps <= steps:
+            frozen = freeze_outside_extra_heads(self.model)
+            logger.info(
+                "head warm-up spans the whole run: %d tensors outside the extra heads frozen up front, so the "
+                "backward pass stops at the extra heads (no trunk gradients computed and dropped)",
+                frozen,
+            )
 
     def in_head_warmup(self) -> bool:
         """Whether the optimizer step about to run is one of the warm-up's."""
