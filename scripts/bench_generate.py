@@ -117,23 +117,27 @@ def bf16_ulp(value: float) -> float:
     return 2.0 ** (math.floor(math.log2(max(abs(value), 1e-30))) - 7)
 
 
-def divergence_at_ties(model: Any, plain: torch.Tensor, spec: torch.Tensor, prompt_length: int) -> list[dict]:
+def divergence_at_ties(
+    model: Any, plain: torch.Tensor, spec: torch.Tensor, prompt_mask: torch.Tensor
+) -> list[dict]:
     """Where speculative and plain greedy first differ, row by row, with the margin between the two tokens
-    under a full forward pass of the plain prefix; raises unless every divergence is a tie within one
-    bfloat16 spacing of the logit (low-precision rounding differs between 1 and several positions per
-    forward, so a tie may break either way; anything else is a bug)."""
+    under a full forward pass of the plain prefix (its left padding, 0 in `prompt_mask`, left out); raises
+    unless every divergence is a tie within one bfloat16 spacing of the logit (low-precision rounding
+    differs between 1 and several positions per forward, so a tie may break either way; anything else,
+    or a decoder stopping early, is a bug)."""
+    prompt_length = prompt_mask.shape[1]
     found = []
     for row in range(plain.shape[0]):
         a, b = plain[row], spec[row]
-        n = min(len(a), len(b))
-        differ = (a[:n] != b[:n]).nonzero()
-        if not len(differ) and len(a) == len(b):
+        differ = (a[: len(b)] != b[: len(a)]).nonzero()
+        if not len(differ):
+            if len(a) != len(b):
+                raise AssertionError(f"row {row}: one decoder stopped early: a bug")
             continue
-        at = int(differ[0]) if len(differ) else n
-        if at >= len(a) or at >= len(b):
-            raise AssertionError(f"row {row}: one decoder stopped early at {at - prompt_length}: a bug")
+        at = int(differ[0])
+        prefix = torch.cat([a[:prompt_length][prompt_mask[row].bool()], a[prompt_length:at]])
         with torch.no_grad():
-            logits = model(input_ids=a[None, :at]).logits[0, -1].float()
+            logits = model(input_ids=prefix[None]).logits[0, -1].float()
         margin = float(logits[a[at]] - logits[b[at]])
         if abs(margin) > bf16_ulp(float(logits[a[at]])):
             raise AssertionError(
@@ -189,9 +193,9 @@ def compare(
                 if exact:
                     raise AssertionError("speculative decoding changed the output: this is a bug")
                 if index == 0:
-                    ties += divergence_at_ties(
-                        model, plain, spec.sequences, batch["inputs"]["input_ids"].shape[1]
-                    )
+                    prompt = batch["inputs"]["input_ids"]
+                    mask = batch["inputs"].get("attention_mask", torch.ones_like(prompt))
+                    ties += divergence_at_ties(model, plain, spec.sequences, mask)
             if index == 0:
                 for key in counts:
                     counts[key] += getattr(spec, key)

@@ -61,11 +61,12 @@ def test_rows_hold_the_models_greedy_answers(env):
 
 
 def test_answers_are_labelled_by_their_tests(env, monkeypatch):
-    """`is_correct` is the sandbox's verdict on each answer: a right and a wrong planted answer."""
+    """`is_correct` is the sandbox's verdict on each answer: a right and a wrong planted answer, each on its
+    own problem's row however the samples are ordered."""
     answers = {"mbpp/601": "def add_0(x):\n    return x + 0\n", "mbpp/602": "def add_1(x):\n    return x\n"}
 
-    def planted(model, tokenizer, problems, **options):
-        return [Sample(p.task_id, answers.get(p.task_id, "pass\n"), ()) for p in problems]
+    def planted(model, tokenizer, problems, **options):  # in reverse: samples need not follow problems
+        return [Sample(p.task_id, answers.get(p.task_id, "pass\n"), ()) for p in reversed(problems)]
 
     monkeypatch.setattr(generation, "sample_problems", planted)
     out = env["root"] / "planted"

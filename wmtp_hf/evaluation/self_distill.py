@@ -45,9 +45,9 @@ def self_distill(
     """Write `output/train/` (unified rows whose `output` is `model`'s greedy answer) and `output/stats.json`.
 
     `splits`: the source's splits whose problems are answered, all into the folder's one `train` split.
-    Returns the stats. `token_healing` as in `wmtp_hf.evaluate` (generation across the prompt's last
-    token, as training tokenizes prompt + response). The folder appears only once complete; an existing one is replaced only with
-    `overwrite` and only if `prepare` or this function wrote it (it has a stats.json).
+    `token_healing` as in `wmtp_hf.evaluate` (generation across the prompt's last token, as training
+    tokenizes prompt + response). Returns the stats. The folder appears only once complete; an existing
+    one is replaced only with `overwrite` and only if `prepare` or this function wrote it (stats.json).
     """
     import datasets
 
@@ -78,15 +78,17 @@ def self_distill(
         token_healing=token_healing,
     )  # fmt: skip
     results, summary = score_samples(problems, samples, ks=[1], timeout_s=timeout_s, isolation=isolation)
+    # samples come grouped by stop strings, not in problem order: pair them by task id
+    verdicts = {s.task_id: (s.completion, r["passed"]) for s, r in zip(samples, results, strict=True)}
     answers = []
-    for problem, sample, result in zip(problems, samples, results, strict=True):
-        base = first_rows[problem.task_id]
+    for problem in problems:
+        completion, passed = verdicts[problem.task_id]
         answers.append(
             {
-                **{k: base[k] for k in FEATURES},
+                **{k: first_rows[problem.task_id][k] for k in FEATURES},
                 "task_id": f"{problem.task_id}/greedy",
-                "output": sample.completion,
-                "is_correct": bool(result["passed"]),
+                "output": completion,
+                "is_correct": bool(passed),
             }
         )
     ds = datasets.Dataset.from_list(answers, features=FEATURES)

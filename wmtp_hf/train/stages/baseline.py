@@ -17,7 +17,7 @@ from ...data.sampling import order_indices
 from ..config import ConfigError, WmtpTrainingConfig, _help
 from ..trainer import WeightedMTPTrainer
 
-TRAIN_ROWS = ("correct", "all")
+TRAIN_ROWS = ("correct", "all")  # row orders of wmtp_hf.data.sampling.ORDERS
 
 
 @dataclass
@@ -45,6 +45,5 @@ class BaselineTrainer(WeightedMTPTrainer):
 
     @classmethod
     def sample_order(cls, config: BaselineConfig, dataset: datasets.Dataset) -> np.ndarray:
-        """Correct rows (`sample_order_name`), or every row with `train_rows: all`."""
-        order = "all" if getattr(config, "train_rows", "correct") == "all" else cls.sample_order_name
-        return order_indices(order, dataset, n_samples=config.n_samples, seed=config.seed)
+        """The order `train_rows` names (`correct`, the stage's `sample_order_name`, or `all`)."""
+        return order_indices(config.train_rows, dataset, n_samples=config.n_samples, seed=config.seed)
